@@ -1,0 +1,1 @@
+"""absl mains, one per paper analysis: ``python -m experiments.NAME``."""

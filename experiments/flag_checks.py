@@ -1,0 +1,57 @@
+"""Flag validation shared by the experiment mains.
+
+A bad value stops the run before any compute with one line on stderr that
+names the flag, e.g. ``train_classifier: --learning_rate must be > 0, got -1.0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterable, Mapping
+
+
+class FlagError(ValueError):
+  """A flag holds a value the experiment cannot run with."""
+
+
+def require(condition: bool, flag: str, expected: str, value: Any) -> None:
+  if not condition:
+    raise FlagError(f"--{flag} must be {expected}, got {value!r}")
+
+
+def positive(flag: str, value: float) -> None:
+  require(value > 0, flag, "> 0", value)
+
+
+def non_negative(flag: str, value: float) -> None:
+  require(value >= 0, flag, ">= 0", value)
+
+
+def one_of(flag: str, value: Any, choices: Iterable[Any]) -> None:
+  choices = tuple(choices)
+  require(value in choices, flag, f"one of {', '.join(map(str, choices))}", value)
+
+
+def check_same_run(workdir: str, config: Mapping[str, Any], *, may_change: Iterable[str] = ()) -> None:
+  """Records ``config`` in ``workdir/config.json``, or, when a run is already
+  there, refuses flags that would make resuming it meaningless."""
+  path = os.path.join(workdir, "config.json")
+  may_change = set(may_change)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    changed = sorted(k for k in set(old) | set(config)
+                     if k not in may_change and old.get(k) != config.get(k))
+    if changed:
+      k = changed[0]
+      raise FlagError(f"--{k} is {config.get(k)!r} but the run in --workdir={workdir} used "
+                      f"{old.get(k)!r}; use a new --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(dict(config), f, indent=2, sort_keys=True)
+
+
+def exit_on_flag_error(prog: str, error: FlagError) -> None:
+  sys.exit(f"{prog}: {error}")

@@ -1,0 +1,56 @@
+"""Results tables (results.md and results.csv) and curves (PNG) for the mains."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  return str(v)
+
+
+def write_table(workdir: str, rows: Sequence[Mapping[str, Any]], *, title: str,
+                notes: str = "", name: str = "results") -> None:
+  """Writes ``rows`` as ``{name}.md`` (with a title and notes) and ``{name}.csv``."""
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  lines = [f"# {title}", ""]
+  if notes:
+    lines += [notes.strip(), ""]
+  lines.append("| " + " | ".join(columns) + " |")
+  lines.append("|" + "---|" * len(columns))
+  for row in rows:
+    lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                xlabel: str, ylabel: str, title: str = "", logy: bool = False) -> None:
+  """One line per ``name: (xs, ys)``, saved as a PNG."""
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  for name, (xs, ys) in curves.items():
+    ax.plot(xs, ys, label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if logy:
+    ax.set_yscale("log")
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

@@ -1,0 +1,11 @@
+"""gradlab: a JAX toolkit for gradient estimation and gradient analysis.
+
+Subpackages (import the one you need):
+
+* ``gradlab.train``: ``TrainState``, the sharded train step, the training loop.
+* ``gradlab.data``: embedded datasets (no network) and the resumable batcher.
+* ``gradlab.models``: the small flax models the experiments use.
+* ``gradlab.discrete``: gradient estimators for discrete samples.
+"""
+
+__version__ = "0.1.0"

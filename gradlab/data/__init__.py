@@ -1,0 +1,6 @@
+"""Embedded datasets and the resumable batch iterator (no network needed)."""
+
+from gradlab.data.batches import batch_indices, iterate_batches
+from gradlab.data.datasets import DATASETS, Dataset, load_dataset
+
+__all__ = ["DATASETS", "Dataset", "batch_indices", "iterate_batches", "load_dataset"]

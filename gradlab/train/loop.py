@@ -1,0 +1,117 @@
+"""The training loop: one plain loop that reads top to bottom.
+
+restore the latest checkpoint -> for each step: train, log, run instruments,
+evaluate, checkpoint -> final evaluation and checkpoint. A run killed at any
+moment and started again with the same workdir resumes from its last
+checkpoint and ends with the same parameters and the same metrics.jsonl as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+
+import jax
+from absl import logging
+
+from gradlab.train import checkpoint as ckpt_lib
+from gradlab.train.metrics import MetricsWriter, read_metrics, to_python
+from gradlab.train.state import TrainState
+
+# An instrument measures the state every few steps: (state, batch, key) ->
+# {name: scalar}. Curvature and gradient-statistics probes plug in here.
+InstrumentFn = Callable[[TrainState, Any, jax.Array], Mapping[str, jax.Array]]
+
+# Folded into the step key so that instruments never reuse the step's draws.
+_INSTRUMENT_SALT = 0x1A57
+
+
+class Instrument(NamedTuple):
+  """A probe run after every ``every``-th step; its outputs are logged as
+  ``{name}/{key}`` in the same metrics record as the step."""
+  name: str
+  fn: InstrumentFn
+  every: int
+
+
+def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+        batches: Callable[[int], Iterator[Any]], *, num_steps: int, workdir: str,
+        checkpoint_every: int, max_to_keep: int = 3, log_every: int = 10,
+        eval_fn: Callable[[Any], Mapping[str, Any]] | None = None, eval_every: int = 0,
+        instruments: Sequence[Instrument] = (), progress_every: int = 100,
+        ) -> tuple[TrainState, dict[str, Any]]:
+  """Trains ``state`` to ``num_steps`` updates, resuming from ``workdir``.
+
+  Args:
+    state: the initial state; also the template (structure and shardings) a
+      checkpoint is restored onto.
+    train_step: ``(state, batch) -> (state, metrics)``, e.g. from
+      ``make_train_step``.
+    batches: ``start_step -> iterator`` of batches from that step on (the
+      iterator must be a pure function of the step, as ``iterate_batches`` is).
+    num_steps: the total number of updates of the run.
+    workdir: holds ``checkpoints/`` and ``metrics.jsonl``.
+    checkpoint_every: save every this many steps (and always at the end).
+    max_to_keep: checkpoints kept.
+    log_every: write a metrics record every this many steps (and at the end).
+    eval_fn: ``params -> {name: scalar}``, logged as ``eval/{name}``.
+    eval_every: evaluate every this many steps (0: only at the end).
+    instruments: probes run every ``instrument.every`` steps.
+    progress_every: log progress to the terminal every this many steps.
+
+  Returns:
+    The final state and the last metrics record.
+  """
+  for name, value in (("num_steps", num_steps), ("checkpoint_every", checkpoint_every),
+                      ("log_every", log_every), ("progress_every", progress_every)):
+    if value < 1:
+      raise ValueError(f"{name}: expected an integer >= 1, got {value}")
+  if eval_every < 0:
+    raise ValueError(f"eval_every: expected an integer >= 0, got {eval_every}")
+  for inst in instruments:
+    if inst.every < 1:
+      raise ValueError(f"instruments: {inst.name!r} has every={inst.every}, expected >= 1")
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
+  state, restored = ckpt_lib.restore_latest(manager, state)
+  start = 0 if restored is None else restored
+  if restored is None and any(getattr(x, "is_deleted", lambda: False)()
+                              for x in jax.tree.leaves(state)):
+    raise ValueError("state: its buffers were donated to an earlier train step (the "
+                     "step donates its input state); pass a freshly created state")
+  writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+  writer.truncate_after(start)
+  if restored is not None:
+    logging.info("Resumed from the checkpoint of step %d in %s", start, workdir)
+
+  jitted_instruments = [(i, inst, jax.jit(inst.fn)) for i, inst in enumerate(instruments)]
+  jitted_eval = jax.jit(eval_fn) if eval_fn is not None else None
+  last: dict[str, Any] = (read_metrics(writer.path) or [{}])[-1]
+  it = batches(start)
+  t0, s0 = time.perf_counter(), start
+  for s in range(start + 1, num_steps + 1):
+    batch = next(it)
+    state, metrics = train_step(state, batch)
+    is_last = s == num_steps
+    record: dict[str, Any] = {}
+    for i, inst, fn in jitted_instruments:
+      if s % inst.every == 0 or is_last:
+        key = jax.random.fold_in(jax.random.fold_in(state.key, _INSTRUMENT_SALT + i), s)
+        record.update({f"{inst.name}/{k}": v for k, v in fn(state, batch, key).items()})
+    if jitted_eval is not None and ((eval_every and s % eval_every == 0) or is_last):
+      record.update({f"eval/{k}": v for k, v in jitted_eval(state.params).items()})
+    if record or s % log_every == 0 or is_last:
+      last = {"step": s, **to_python(metrics), **to_python(record)}
+      writer.write(last)
+    if s % checkpoint_every == 0 or is_last:
+      ckpt_lib.save(manager, s, state)
+    if s % progress_every == 0 or is_last:
+      rate = (s - s0) / max(time.perf_counter() - t0, 1e-9)
+      loss = last.get("loss", float("nan")) if last.get("step") == s else float("nan")
+      logging.info("step %d/%d  loss %.4f  %.1f steps/s", s, num_steps, loss, rate)
+  manager.wait_until_finished()
+  manager.close()
+  return state, last
