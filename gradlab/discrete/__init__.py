@@ -1,0 +1,32 @@
+"""Gradient estimators for discrete samples.
+
+Each estimator draws a discrete sample in the forward pass and carries its
+gradient estimate in the backward pass; all take an explicit key and logits
+of shape [..., K], and work under ``jit``, ``vmap`` and ``grad``.
+
+Which to use: ``reinmax`` (tau >= 1) when f is smooth in the sample: it is
+second-order accurate at the cost of ST. ``straight_through_gumbel`` and
+``gumbel_rao`` (lower variance, k times the backward cost) are the classic
+relaxation-based choices; ``reinforce`` is unbiased for any f (even a
+non-differentiable one) but needs a baseline and many samples to tame its
+variance. ``exact_gradient`` is the oracle for small models.
+"""
+
+from gradlab.discrete.binary import reste_power, reste_sign, reste_slope, straight_through_sign
+from gradlab.discrete.exact import exact_expectation, exact_gradient, expected_estimate
+from gradlab.discrete.gumbel_rao import conditional_gumbel_logits, gumbel_rao
+from gradlab.discrete.reinforce import BASELINES, ReinforceOutput, reinforce, update_moving_average
+from gradlab.discrete.reinmax import reinmax, reinmax_from_sample
+from gradlab.discrete.straight_through import (
+    gumbel_softmax, sample_one_hot, straight_through, straight_through_from_sample,
+    straight_through_gumbel)
+
+ESTIMATORS = ("straight_through", "straight_through_gumbel", "gumbel_rao", "reinmax")
+
+__all__ = [
+    "BASELINES", "ESTIMATORS", "ReinforceOutput", "conditional_gumbel_logits",
+    "exact_expectation", "exact_gradient", "expected_estimate", "gumbel_rao", "gumbel_softmax",
+    "reinforce", "reinmax", "reinmax_from_sample", "reste_power", "reste_sign", "reste_slope",
+    "sample_one_hot", "straight_through", "straight_through_from_sample",
+    "straight_through_gumbel", "straight_through_sign", "update_moving_average",
+]
