@@ -15,16 +15,15 @@ variance. ``exact_gradient`` is the oracle for small models.
 from gradlab.discrete.binary import reste_power, reste_sign, reste_slope, straight_through_sign
 from gradlab.discrete.exact import exact_expectation, exact_gradient, expected_estimate
 from gradlab.discrete.gumbel_rao import conditional_gumbel_logits, gumbel_rao
+from gradlab.discrete.registry import NAMES, make_estimator
 from gradlab.discrete.reinforce import BASELINES, ReinforceOutput, reinforce, update_moving_average
 from gradlab.discrete.reinmax import reinmax, reinmax_from_sample
 from gradlab.discrete.straight_through import (
     gumbel_softmax, sample_one_hot, straight_through, straight_through_from_sample,
     straight_through_gumbel)
 
-ESTIMATORS = ("straight_through", "straight_through_gumbel", "gumbel_rao", "reinmax")
-
 __all__ = [
-    "BASELINES", "ESTIMATORS", "ReinforceOutput", "conditional_gumbel_logits",
+    "BASELINES", "NAMES", "ReinforceOutput", "make_estimator", "conditional_gumbel_logits",
     "exact_expectation", "exact_gradient", "expected_estimate", "gumbel_rao", "gumbel_softmax",
     "reinforce", "reinmax", "reinmax_from_sample", "reste_power", "reste_sign", "reste_slope",
     "sample_one_hot", "straight_through", "straight_through_from_sample",

@@ -34,6 +34,14 @@ def conditional_gumbel_logits(key: jax.Array, logits: jax.Array, sample: jax.Arr
   """
   theta = jax.lax.stop_gradient(logits)
   e = jax.random.exponential(key, (num_samples, *theta.shape), theta.dtype)
+  return _race_logits(theta, sample, e)
+
+
+def _race_logits(theta: jax.Array, sample: jax.Array, e: jax.Array) -> jax.Array:
+  # A float32 Exp(1) draw is exactly 0 with probability 2^-24, which a long
+  # run meets (1e9 draws); log(0) would make the softmax NaN. Clamping to the
+  # smallest normal number changes the law by less than that probability.
+  e = jnp.maximum(e, jnp.finfo(e.dtype).tiny)
   e_i = jnp.sum(e * sample, axis=-1, keepdims=True)
   log_z = jax.nn.logsumexp(theta, axis=-1, keepdims=True)
   top = log_z - jnp.log(e_i)

@@ -1,6 +1,7 @@
 """Estimators against the exact gradient of E_{D ~ softmax(theta)}[f(D)]."""
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +184,16 @@ def test_gumbel_rao_conditional_gumbels_keep_the_sample_as_argmax():
   d = discrete.sample_one_hot(jax.random.key(1), theta)
   perturbed = discrete.conditional_gumbel_logits(jax.random.key(2), theta, d, 32)
   assert np.all(np.asarray(jnp.argmax(perturbed, -1)) == np.asarray(jnp.argmax(d, -1))[None])
+
+
+def test_gumbel_rao_survives_exponential_draws_of_exactly_zero():
+  gr = importlib.import_module("gradlab.discrete.gumbel_rao")
+  theta = jnp.array([[0.3, -0.2, 1.0]])
+  sample = jnp.array([[0.0, 0.0, 1.0]])
+  e = jnp.array([[[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.5]]])  # E_i = 0 and E_j = 0
+  out = gr._race_logits(theta, sample, e)
+  assert bool(jnp.all(jnp.isfinite(out)))
+  assert np.all(np.asarray(jnp.argmax(out, -1)) == 2)
 
 
 def test_gumbel_rao_has_the_mean_of_st_gumbel_and_less_variance():
