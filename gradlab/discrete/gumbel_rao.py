@@ -38,14 +38,16 @@ def conditional_gumbel_logits(key: jax.Array, logits: jax.Array, sample: jax.Arr
 
 
 def _race_logits(theta: jax.Array, sample: jax.Array, e: jax.Array) -> jax.Array:
-  # A float32 Exp(1) draw is exactly 0 with probability 2^-24, which a long
-  # run meets (1e9 draws); log(0) would make the softmax NaN. Clamping to the
-  # smallest normal number changes the law by less than that probability.
-  e = jnp.maximum(e, jnp.finfo(e.dtype).tiny)
-  e_i = jnp.sum(e * sample, axis=-1, keepdims=True)
+  # In log space: l_j = -logaddexp(log E_j - theta_j, log E_i - log Z). A
+  # float32 Exp(1) draw is exactly 0 with probability 2^-24, which a long run
+  # meets (1e9 draws); clamping log E at log(tiny) keeps every term finite
+  # (products like E_i / Z would underflow to 0 instead) and changes the law
+  # by less than that probability.
+  log_e = jnp.log(jnp.maximum(e, jnp.finfo(e.dtype).tiny))
+  log_e_i = jnp.sum(log_e * sample, axis=-1, keepdims=True)
   log_z = jax.nn.logsumexp(theta, axis=-1, keepdims=True)
-  top = log_z - jnp.log(e_i)
-  others = -jnp.log(e * jnp.exp(-theta) + e_i * jnp.exp(-log_z))
+  top = log_z - log_e_i
+  others = -jnp.logaddexp(log_e - theta, log_e_i - log_z)
   return jnp.where(sample > 0, top, others)
 
 
