@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 from typing import Callable, Mapping
@@ -11,14 +12,22 @@ from typing import Callable, Mapping
 def interleaved(fns: Mapping[str, Callable[[], object]], *, repeats: int = 30,
                 inner: int = 10, warmup: int = 3) -> dict[str, float]:
   """Median seconds per call of each function, timed in alternation so that a
-  machine-wide slowdown hits every contender alike. Each ``fn`` must block
-  until its result is ready (e.g. end with ``jax.block_until_ready``)."""
+  machine-wide slowdown hits every contender alike. The order is shuffled
+  every repeat (seeded): on a CPU the contender that follows another pays
+  for the other's leftovers (a torch OpenMP pool still spinning, caches
+  filled with other data; measured up to 15%), and a fixed or merely rotated
+  order would charge that to the same contender every time. Each ``fn`` must block until its
+  result is ready (e.g. end with ``jax.block_until_ready``)."""
   for fn in fns.values():
     for _ in range(warmup):
       fn()
+  names = list(fns)
+  rng = random.Random(0)
   samples: dict[str, list[float]] = {k: [] for k in fns}
   for _ in range(repeats):
-    for name, fn in fns.items():
+    rng.shuffle(names)
+    for name in names:
+      fn = fns[name]
       t0 = time.perf_counter()
       for _ in range(inner):
         fn()

@@ -5,7 +5,9 @@ Subpackages (import the one you need):
 * ``gradlab.train``: ``TrainState``, the sharded train step, the training loop.
 * ``gradlab.data``: embedded datasets (no network) and the resumable batcher.
 * ``gradlab.models``: the small flax models the experiments use.
-* ``gradlab.discrete``: gradient estimators for discrete samples.
+* ``gradlab.discrete``: gradient estimators for discrete samples (ST,
+  Gumbel-Softmax, Gumbel-Rao, ReinMax, REINFORCE, ReSTE) and the exact oracle.
+* ``gradlab.sharding``: meshes and batch placement.
 """
 
 __version__ = "0.1.0"

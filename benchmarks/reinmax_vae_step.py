@@ -1,0 +1,118 @@
+r"""The categorical VAE's train step: ReinMax against ST, and gradlab against
+the official PyTorch ``reinmax`` package, side by side in one process.
+
+  pip install -e ".[bench]"     # torch 2.13.0 (CPU) and reinmax 0.1.0
+  python -m benchmarks.reinmax_vae_step [--config=10x30] [--json=out.json]
+
+Every contender does the same work per step: encode a batch of 100 MNIST-size
+images, draw one categorical sample per latent, decode, the -ELBO (BCE +
+KL to uniform), backward, one Adam update. Timings are medians of interleaved
+repeats. Goals (issue 3): ReinMax / ST <= 1.05; torch / gradlab >= 2.
+
+The ST and ReinMax steps both need the sample in the forward pass (the decoder
+reads it), so XLA cannot drop the sampling from either (a trap when timing
+jax.grad of a loss whose gradient ignores the sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import timing
+from gradlab import discrete, models, train
+
+_CONFIG = flags.DEFINE_string("config", "10x30", "CxL latent configuration.")
+_BATCH = flags.DEFINE_integer("batch_size", 100, "Batch size.")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed repeats.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the official PyTorch reinmax.")
+_JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+
+
+def _gradlab_step(name, num_classes, num_latents, tau):
+  vae = models.CategoricalVAE(num_latents=num_latents, num_classes=num_classes)
+  sample_fn = discrete.make_estimator(name, temperature=tau)
+  opt = optax.adam(5e-4)
+  params = vae.init(jax.random.key(0), jnp.zeros((1, 784)), sample_fn, jax.random.key(0))
+  state = train.TrainState.create(params, opt, jax.random.key(1))
+  step = train.make_train_step(
+      lambda p, b, k: models.negative_elbo(vae, p, b["x"], sample_fn, k), opt, donate=True,
+      norm_metrics=False)
+  return step, state
+
+
+def _torch_step(num_classes, num_latents, tau, batch):
+  import torch
+  from reinmax import reinmax
+
+  class VAE(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.enc = torch.nn.Sequential(
+          torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU(),
+          torch.nn.Linear(256, num_latents * num_classes))
+      self.dec = torch.nn.Sequential(
+          torch.nn.Linear(num_latents * num_classes, 256), torch.nn.ReLU(),
+          torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 784))
+
+    def forward(self, x):
+      logits = self.enc(x).view(-1, num_latents, num_classes)
+      sample, q = reinmax(logits, tau)
+      x_logits = self.dec(sample.view(x.shape[0], -1))
+      bce = torch.nn.functional.binary_cross_entropy_with_logits(
+          x_logits, x, reduction="none").sum(-1)
+      log_q = torch.log_softmax(logits, -1)
+      kl = (log_q.exp() * log_q).sum((-2, -1)) + num_latents * math.log(num_classes)
+      return (bce + kl).mean()
+
+  torch.manual_seed(0)
+  model = VAE()
+  opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+  x = torch.from_numpy(batch)
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = model(x)
+    loss.backward()
+    opt.step()
+    return loss.item()
+  return step, torch.get_num_threads()
+
+
+def main(argv):
+  del argv
+  num_classes, num_latents = (int(v) for v in _CONFIG.value.split("x"))
+  tau = 1.3
+  rng = np.random.default_rng(0)
+  batch = (rng.random((_BATCH.value, 784)) > 0.87).astype(np.float32)  # MNIST-like sparsity
+  dev_batch = {"x": jax.device_put(batch)}
+  fns, boxes = {}, {}
+  for name in ("straight_through", "reinmax", "straight_through_gumbel"):
+    step, state = _gradlab_step(name, num_classes, num_latents, tau)
+    boxes[name] = state
+
+    def run(name=name, step=step):
+      boxes[name], m = step(boxes[name], dev_batch)
+      jax.block_until_ready(m["loss"])
+    fns[f"gradlab {name}"] = run
+  threads = None
+  if _TORCH.value:
+    torch_step, threads = _torch_step(num_classes, num_latents, tau, batch)
+    fns["torch reinmax (official)"] = torch_step
+  t = timing.interleaved(fns, repeats=_REPEATS.value)
+  base = t["gradlab straight_through"]
+  rows = [{"step": k, "ms": v * 1e3, "vs gradlab ST": v / base,
+           "vs gradlab ReinMax": v / t["gradlab reinmax"]} for k, v in t.items()]
+  platform = jax.devices()[0].platform
+  timing.report(f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, "
+                f"Adam; jax on {platform}" + (f", torch on CPU with {threads} threads"
+                                              if threads else ""), rows, _JSON.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
