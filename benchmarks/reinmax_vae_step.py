@@ -31,6 +31,7 @@ _CONFIG = flags.DEFINE_string("config", "10x30", "CxL latent configuration.")
 _BATCH = flags.DEFINE_integer("batch_size", 100, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed repeats.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the official PyTorch reinmax.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "cpu or cuda.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 
 
@@ -71,17 +72,18 @@ def _torch_step(num_classes, num_latents, tau, batch):
       return (bce + kl).mean()
 
   torch.manual_seed(0)
-  model = VAE()
+  device = torch.device(_TORCH_DEVICE.value)
+  model = VAE().to(device)
   opt = torch.optim.Adam(model.parameters(), lr=5e-4)
-  x = torch.from_numpy(batch)
+  x = torch.from_numpy(batch).to(device)
 
   def step():
     opt.zero_grad(set_to_none=True)
     loss = model(x)
     loss.backward()
     opt.step()
-    return loss.item()
-  return step, torch.get_num_threads()
+    return loss.item()  # synchronizes, as block_until_ready does for jax
+  return step, f"{_TORCH_DEVICE.value} ({torch.get_num_threads()} CPU threads)"
 
 
 def main(argv):
@@ -110,8 +112,8 @@ def main(argv):
            "vs gradlab ReinMax": v / t["gradlab reinmax"]} for k, v in t.items()]
   platform = jax.devices()[0].platform
   timing.report(f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, "
-                f"Adam; jax on {platform}" + (f", torch on CPU with {threads} threads"
-                                              if threads else ""), rows, _JSON.value)
+                f"Adam; jax on {platform}" + (f", torch on {threads}" if threads else ""),
+                rows, _JSON.value)
 
 
 if __name__ == "__main__":

@@ -84,10 +84,14 @@ def _crash_after(step_fn, crash_step: int):
   """Wraps the train step to SIGKILL the process once ``crash_step`` steps are
   done and logged (the loop calls the step for the next one only after it has
   logged and checkpointed the previous one)."""
-  def wrapped(state, batch):
-    if int(state.step) == crash_step:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return step_fn(state, batch)
+  def crash_if_due(fn):
+    def wrapped(state, batch):
+      if int(state.step) == crash_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+      return fn(state, batch)
+    return wrapped
+  wrapped = crash_if_due(step_fn)
+  wrapped.lean = crash_if_due(step_fn.lean)
   return wrapped
 
 

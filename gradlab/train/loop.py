@@ -48,7 +48,8 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
     state: the initial state; also the template (structure and shardings) a
       checkpoint is restored onto.
     train_step: ``(state, batch) -> (state, metrics)``, e.g. from
-      ``make_train_step``.
+      ``make_train_step``; if it has a ``lean`` attribute (the same update
+      with cheaper metrics), that runs on the steps that log nothing.
     batches: ``start_step -> iterator`` of batches from that step on (the
       iterator must be a pure function of the step, as ``iterate_batches`` is).
     num_steps: the total number of updates of the run.
@@ -92,18 +93,21 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
   last: dict[str, Any] = (read_metrics(writer.path) or [{}])[-1]
   it = batches(start)
   t0, s0 = time.perf_counter(), start
+  lean_step = getattr(train_step, "lean", train_step)
   for s in range(start + 1, num_steps + 1):
     batch = next(it)
-    state, metrics = train_step(state, batch)
     is_last = s == num_steps
-    record: dict[str, Any] = {}
-    for i, inst, fn in jitted_instruments:
-      if s % inst.every == 0 or is_last:
+    due = [(i, inst, fn) for i, inst, fn in jitted_instruments if s % inst.every == 0 or is_last]
+    evaluate = jitted_eval is not None and ((eval_every and s % eval_every == 0) or is_last)
+    logged = bool(due) or evaluate or s % log_every == 0 or is_last
+    state, metrics = (train_step if logged else lean_step)(state, batch)
+    if logged:
+      record: dict[str, Any] = {}
+      for i, inst, fn in due:
         key = jax.random.fold_in(jax.random.fold_in(state.key, _INSTRUMENT_SALT + i), s)
         record.update({f"{inst.name}/{k}": v for k, v in fn(state, batch, key).items()})
-    if jitted_eval is not None and ((eval_every and s % eval_every == 0) or is_last):
-      record.update({f"eval/{k}": v for k, v in jitted_eval(state.params).items()})
-    if record or s % log_every == 0 or is_last:
+      if evaluate:
+        record.update({f"eval/{k}": v for k, v in jitted_eval(state.params).items()})
       last = {"step": s, **to_python(metrics), **to_python(record)}
       writer.write(last)
     if s % checkpoint_every == 0 or is_last:

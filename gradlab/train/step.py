@@ -8,6 +8,7 @@ all-reduce of the gradient; nothing home-made sits in between.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -117,6 +118,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     ``loss``, the scalar entries of ``aux`` and (with ``norm_metrics``)
     ``grad_norm``, ``update_norm`` and ``param_norm``. ``step`` refuses (with a ``ValueError``) a batch whose
     leading axis cannot be split over the devices and microbatches.
+    ``step.lean`` is the same update without the norm metrics, which ``fit``
+    runs on the steps it does not log.
   """
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches: expected an integer >= 1, got {num_microbatches}")
@@ -124,7 +127,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   value_and_grad = make_value_and_grad(loss_fn, num_microbatches=num_microbatches,
                                        mesh=mesh, data_axis=data_axis)
 
-  def step(state: TrainState, batch: Any):
+  def step(state: TrainState, batch: Any, *, with_norms: bool):
     key = state.step_key()
     (loss, aux), grads = value_and_grad(state.params, batch, key)
     extra = {"value": loss, "grad": grads,
@@ -134,28 +137,45 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **_scalar_metrics(aux)}
-    if norm_metrics:
+    if with_norms:
       metrics.update(grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
                      param_norm=optax.tree.norm(params))
     return TrainState(state.step + 1, params, opt_state, state.key), metrics
 
+  donate_argnums = (0,) if donate else ()
   if mesh is None:
-    jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+    jit_kwargs = {}
     num_shards = 1
   else:
     rep = sharding_lib.replicated(mesh)
-    jitted = jax.jit(step, in_shardings=(rep, sharding_lib.data_sharding(mesh, data_axis)),
-                     out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
+    jit_kwargs = dict(in_shardings=(rep, sharding_lib.data_sharding(mesh, data_axis)),
+                      out_shardings=(rep, rep))
     num_shards = mesh.shape[data_axis]
+  jitted = jax.jit(functools.partial(step, with_norms=norm_metrics),
+                   donate_argnums=donate_argnums, **jit_kwargs)
+  jitted_lean = (jax.jit(functools.partial(step, with_norms=False),
+                         donate_argnums=donate_argnums, **jit_kwargs)
+                 if norm_metrics else jitted)
   divisor = num_shards * num_microbatches
   checked: set = set()
 
-  def train_step(state: TrainState, batch: Any):
+  def check(batch: Any) -> None:
     sig = tuple(getattr(x, "shape", None) for x in jax.tree.leaves(batch))
     if sig not in checked:
       sharding_lib.check_shardable(batch, divisor, name="batch")
       checked.add(sig)
+
+  def train_step(state: TrainState, batch: Any):
+    check(batch)
     return jitted(state, batch)
 
+  def lean(state: TrainState, batch: Any):
+    check(batch)
+    return jitted_lean(state, batch)
+
+  # ``fit`` runs ``lean`` (the same update, without the norm metrics) on the
+  # steps whose metrics it does not log: on a GPU the three norms' reductions
+  # cost ~25% of a sub-millisecond step. Both compute identical updates.
+  train_step.lean = lean
   train_step.jitted = jitted  # for lowering and cost analysis
   return train_step

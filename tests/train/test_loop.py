@@ -40,6 +40,7 @@ def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path):
       eval_fn=lambda p: {"w0": p["w"][0]}, eval_every=10)
   records = train.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in records] == [4, 5, 8, 10, 12, 15, 16, 20]
+  assert all("grad_norm" in r for r in records)  # logged steps run the full step
   with_probe = [r["step"] for r in records if "probe/grad_norm" in r]
   assert with_probe == [5, 10, 15, 20]
   assert [r["step"] for r in records if "eval/w0" in r] == [10, 20]

@@ -114,3 +114,17 @@ def test_batch_that_cannot_be_split_is_refused():
     step2(state, batch)
   with pytest.raises(ValueError, match="num_microbatches"):
     train.make_train_step(loss_fn, opt, num_microbatches=0)
+
+
+def test_lean_step_applies_the_identical_update_without_norms():
+  params, batch, loss_fn = _problem()
+  opt = optax.adamw(1e-2)
+  mesh = sharding.make_mesh()
+  step = train.make_train_step(loss_fn, opt, mesh=mesh, donate=False)
+  state = train.TrainState.create(params, opt, jax.random.key(0))
+  b = sharding.shard_batch(batch, mesh)
+  full, m_full = step(state, b)
+  lean, m_lean = step.lean(state, b)
+  jax.tree.map(np.testing.assert_array_equal, full, lean)  # bit for bit
+  assert set(m_full) - set(m_lean) == {"grad_norm", "update_norm", "param_norm"}
+  assert float(m_full["loss"]) == float(m_lean["loss"])
