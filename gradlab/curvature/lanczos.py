@@ -1,0 +1,140 @@
+"""Lanczos with full reorthogonalization, top-k eigenpairs, and power iteration.
+
+Lanczos builds an orthonormal Krylov basis V and the tridiagonal T = V^T A V
+(``alphas`` on the diagonal, ``betas`` beside it); the extreme eigenvalues of
+T (Ritz values) converge to A's first. Full reorthogonalization (twice, the
+"twice is enough" rule) keeps V orthonormal in floating point, so no ghost
+copies of converged eigenvalues appear; it costs O(n m) memory for m
+iterations, fine for the m <= a few hundred that curvature probes use. On
+breakdown (an invariant subspace found) the iteration restarts from a
+random direction orthogonal to V, with beta = 0, so m >= n still gives all
+of A's eigenvalues.
+
+Power iteration is optax's ``power_iteration`` (dominant eigenvalue by
+magnitude): the simple baseline. Lanczos reaches the same accuracy in far
+fewer products, and gives the top k at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from gradlab.curvature.probes import dimension, sample_probe
+from gradlab.curvature.products import make_hvp
+
+Matvec = Callable[[Any], Any]
+
+
+class Tridiagonal(NamedTuple):
+  alphas: jax.Array  # [m] diagonal of T
+  betas: jax.Array   # [m - 1] off-diagonal of T
+  basis: jax.Array   # [m, n] the orthonormal Lanczos vectors (flattened)
+
+
+class EigenResult(NamedTuple):
+  eigenvalues: jax.Array  # [k], descending
+  eigenvectors: Any       # pytree like params with a leading axis of size k
+  residuals: jax.Array    # [k] |A x - lambda x| of each Ritz pair (the error bound)
+
+
+def _check_iterations(num_iterations: int, n: int) -> None:
+  if not isinstance(num_iterations, int) or num_iterations < 1:
+    raise ValueError(f"num_iterations: expected an integer >= 1, got {num_iterations!r}")
+  if num_iterations > n:
+    raise ValueError(f"num_iterations: {num_iterations} exceeds the dimension {n}")
+
+
+def lanczos_tridiagonal(matvec: Matvec, like: Any, key: jax.Array, *, num_iterations: int,
+                        start: Any = None) -> Tridiagonal:
+  """``num_iterations`` Lanczos steps from ``start`` (default: a Rademacher probe)."""
+  flat, unravel = ravel_pytree(like)
+  n, m = flat.shape[0], num_iterations
+  _check_iterations(m, n)
+  dtype = flat.dtype
+  mv = lambda x: ravel_pytree(matvec(unravel(x)))[0].astype(dtype)
+  v0 = ravel_pytree(sample_probe(key, like) if start is None else start)[0].astype(dtype)
+  v0 = v0 / jnp.linalg.norm(v0)
+  basis = jnp.zeros((m, n), dtype).at[0].set(v0)
+  eps = jnp.finfo(dtype).eps
+
+  def orthogonalize(w, basis):
+    for _ in range(2):  # twice is enough
+      w = w - basis.T @ (basis @ w)
+    return w
+
+  def body(j, carry):
+    basis, alphas, betas, anorm = carry
+    v = basis[j]
+    w = mv(v)
+    alpha = jnp.vdot(v, w)
+    w = orthogonalize(w, basis)  # removes alpha v and beta v_{j-1} too, in one go
+    beta = jnp.linalg.norm(w)
+    anorm = jnp.maximum(anorm, jnp.abs(alpha) + beta)
+    broke = beta <= 10 * eps * anorm
+    restart = orthogonalize(jax.random.normal(jax.random.fold_in(key, j), (n,), dtype), basis)
+    w = jnp.where(broke, restart / jnp.linalg.norm(restart), w / jnp.where(broke, 1.0, beta))
+    beta = jnp.where(broke, 0.0, beta)
+    basis = jnp.where(j + 1 < m, basis.at[jnp.minimum(j + 1, m - 1)].set(w), basis)
+    return basis, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
+
+  init = (basis, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), jnp.zeros((), dtype))
+  basis, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init)
+  return Tridiagonal(alphas, betas[:-1], basis)
+
+
+def tridiagonal_matrix(t: Tridiagonal) -> jax.Array:
+  return jnp.diag(t.alphas) + jnp.diag(t.betas, 1) + jnp.diag(t.betas, -1)
+
+
+def lanczos(matvec: Matvec, like: Any, key: jax.Array, *, k: int,
+            num_iterations: int | None = None) -> EigenResult:
+  """The top ``k`` eigenpairs of the symmetric map ``matvec``.
+
+  Args:
+    matvec: symmetric linear map over pytrees like ``like``.
+    like: a pytree of the map's input shape (e.g. the params).
+    key: PRNG key of the start vector.
+    k: eigenpairs wanted, 1 <= k <= dimension.
+    num_iterations: Lanczos steps m (k <= m <= dimension); default
+      ``min(dimension, max(4k, 40))``. The residuals tell whether m sufficed.
+  """
+  n = dimension(like)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+  if k > n:
+    raise ValueError(f"k: {k} exceeds the dimension {n}")
+  m = min(n, max(4 * k, 40)) if num_iterations is None else num_iterations
+  _check_iterations(m, n)
+  if m < k:
+    raise ValueError(f"num_iterations: expected at least k={k}, got {m}")
+  t = lanczos_tridiagonal(matvec, like, key, num_iterations=m)
+  theta, u = jnp.linalg.eigh(tridiagonal_matrix(t))
+  order = jnp.argsort(-theta)[:k]
+  values, u = theta[order], u[:, order]
+  vectors = (t.basis.T @ u).T  # [k, n]
+  _, unravel = ravel_pytree(like)
+  mv = lambda x: ravel_pytree(matvec(unravel(x)))[0]
+  residuals = jnp.linalg.norm(jax.vmap(mv)(vectors) - values[:, None] * vectors, axis=1)
+  return EigenResult(values, jax.vmap(unravel)(vectors), residuals)
+
+
+def hessian_top_eigenvalues(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
+                            key: jax.Array, *, k: int = 1,
+                            num_iterations: int | None = None) -> EigenResult:
+  """Top ``k`` eigenpairs of the Hessian of ``loss_fn(., batch)`` at ``params``."""
+  return lanczos(make_hvp(loss_fn, params, batch), params, key, k=k,
+                 num_iterations=num_iterations)
+
+
+def power_iteration(matvec: Matvec, like: Any, key: jax.Array, *, num_iterations: int = 100,
+                    tol: float = 1e-6) -> tuple[jax.Array, Any]:
+  """Dominant (largest-magnitude) eigenpair by ``optax.power_iteration``."""
+  if not isinstance(num_iterations, int) or num_iterations < 1:
+    raise ValueError(f"num_iterations: expected an integer >= 1, got {num_iterations!r}")
+  return optax.power_iteration(matvec, v0=sample_probe(key, like), num_iters=num_iterations,
+                               error_tolerance=tol)

@@ -1,0 +1,158 @@
+"""Hutchinson and Hutch++ estimators of the Hessian's trace and diagonal.
+
+References: Hutchinson (1990); Meyer, Musco, Musco, Woodruff, "Hutch++:
+Optimal Stochastic Trace Estimation" (SOSA 2021).
+
+The matvec forms (``trace_estimate``, ``diagonal_estimate``, ``hutch_plus_plus``)
+take any symmetric linear map over pytrees; the loss forms
+(``hutchinson_trace``, ``hutchinson_diagonal``) build the Hessian's map with
+``make_hvp``. Probes are evaluated ``probe_batch`` at a time with ``vmap`` (a
+probe batch bounds memory: its activations are held at once) and the
+batches one after another with ``lax.map``. Nothing is jitted inside: the
+caller decides.
+
+Which to use: Hutchinson (Rademacher) for indefinite Hessians and small
+budgets; Hutch++ when the spectrum is dominated by a few large eigenvalues
+(typical of trained networks' Hessians near a minimum) and the budget is
+large enough to capture them (its error falls as 1/m instead of 1/sqrt(m)
+for PSD matrices; on an indefinite 467-parameter Hessian it overtook
+Hutchinson only from about 96 products).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from gradlab.curvature.probes import check_sampler, sample_probe
+from gradlab.curvature.products import make_hvp
+
+Matvec = Callable[[Any], Any]
+
+
+class TraceEstimate(NamedTuple):
+  estimate: jax.Array   # the estimate of the trace
+  stderr: jax.Array     # its standard error (from the spread of the probes)
+  num_probes: int       # matrix-vector products used
+
+
+class DiagonalEstimate(NamedTuple):
+  estimate: Any         # pytree like params: the mean of v * (A v)
+  stderr: Any           # pytree like params: per-entry standard errors
+  num_probes: int
+
+
+def _check_counts(num_probes: int, probe_batch: int | None) -> int:
+  if not isinstance(num_probes, int) or num_probes < 1:
+    raise ValueError(f"num_probes: expected an integer >= 1, got {num_probes!r}")
+  if probe_batch is None:
+    return num_probes
+  if not isinstance(probe_batch, int) or probe_batch < 1:
+    raise ValueError(f"probe_batch: expected an integer >= 1 or None, got {probe_batch!r}")
+  return min(probe_batch, num_probes)
+
+
+def _probe_values(fn: Callable[[Any], Any], like: Any, key: jax.Array, num_probes: int,
+                  probe_batch: int | None, sampler: str) -> Any:
+  """``fn(v)`` for ``num_probes`` probes v, stacked on a leading axis."""
+  check_sampler(sampler)
+  pb = _check_counts(num_probes, probe_batch)
+  num_chunks = math.ceil(num_probes / pb)
+  keys = jax.random.split(key, num_chunks * pb).reshape(num_chunks, pb, *key.shape)
+
+  def chunk(ks):
+    return jax.vmap(lambda k: fn(sample_probe(k, like, sampler)))(ks)
+  out = jax.lax.map(chunk, keys)
+  # [chunks, pb, ...] -> [num_probes, ...]; a partial last chunk's extras are dropped
+  return jax.tree.map(lambda x: x.reshape(num_chunks * pb, *x.shape[2:])[:num_probes], out)
+
+
+def _vdot(a: Any, b: Any) -> jax.Array:
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def trace_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
+                   probe_batch: int | None = None, sampler: str = "rademacher") -> TraceEstimate:
+  """Hutchinson's ``tr A ~ mean_i v_i^T A v_i`` with its standard error."""
+  values = _probe_values(lambda v: _vdot(v, matvec(v)), like, key, num_probes, probe_batch,
+                         sampler)
+  stderr = (jnp.std(values, ddof=1) / math.sqrt(num_probes) if num_probes > 1
+            else jnp.full((), jnp.inf, values.dtype))
+  return TraceEstimate(jnp.mean(values), stderr, num_probes)
+
+
+def diagonal_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
+                      probe_batch: int | None = None,
+                      sampler: str = "rademacher") -> DiagonalEstimate:
+  """``diag A ~ mean_i v_i * (A v_i)`` entrywise, with per-entry standard errors."""
+  values = _probe_values(lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), like, key,
+                         num_probes, probe_batch, sampler)
+  mean = jax.tree.map(lambda x: jnp.mean(x, 0), values)
+  if num_probes > 1:
+    stderr = jax.tree.map(lambda x: jnp.std(x, 0, ddof=1) / math.sqrt(num_probes), values)
+  else:
+    stderr = jax.tree.map(lambda x: jnp.full(x.shape[1:], jnp.inf, x.dtype), values)
+  return DiagonalEstimate(mean, stderr, num_probes)
+
+
+def hutchinson_trace(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
+                     key: jax.Array, *, num_probes: int, probe_batch: int | None = None,
+                     sampler: str = "rademacher") -> TraceEstimate:
+  """Hutchinson estimate of ``tr H`` of ``loss_fn(., batch)`` at ``params``.
+
+  Args:
+    loss_fn: pure ``(params, batch) -> scalar``.
+    params, batch: the point and the data (the batch may be sharded).
+    key: PRNG key of the probes.
+    num_probes: m >= 1 Hessian-vector products; the standard error falls as
+      1/sqrt(m).
+    probe_batch: probes evaluated at once (memory grows with it); default all.
+    sampler: ``"rademacher"`` (default) or ``"gaussian"``.
+  """
+  _check_counts(num_probes, probe_batch)
+  return trace_estimate(make_hvp(loss_fn, params, batch), params, key, num_probes=num_probes,
+                        probe_batch=probe_batch, sampler=sampler)
+
+
+def hutchinson_diagonal(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
+                        key: jax.Array, *, num_probes: int, probe_batch: int | None = None,
+                        sampler: str = "rademacher") -> DiagonalEstimate:
+  """Hutchinson estimate of ``diag H`` (a pytree like ``params``)."""
+  _check_counts(num_probes, probe_batch)
+  return diagonal_estimate(make_hvp(loss_fn, params, batch), params, key,
+                           num_probes=num_probes, probe_batch=probe_batch, sampler=sampler)
+
+
+def hutch_plus_plus(matvec: Matvec, like: Any, key: jax.Array, *, num_matvecs: int,
+                    sampler: str = "rademacher") -> TraceEstimate:
+  """Hutch++ with ``num_matvecs`` products (a multiple of 3, at least 3).
+
+  A third of the products sketch the range: ``Q = orth(A S)``; a third give
+  ``tr(Q^T A Q)`` exactly; the last third estimate the trace of the deflated
+  remainder ``(I - QQ^T) A (I - QQ^T)`` by Hutchinson, whose spread gives the
+  standard error. Memory: n x num_matvecs/3 floats for the sketch.
+  """
+  check_sampler(sampler)
+  if not isinstance(num_matvecs, int) or num_matvecs < 3 or num_matvecs % 3:
+    raise ValueError(f"num_matvecs: expected a positive multiple of 3, got {num_matvecs!r}")
+  k = num_matvecs // 3
+  flat, unravel = ravel_pytree(like)
+  n = flat.shape[0]
+  if k > n:
+    raise ValueError(f"num_matvecs: {num_matvecs} // 3 = {k} exceeds the dimension {n}")
+  mv = lambda x: ravel_pytree(matvec(unravel(x)))[0]
+  mm = jax.vmap(mv, in_axes=1, out_axes=1)  # A @ X for X of shape [n, k]
+  ks, kg = jax.random.split(key)
+  draw = (lambda kk: jax.random.rademacher(kk, (n, k), flat.dtype)) if sampler == "rademacher" \
+      else (lambda kk: jax.random.normal(kk, (n, k), flat.dtype))
+  q, _ = jnp.linalg.qr(mm(draw(ks)))
+  top = jnp.trace(q.T @ mm(q))
+  g = draw(kg)
+  g = g - q @ (q.T @ g)
+  values = jnp.sum(g * mm(g), axis=0)  # k Hutchinson samples of the deflated trace
+  stderr = jnp.std(values, ddof=1) / math.sqrt(k) if k > 1 else jnp.full((), jnp.inf)
+  return TraceEstimate(top + jnp.mean(values), stderr, num_matvecs)
