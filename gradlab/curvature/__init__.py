@@ -7,8 +7,8 @@ inside. Wrap in ``jax.jit`` with the batch sharded as ``gradlab.train`` has
 it to reduce across devices.
 """
 
-from gradlab.curvature.density import (SpectralDensity, hessian_spectral_density, quadrature,
-                                       spectral_density)
+from gradlab.curvature.density import (SpectralDensity, count_outliers, hessian_spectral_density,
+                                       quadrature, spectral_density)
 from gradlab.curvature.lanczos import (EigenResult, Tridiagonal, hessian_top_eigenvalues, lanczos,
                                        lanczos_tridiagonal, power_iteration)
 from gradlab.curvature.probes import SAMPLERS, sample_probe
@@ -21,7 +21,7 @@ from gradlab.curvature.trace import (DiagonalEstimate, TraceEstimate, diagonal_e
 
 __all__ = [
     "DiagonalEstimate", "EigenResult", "SAMPLERS", "Sharpness", "SpectralDensity",
-    "TraceEstimate", "Tridiagonal", "check_scalar_loss", "diagonal_estimate",
+    "TraceEstimate", "Tridiagonal", "check_scalar_loss", "count_outliers", "diagonal_estimate",
     "empirical_fisher_vp", "ggn_vp", "hessian_spectral_density", "hessian_top_eigenvalues",
     "hutch_plus_plus", "hutchinson_diagonal", "hutchinson_trace", "hvp", "lanczos",
     "lanczos_tridiagonal", "make_hvp", "power_iteration", "quadrature", "sample_probe",

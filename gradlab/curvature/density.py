@@ -73,3 +73,21 @@ def hessian_spectral_density(loss_fn: Callable[[Any, Any], jax.Array], params: A
                              key: jax.Array, **kwargs) -> SpectralDensity:
   """``spectral_density`` of the Hessian of ``loss_fn(., batch)`` at ``params``."""
   return spectral_density(make_hvp(loss_fn, params, batch), params, key, **kwargs)
+
+
+def count_outliers(eigenvalues: jax.Array, *, max_outliers: int) -> jax.Array:
+  """The number of top eigenvalues above the spectrum's largest relative gap.
+
+  Sorts descending and returns the i (1 <= i <= max_outliers) maximizing
+  lambda_i / lambda_{i+1} over positive eigenvalues: the size of the group of
+  outliers separated from the bulk (Sagun et al., 2017; Papyan, 2020).
+  """
+  if max_outliers < 1:
+    raise ValueError(f"max_outliers: expected an integer >= 1, got {max_outliers}")
+  ev = jnp.sort(jnp.asarray(eigenvalues))[::-1]
+  if ev.shape[0] <= max_outliers:
+    raise ValueError(f"eigenvalues: need more than max_outliers={max_outliers}, got {ev.shape[0]}")
+  top = ev[:max_outliers + 1]
+  tiny = jnp.finfo(top.dtype).tiny
+  ratios = jnp.maximum(top[:-1], tiny) / jnp.maximum(top[1:], tiny)
+  return jnp.argmax(ratios) + 1
