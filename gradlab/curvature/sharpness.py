@@ -35,7 +35,7 @@ class Sharpness(NamedTuple):
 
 def sharpness(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any, key: jax.Array,
               *, learning_rate: float, num_probes: int = 32, num_iterations: int = 20,
-              probe_batch: int | None = None) -> Sharpness:
+              probe_batch: int = 1) -> Sharpness:
   """lambda_max (Lanczos) and tr H (Hutchinson) at ``params`` with the stability ratios."""
   if not learning_rate > 0:
     raise ValueError(f"learning_rate: expected a value > 0, got {learning_rate}")
@@ -51,7 +51,7 @@ def sharpness(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
 
 def sharpness_instrument(train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
                          *, learning_rate: float, num_probes: int = 32, num_iterations: int = 20,
-                         probe_batch: int | None = None):
+                         probe_batch: int = 1):
   """An instrument ``(state, batch, key) -> {name: scalar}`` for ``gradlab.train.fit``.
 
   Args:

@@ -1,0 +1,63 @@
+r"""One Hessian-vector product's cost over one gradient's, and the GGN's.
+
+  python -m benchmarks.hvp_cost [--width=1024] [--json=out.json]
+
+MLP 784-W-W-10 (W=1024: 1.86M parameters), softmax cross-entropy, batch 256.
+Forward-over-reverse HVP costs a small constant times a gradient (theory:
+<= ~4; goal <= 3x). ``make_hvp`` (linearize once) is also timed per product
+as the Hutchinson and Lanczos loops use it.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import timing
+from gradlab import curvature, models
+
+_WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "Timed repeats.")
+_JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+
+
+def main(argv):
+  del argv
+  model = models.MLP((_WIDTH.value, _WIDTH.value, 10))
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.random((_BATCH.value, 784), np.float32)),
+           "y": jnp.asarray(rng.integers(0, 10, _BATCH.value))}
+  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
+  n = sum(x.size for x in jax.tree.leaves(params))
+  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(p, b["x"]), b["y"]).mean()
+  v = curvature.sample_probe(jax.random.key(1), params)
+  grad = jax.jit(jax.grad(loss))
+  hvp = jax.jit(lambda p, b, v: curvature.hvp(loss, p, b, v))
+  out_loss = lambda o, b: optax.softmax_cross_entropy_with_integer_labels(o, b["y"]).mean()
+  ggn = jax.jit(lambda p, b, v: curvature.ggn_vp(lambda q, c: model.apply(q, c["x"]), out_loss,
+                                                 p, b, v))
+  # 8 products from one linearization, per product
+  many = jax.jit(lambda p, b, vs: jax.lax.map(curvature.make_hvp(loss, p, b), vs))
+  vs = jax.vmap(lambda k: curvature.sample_probe(k, params))(jax.random.split(jax.random.key(2), 8))
+  fns = {
+      "gradient": lambda: jax.block_until_ready(grad(params, batch)),
+      "hvp": lambda: jax.block_until_ready(hvp(params, batch, v)),
+      "ggn_vp": lambda: jax.block_until_ready(ggn(params, batch, v)),
+      "8 x make_hvp (one linearization), total": lambda: jax.block_until_ready(
+          many(params, batch, vs)),
+  }
+  t = timing.interleaved(fns, repeats=_REPEATS.value)
+  rows = [{"op": k, "ms": s * 1e3, "x gradient": s / t["gradient"]} for k, s in t.items()]
+  rows.append({"op": "make_hvp, per product", "ms": t[list(t)[-1]] / 8 * 1e3,
+               "x gradient": t[list(t)[-1]] / 8 / t["gradient"]})
+  timing.report(f"HVP cost, MLP 784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params), batch "
+                f"{_BATCH.value}, on {jax.devices()[0].platform}", rows, _JSON.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,53 @@
+r"""Peak memory of the probe-batched Hutchinson trace as the probe batch grows.
+
+  python -m benchmarks.trace_memory [--json=out.json]
+
+Reads XLA's own accounting of the compiled program
+(``compiled.memory_analysis()``: the temporary buffers alive at once), which
+is deterministic, unlike sampling a process's resident memory. 64 probes on
+MLP 784-1024-1024-10 (1.86M parameters), batch 256; probe_batch from 1 to 64.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import timing
+from gradlab import curvature, models
+
+_PROBES = flags.DEFINE_integer("probes", 64, "Probes.")
+_WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
+_JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+
+
+def main(argv):
+  del argv
+  model = models.MLP((_WIDTH.value, _WIDTH.value, 10))
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.random((_BATCH.value, 784), np.float32)),
+           "y": jnp.asarray(rng.integers(0, 10, _BATCH.value))}
+  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
+  n = sum(a.size for a in jax.tree.leaves(params))
+  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(p, b["x"]), b["y"]).mean()
+  rows = []
+  for pb in (1, 2, 4, 8, 16, 32, 64):
+    fn = jax.jit(lambda p, b, k, pb=pb: curvature.hutchinson_trace(
+        loss, p, b, k, num_probes=_PROBES.value, probe_batch=pb).estimate)
+    mem = fn.lower(params, batch, jax.random.key(0)).compile().memory_analysis()
+    temp = getattr(mem, "temp_size_in_bytes", float("nan"))
+    rows.append({"probe_batch": pb, "temp MiB": temp / 2**20,
+                 "x params' size": temp / (4 * n)})
+  timing.report(f"Peak temporary memory of hutchinson_trace ({_PROBES.value} probes), MLP "
+                f"784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params, "
+                f"{4 * n / 2**20:.1f} MiB), batch {_BATCH.value}, on "
+                f"{jax.devices()[0].platform}", rows, _JSON.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
