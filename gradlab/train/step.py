@@ -90,7 +90,8 @@ def _scalar_metrics(aux: Any) -> dict[str, jax.Array]:
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Mesh | None = None, data_axis: str = sharding_lib.DATA_AXIS,
                     num_microbatches: int = 1, extra_args_fn: ExtraArgsFn | None = None,
-                    donate: bool = True, norm_metrics: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+                    donate: bool = True, norm_metrics: bool = True,
+                    value_and_grad_fn: Callable | None = None) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """Builds the jitted train step.
 
   Args:
@@ -109,14 +110,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     extra_args_fn: ``(state, batch, key, grad_fn) -> dict`` of further extra
       arguments for the optimizer.
     donate: donate the input state's buffers to the output.
-    norm_metrics: also report ``grad_norm``, ``update_norm`` and
-      ``param_norm``. Each is one more pass over a parameter-sized tree; on a
+    value_and_grad_fn: replaces ``jax.value_and_grad(loss_fn)``: any
+      ``(params, batch, key) -> ((loss, aux), grads)``, e.g. the noise-scale
+      measuring one of ``gradlab.gradstats`` or a zeroth-order estimate from
+      ``gradlab.zeroth_order``. Excludes ``num_microbatches > 1``.
+    norm_metrics: also report ``grad_norm``, ``update_norm``,
+      ``param_norm`` and ``update_grad_ratio``. Each is one more pass over a parameter-sized tree; on a
       memory-bound step (a wide MLP on a CPU) the three cost several percent.
 
   Returns:
     ``step(state, batch) -> (new_state, metrics)`` where ``metrics`` holds
     ``loss``, the scalar entries of ``aux`` and (with ``norm_metrics``)
-    ``grad_norm``, ``update_norm`` and ``param_norm``. ``step`` refuses (with a ``ValueError``) a batch whose
+    ``grad_norm``, ``update_norm``, ``param_norm`` and ``update_grad_ratio``. ``step`` refuses (with a ``ValueError``) a batch whose
     leading axis cannot be split over the devices and microbatches.
     ``step.lean`` is the same update without the norm metrics, which ``fit``
     runs on the steps it does not log.
@@ -124,8 +129,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches: expected an integer >= 1, got {num_microbatches}")
   tx = optax.with_extra_args_support(optimizer)
-  value_and_grad = make_value_and_grad(loss_fn, num_microbatches=num_microbatches,
-                                       mesh=mesh, data_axis=data_axis)
+  if value_and_grad_fn is not None:
+    if num_microbatches != 1:
+      raise ValueError("value_and_grad_fn: cannot be combined with num_microbatches > 1")
+    value_and_grad = value_and_grad_fn
+  else:
+    value_and_grad = make_value_and_grad(loss_fn, num_microbatches=num_microbatches,
+                                         mesh=mesh, data_axis=data_axis)
 
   def step(state: TrainState, batch: Any, *, with_norms: bool):
     key = state.step_key()
@@ -138,8 +148,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **_scalar_metrics(aux)}
     if with_norms:
-      metrics.update(grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
-                     param_norm=optax.tree.norm(params))
+      grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+      metrics.update(grad_norm=grad_norm, update_norm=update_norm,
+                     param_norm=optax.tree.norm(params),
+                     update_grad_ratio=update_norm / grad_norm)
     return TrainState(state.step + 1, params, opt_state, state.key), metrics
 
   donate_argnums = (0,) if donate else ()

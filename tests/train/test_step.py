@@ -51,7 +51,8 @@ def test_step_equals_the_hand_written_update(use_mesh):
   # float32: an 8-way sharded mean sums in another order (a few ulps per step)
   _assert_trees_close(state.params, expected, rtol=1e-5, atol=1e-6)
   assert int(state.step) == 3
-  assert set(metrics) == {"loss", "accuracy", "grad_norm", "update_norm", "param_norm"}
+  assert set(metrics) == {"loss", "accuracy", "grad_norm", "update_norm", "param_norm",
+                          "update_grad_ratio"}
 
 
 def test_microbatch_accumulation_equals_the_full_batch_gradient():
@@ -126,5 +127,6 @@ def test_lean_step_applies_the_identical_update_without_norms():
   full, m_full = step(state, b)
   lean, m_lean = step.lean(state, b)
   jax.tree.map(np.testing.assert_array_equal, full, lean)  # bit for bit
-  assert set(m_full) - set(m_lean) == {"grad_norm", "update_norm", "param_norm"}
+  assert set(m_full) - set(m_lean) == {"grad_norm", "update_norm", "param_norm",
+                                       "update_grad_ratio"}
   assert float(m_full["loss"]) == float(m_lean["loss"])
