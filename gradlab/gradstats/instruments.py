@@ -42,7 +42,10 @@ def gradient_statistics_instrument(
            "inner_product_test": per_example.inner_product_test(loss, state.params, batch,
                                                                 chunk_size=chunk_size),
            "mean_gsnr": per_example.mean_gsnr(m),
-           "noise_scale_simple": per_example.noise_scale_simple(m)}
+           "noise_scale_simple": per_example.noise_scale_simple(m),
+           # unbiased components, to average over steps before dividing
+           "trace_sigma": per_example.trace_covariance(m),
+           "g_sq": per_example.mean_sq_norm(m) - per_example.trace_covariance(m) / m.count}
     if init_params is not None:
       out["distance_from_init"] = jnp.sqrt(sum(
           jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(state.params),

@@ -29,8 +29,10 @@ _INSTRUMENT_SALT = 0x1A57
 
 
 class Instrument(NamedTuple):
-  """A probe run after every ``every``-th step; its outputs are logged as
-  ``{name}/{key}`` in the same metrics record as the step."""
+  """A probe of every ``every``-th step, logged as ``{name}/{key}`` in that
+  step's metrics record. It sees the state the step updates and the step's
+  batch (the point where the step's loss and gradient are measured); eval
+  sees the state after the step."""
   name: str
   fn: InstrumentFn
   every: int
@@ -100,12 +102,16 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
     due = [(i, inst, fn) for i, inst, fn in jitted_instruments if s % inst.every == 0 or is_last]
     evaluate = jitted_eval is not None and ((eval_every and s % eval_every == 0) or is_last)
     logged = bool(due) or evaluate or s % log_every == 0 or is_last
+    record: dict[str, Any] = {}
+    # Instruments measure the state the step is about to update, on the batch
+    # it updates with, as the step's own loss and gradient norm do. (After the
+    # step, that batch's gradient has just been reduced: a gradient statistic
+    # read there is biased, e.g. a noise scale inflated several-fold.)
+    for i, inst, fn in due:
+      key = jax.random.fold_in(jax.random.fold_in(state.key, _INSTRUMENT_SALT + i), s)
+      record.update({f"{inst.name}/{k}": v for k, v in fn(state, batch, key).items()})
     state, metrics = (train_step if logged else lean_step)(state, batch)
     if logged:
-      record: dict[str, Any] = {}
-      for i, inst, fn in due:
-        key = jax.random.fold_in(jax.random.fold_in(state.key, _INSTRUMENT_SALT + i), s)
-        record.update({f"{inst.name}/{k}": v for k, v in fn(state, batch, key).items()})
       if evaluate:
         record.update({f"eval/{k}": v for k, v in jitted_eval(state.params).items()})
       last = {"step": s, **to_python(metrics), **to_python(record)}

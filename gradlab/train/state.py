@@ -28,9 +28,14 @@ class TrainState(NamedTuple):
   @classmethod
   def create(cls, params: Any, optimizer: optax.GradientTransformation,
              key: jax.Array) -> "TrainState":
-    """A state at step 0 with ``optimizer.init(params)``."""
+    """A state at step 0 with ``optimizer.init(params)``.
+
+    The params are copied: the train step donates (deletes) its input state's
+    buffers, and the caller's own arrays must survive that.
+    """
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.key_data(key)
+    params = jax.tree.map(jnp.copy, params)
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                opt_state=optimizer.init(params), key=jnp.asarray(key))
 

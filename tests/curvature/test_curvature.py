@@ -212,13 +212,21 @@ def test_sharpness_instrument_logs_inside_fit(tmp_path):
   inst = curvature.sharpness_instrument(train_loss, learning_rate=0.5, num_probes=16,
                                         num_iterations=30)
   sharded = sharding.shard_batch(batch, mesh)
-  state, last = train.fit(state, step, lambda s: itertools.repeat(sharded), num_steps=6,
-                          workdir=str(tmp_path), checkpoint_every=6, log_every=3,
-                          instruments=[train.Instrument("curv", inst, every=3)])
+  _, last = train.fit(state, step, lambda s: itertools.repeat(sharded), num_steps=6,
+                      workdir=str(tmp_path), checkpoint_every=6, log_every=3,
+                      instruments=[train.Instrument("curv", inst, every=3)])
   records = train.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in records if "curv/lambda_max" in r] == [3, 6]
-  h, _ = _dense_hessian(loss, state.params, batch)
-  np.testing.assert_allclose(last["curv/lambda_max"],
+  # Instruments measure the state a step updates. To compare with a dense
+  # Hessian at known params, run with a zero learning rate (params fixed).
+  state0 = train.TrainState.create(params, optax.sgd(0.0), jax.random.key(0))
+  step0 = train.make_train_step(train_loss, optax.sgd(0.0), mesh=mesh)
+  _, last0 = train.fit(jax.device_put(state0, sharding.replicated(mesh)), step0,
+                       lambda s: itertools.repeat(sharded), num_steps=3, workdir=str(tmp_path / "z"),
+                       checkpoint_every=3, log_every=3,
+                       instruments=[train.Instrument("curv", inst, every=3)])
+  h, _ = _dense_hessian(loss, params, batch)
+  np.testing.assert_allclose(last0["curv/lambda_max"],
                              np.linalg.eigvalsh(np.asarray(h, np.float64)).max(), rtol=1e-3)
   assert set(k for k in last if k.startswith("curv/")) == {
       "curv/lambda_max", "curv/trace", "curv/trace_stderr", "curv/gd_ratio", "curv/sgd_ratio"}

@@ -144,9 +144,8 @@ def test_instrument_runs_in_fit(tmp_path):
             "distance_from_init"):
     assert np.isfinite(last[f"gs/{k}"])
   assert last["gs/distance_from_init"] > 0
-  # instruments measure the state after the step's update
-  g = jax.flatten_util.ravel_pytree(jax.grad(loss)(state.params, batch))[0]
-  np.testing.assert_allclose(last["gs/grad_norm"], float(jnp.linalg.norm(g)), rtol=1e-4)
+  # instruments measure the point the step's own gradient is taken at
+  np.testing.assert_allclose(last["gs/grad_norm"], last["grad_norm"], rtol=1e-4)
 
 
 def test_bad_input():

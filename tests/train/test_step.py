@@ -130,3 +130,12 @@ def test_lean_step_applies_the_identical_update_without_norms():
   assert set(m_full) - set(m_lean) == {"grad_norm", "update_norm", "param_norm",
                                        "update_grad_ratio"}
   assert float(m_full["loss"]) == float(m_lean["loss"])
+
+
+def test_creating_a_state_keeps_the_callers_params_alive():
+  params, batch, loss_fn = _problem()
+  opt = optax.sgd(0.1)
+  step = train.make_train_step(loss_fn, opt)  # donates its input state
+  state = train.TrainState.create(params, opt, jax.random.key(0))
+  step(state, batch)
+  jax.tree.map(lambda x: x.block_until_ready(), params)  # would raise if deleted
