@@ -166,3 +166,34 @@ def test_bad_input():
                                          sharding.make_mesh(jax.devices()[:1]))
   with pytest.raises(ValueError, match="groups: expected at least 2"):
     gradstats.gradient_alignment(loss, params, {"a": batch})
+
+
+def test_dense_factorized_moments_equal_the_per_example_ones():
+  from gradlab import models
+  model = models.MLP((16, 8, 3))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 5)))
+  x = jax.random.normal(jax.random.key(1), (12, 5))
+  y = jax.random.randint(jax.random.key(2), (12,), 0, 3)
+  ce = lambda out: optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(p, b["x"]), b["y"]).mean()
+  ref = gradstats.gradient_moments(loss, params, {"x": x, "y": y}, chunk_size=4)
+  got = gradstats.dense_gradient_moments(model, params, x, ce)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  jax.tree.map(close, got.mean, ref.mean)
+  jax.tree.map(close, got.sq_mean, ref.sq_mean)
+  jax.tree.map(close, got.sq_norms, ref.sq_norms)
+  np.testing.assert_allclose(gradstats.mean_gsnr(got), gradstats.mean_gsnr(ref), rtol=1e-4)
+
+
+def test_dense_moments_refuse_non_dense_models():
+  import flax.linen as nn
+
+  class WithScale(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(x) * self.param("scale", nn.initializers.ones, (3,))
+  model = WithScale()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+  with pytest.raises(ValueError, match="model: parameter 'scale' is not inside a Dense layer"):
+    gradstats.dense_gradient_moments(model, params, jnp.ones((4, 4)), jnp.mean)
