@@ -7,6 +7,10 @@ Subpackages (import the one you need):
 * ``gradlab.models``: the small flax models the experiments use.
 * ``gradlab.discrete``: gradient estimators for discrete samples (ST,
   Gumbel-Softmax, Gumbel-Rao, ReinMax, REINFORCE, ReSTE) and the exact oracle.
+* ``gradlab.curvature``: Hessian-vector products, trace and diagonal
+  estimators, Lanczos, spectral density, sharpness.
+* ``gradlab.gradstats``: per-example statistics, noise scale, alignment.
+* ``gradlab.zeroth_order``: SPSA/MeZO, Sparse MeZO, CBO.
 * ``gradlab.sharding``: meshes and batch placement.
 """
 
