@@ -21,12 +21,11 @@ from __future__ import annotations
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import timing
-from gradlab import gradstats, models, sharding, train
+from benchmarks import problems, timing
+from gradlab import gradstats, sharding, train
 
 _WIDTH = flags.DEFINE_integer("width", 256, "Hidden width of the MLP 784-W-W-10.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -39,15 +38,9 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 def main(argv):
   del argv
   w, b = _WIDTH.value, _BATCH.value
-  model = models.MLP((w, w, 10))
-  rng = np.random.default_rng(0)
-  x = rng.random((b, 784), np.float32)
-  y = rng.integers(0, 10, b).astype(np.int32)
-  batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
-  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
-  n = sum(a.size for a in jax.tree.leaves(params))
-  loss = lambda p, bt: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, bt["x"]), bt["y"]).mean()
+  prob = problems.mlp_problem(w, b)
+  model, params, batch, loss, n, x, y = (prob.model, prob.params, prob.batch, prob.loss,
+                                         prob.num_params, prob.x, prob.y)
   train_loss = lambda p, bt, k: (loss(p, bt), {})
   opt = optax.sgd(0.01)
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from benchmarks import timing
-from gradlab import curvature, models
+from benchmarks import problems, timing
+from gradlab import curvature
 
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
@@ -27,14 +25,8 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 
 def main(argv):
   del argv
-  model = models.MLP((_WIDTH.value, _WIDTH.value, 10))
-  rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.random((_BATCH.value, 784), np.float32)),
-           "y": jnp.asarray(rng.integers(0, 10, _BATCH.value))}
-  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
-  n = sum(x.size for x in jax.tree.leaves(params))
-  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, b["x"]), b["y"]).mean()
+  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  model, params, batch, loss, n = prob.model, prob.params, prob.batch, prob.loss, prob.num_params
   v = curvature.sample_probe(jax.random.key(1), params)
   grad = jax.jit(jax.grad(loss))
   hvp = jax.jit(lambda p, b, v: curvature.hvp(loss, p, b, v))

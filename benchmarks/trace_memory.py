@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
-from benchmarks import timing
-from gradlab import curvature, models
+from benchmarks import problems, timing
+from gradlab import curvature
 
 _PROBES = flags.DEFINE_integer("probes", 64, "Probes.")
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width.")
@@ -27,14 +24,8 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 
 def main(argv):
   del argv
-  model = models.MLP((_WIDTH.value, _WIDTH.value, 10))
-  rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.random((_BATCH.value, 784), np.float32)),
-           "y": jnp.asarray(rng.integers(0, 10, _BATCH.value))}
-  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
-  n = sum(a.size for a in jax.tree.leaves(params))
-  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, b["x"]), b["y"]).mean()
+  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  params, batch, loss, n = prob.params, prob.batch, prob.loss, prob.num_params
   rows = []
   for pb in (1, 2, 4, 8, 16, 32, 64):
     fn = jax.jit(lambda p, b, k, pb=pb: curvature.hutchinson_trace(

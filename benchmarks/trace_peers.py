@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from benchmarks import timing
-from gradlab import curvature, models
+from benchmarks import problems, timing
+from gradlab import curvature
 
 _PROBES = flags.DEFINE_integer("probes", 32, "Rademacher probes.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Hidden width.")
@@ -33,15 +31,9 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 def main(argv):
   del argv
   m, w = _PROBES.value, _WIDTH.value
-  model = models.MLP((w, w, 10))
-  rng = np.random.default_rng(0)
-  x = rng.random((_BATCH.value, 784), np.float32)
-  y = rng.integers(0, 10, _BATCH.value)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
-  n = sum(a.size for a in jax.tree.leaves(params))
-  batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
-  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, b["x"]), b["y"]).mean()
+  prob = problems.mlp_problem(w, _BATCH.value)
+  params, batch, loss, n, x, y = (prob.params, prob.batch, prob.loss, prob.num_params, prob.x,
+                                  prob.y)
 
   ours = jax.jit(lambda p, b, k: curvature.hutchinson_trace(loss, p, b, k, num_probes=m))
 
@@ -60,7 +52,7 @@ def main(argv):
       p = params["params"][f"dense_{i}"]
       layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
       layer.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
-  tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+  tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
   criterion = torch.nn.CrossEntropyLoss()
   results = {}
 

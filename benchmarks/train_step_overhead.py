@@ -15,11 +15,10 @@ from __future__ import annotations
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from benchmarks import timing
-from gradlab import models, sharding, train
+from benchmarks import problems, timing
+from gradlab import sharding, train
 
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width of the 2-hidden-layer MLP.")
@@ -29,12 +28,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed repeats (medians are repor
 
 def main(argv):
   del argv
-  model = models.MLP((_WIDTH.value, _WIDTH.value, 10))
-  rng = np.random.default_rng(0)
-  batch = {"x": rng.random((_BATCH.value, 784), np.float32),
-           "y": rng.integers(0, 10, _BATCH.value).astype(np.int32)}
-  params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
-  num_params = sum(x.size for x in jax.tree.leaves(params))
+  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  model, params, num_params = prob.model, prob.params, prob.num_params
+  batch = {"x": prob.x, "y": prob.y}
   opt = optax.adam(1e-3)
 
   def loss_fn(p, b, key):

@@ -78,12 +78,8 @@ def run_one(workdir, method, lr, full):
 def main(argv):
   del argv
   try:
-    try:
-      lrs = [float(v) for v in _LRS.value]
-    except ValueError:
-      lrs = []
-    flag_checks.require(lrs and all(v > 0 for v in lrs), "learning_rates",
-                        "a comma-separated list of positive numbers", ",".join(_LRS.value))
+    lrs = flag_checks.number_list("learning_rates", _LRS.value, valid=lambda v: v > 0,
+                                  expected="a comma-separated list of positive numbers")
     for m in _METHODS.value:
       flag_checks.one_of("methods", m, ("gd", "sgd"))
     for name in ("sgd_batch_size", "num_examples", "width", "num_steps", "probe_every",

@@ -34,6 +34,19 @@ def one_of(flag: str, value: Any, choices: Iterable[Any]) -> None:
   require(value in choices, flag, f"one of {', '.join(map(str, choices))}", value)
 
 
+def number_list(flag: str, values: Iterable[str], *, expected: str, kind: type = float,
+                valid: Any = None, min_count: int = 1) -> list:
+  """Parses a comma-separated list flag; ``expected`` describes a valid one."""
+  values = list(values)
+  try:
+    out = [kind(v) for v in values]
+  except ValueError:
+    out = []
+  ok = len(out) >= min_count and (valid is None or all(valid(v) for v in out))
+  require(ok, flag, expected, ",".join(values))
+  return out
+
+
 def check_same_run(workdir: str, config: Mapping[str, Any], *, may_change: Iterable[str] = ()) -> None:
   """Records ``config`` in ``workdir/config.json``, or, when a run is already
   there, refuses flags that would make resuming it meaningless."""

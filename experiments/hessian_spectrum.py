@@ -53,16 +53,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 PROG = "hessian_spectrum"
 
 
-def _ints(flag: str, values: list[str], minimum: int) -> list[int]:
-  try:
-    out = [int(v) for v in values]
-  except ValueError:
-    out = []
-  flag_checks.require(out and all(v >= minimum for v in out), flag,
-                      f"a comma-separated list of integers >= {minimum}", ",".join(values))
-  return out
-
-
 def _param_count(dim: int, width: int, classes: int) -> int:
   return dim * width + width + width * classes + classes
 
@@ -102,8 +92,10 @@ def run_one(workdir: str, classes: int, width: int) -> dict:
 def main(argv):
   del argv
   try:
-    classes = _ints("classes", _CLASSES.value, 2)
-    widths = _ints("widths", _WIDTHS.value, 1)
+    classes = flag_checks.number_list("classes", _CLASSES.value, kind=int, valid=lambda v: v >= 2,
+                                      expected="a comma-separated list of integers >= 2")
+    widths = flag_checks.number_list("widths", _WIDTHS.value, kind=int, valid=lambda v: v >= 1,
+                                     expected="a comma-separated list of integers >= 1")
     for name in ("dim", "num_train", "num_steps", "max_params", "slq_iterations", "slq_runs"):
       flag_checks.positive(name, flags.FLAGS[name].value)
     flag_checks.positive("learning_rate", _LEARNING_RATE.value)

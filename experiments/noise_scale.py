@@ -115,12 +115,9 @@ def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str) ->
 def main(argv):
   del argv
   try:
-    try:
-      sweep = [int(v) for v in _SWEEP.value]
-    except ValueError:
-      sweep = []
-    flag_checks.require(len(sweep) >= 3 and all(b >= 1 for b in sweep), "sweep",
-                        "at least 3 comma-separated positive batch sizes", ",".join(_SWEEP.value))
+    sweep = flag_checks.number_list("sweep", _SWEEP.value, kind=int, valid=lambda b: b >= 1,
+                                    min_count=3,
+                                    expected="at least 3 comma-separated positive batch sizes")
     flag_checks.require(max(sweep) <= 1437, "sweep", "batch sizes <= the 1437 training digits",
                         max(sweep))
     for name in ("batch_size", "max_steps", "num_steps", "probe_every", "hidden"):
@@ -129,12 +126,8 @@ def main(argv):
                         "batch_size", f">= 2 and divisible by {jax.device_count()} devices",
                         _BATCH_SIZE.value)
     flag_checks.positive("learning_rate", _LEARNING_RATE.value)
-    try:
-      grid = [float(v) for v in _LR_GRID.value]
-    except ValueError:
-      grid = []
-    flag_checks.require(grid and all(v > 0 for v in grid), "lr_grid",
-                        "a comma-separated list of positive numbers", ",".join(_LR_GRID.value))
+    flag_checks.number_list("lr_grid", _LR_GRID.value, valid=lambda v: v > 0,
+                            expected="a comma-separated list of positive numbers")
     flag_checks.positive("target_loss", _TARGET.value)
     flag_checks.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
         "batch_size", "learning_rate", "target_loss", "num_steps", "probe_every", "hidden",

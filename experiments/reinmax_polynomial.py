@@ -54,12 +54,8 @@ PROG = "reinmax_polynomial"
 
 def _check_flags() -> list[float]:
   c = flag_checks
-  try:
-    powers = [float(p) for p in _POWERS.value]
-  except ValueError:
-    powers = []
-  c.require(powers and all(p >= 1 for p in powers), "powers",
-            "a comma-separated list of numbers >= 1", ",".join(_POWERS.value))
+  powers = c.number_list("powers", _POWERS.value, valid=lambda p: p >= 1,
+                         expected="a comma-separated list of numbers >= 1")
   for e in _ESTIMATORS.value:
     c.one_of("estimators", e, ESTIMATORS)
   c.positive("temperature", _TEMPERATURE.value)

@@ -63,12 +63,8 @@ def _check_flags() -> tuple[list[int], int]:
   c.positive("log_every", _LOG_EVERY.value)
   c.positive("num_microbatches", _NUM_MICROBATCHES.value)
   c.non_negative("crash_after_step", _CRASH_AFTER_STEP.value)
-  try:
-    hidden = [int(h) for h in _HIDDEN.value]
-  except ValueError:
-    hidden = []
-  c.require(hidden and all(h > 0 for h in hidden), "hidden",
-            "a comma-separated list of positive widths", ",".join(_HIDDEN.value))
+  hidden = c.number_list("hidden", _HIDDEN.value, kind=int, valid=lambda h: h > 0,
+                         expected="a comma-separated list of positive widths")
   available = jax.device_count()
   c.require(0 <= _NUM_DEVICES.value <= available, "num_devices",
             f"between 0 and the {available} devices available", _NUM_DEVICES.value)

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from tests.experiments.run_main import run_main
+from tests.experiments.run_main import assert_flag_error, run_main
 
 
 def _rows(workdir):
@@ -42,7 +42,4 @@ def test_dynamical_stability_gd_reaches_the_edge(tmp_path):
     ("dynamical_stability", "--num_probes=1", "--num_probes must be >= 2"),
 ])
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
-  proc = run_main(main, f"--workdir={tmp_path}", flag, timeout=120)
-  assert proc.returncode == 1
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"{main}: ") and message in last, last
+  assert_flag_error(main, tmp_path, flag, message)

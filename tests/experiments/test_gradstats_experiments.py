@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from tests.experiments.run_main import run_main
+from tests.experiments.run_main import assert_flag_error, run_main
 
 
 def _rows(path):
@@ -46,7 +46,4 @@ def test_zeroth_order_small_setting(tmp_path):
     ("zeroth_order", "--epsilon=-1", "--epsilon must be > 0"),
 ])
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
-  proc = run_main(main, f"--workdir={tmp_path}", flag, timeout=120)
-  assert proc.returncode == 1
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"{main}: ") and message in last, last
+  assert_flag_error(main, tmp_path, flag, message)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.experiments.run_main import run_main
+from tests.experiments.run_main import assert_flag_error, run_main
 
 
 def _rows(workdir):
@@ -64,8 +64,4 @@ def test_vae_small_setting_reports_every_estimator(tmp_path):
     ("reinmax_vae", "--batch_size=100", "--batch_size must be divisible by 8 devices"),
 ])
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
-  proc = run_main(main, f"--workdir={tmp_path}", flag, timeout=120)
-  assert proc.returncode == 1
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"{main}: ") and message in last, last
-  assert not (tmp_path / "results.md").exists()
+  assert_flag_error(main, tmp_path, flag, message)

@@ -6,7 +6,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.experiments.run_main import run_main
+from tests.experiments.run_main import assert_flag_error, run_main
 
 
 def _metrics(workdir):
@@ -92,12 +92,7 @@ def test_one_and_eight_devices_end_at_the_same_loss(tmp_path):
     ("--optimizer=rmsprop", "--optimizer must be one of sgd, momentum, adam, adamw, adam_clip"),
 ])
 def test_bad_flags_stop_before_any_compute(tmp_path, flag, message):
-  proc = run_main("train_classifier", f"--workdir={tmp_path}", flag, timeout=120)
-  assert proc.returncode == 1
-  last_line = proc.stderr.strip().splitlines()[-1]
-  assert last_line.startswith("train_classifier: ") and message in last_line
-  assert not (tmp_path / "metrics.jsonl").exists()
-  assert not (tmp_path / "checkpoints").exists()
+  assert_flag_error("train_classifier", tmp_path, flag, message)
 
 
 def test_changed_flags_on_an_existing_workdir_are_refused(tmp_path):
