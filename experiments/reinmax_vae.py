@@ -89,7 +89,7 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
     if x_train.max() > 1:
       x_train, x_test = x_train / 255.0, x_test / 255.0
     if _TARGETS.value == "binarized":
-      x_train, x_test = (x > 0.5).astype(np.float32), (x_test > 0.5).astype(np.float32)
+      x_train, x_test = (x_train > 0.5).astype(np.float32), (x_test > 0.5).astype(np.float32)
     return x_train, x_test
   ds = data.load_dataset("mnist", binarize=_TARGETS.value == "binarized")
   return ds.x_train, ds.x_test

@@ -27,7 +27,6 @@ import os
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from experiments import flag_checks, reporting

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from gradlab.curvature.lanczos import lanczos
 from gradlab.curvature.probes import dimension

@@ -160,7 +160,6 @@ def test_spectral_density_integrates_to_one_and_matches_moments():
   params, batch, _, _, loss = _problem()
   h, _ = _dense_hessian(loss, params, batch)
   ev = np.linalg.eigvalsh(np.asarray(h, np.float64))
-  n = len(ev)
   runs = 64
   d = curvature.hessian_spectral_density(loss, params, batch, jax.random.key(9),
                                          num_iterations=30, num_runs=runs, grid_size=4000)

@@ -1,6 +1,5 @@
 """ReinMax's backward against a NumPy port of the official torch backward."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

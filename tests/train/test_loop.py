@@ -28,7 +28,6 @@ def _setup(mesh):
 def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path):
   mesh = sharding.make_mesh()
   state, step, batches, loss_fn = _setup(mesh)
-  seen = []
 
   def probe(st, batch, key):
     g = jax.grad(lambda p: loss_fn(p, batch, key)[0])(st.params)
