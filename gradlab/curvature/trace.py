@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from gradlab.curvature.probes import check_sampler, sample_probe
@@ -69,14 +70,10 @@ def _probe_values(fn: Callable[[Any], Any], like: Any, key: jax.Array, num_probe
   return jax.tree.map(lambda x: x.reshape(num_chunks * pb, *x.shape[2:])[:num_probes], out)
 
 
-def _vdot(a: Any, b: Any) -> jax.Array:
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def trace_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
                    probe_batch: int = 1, sampler: str = "rademacher") -> TraceEstimate:
   """Hutchinson's ``tr A ~ mean_i v_i^T A v_i`` with its standard error."""
-  values = _probe_values(lambda v: _vdot(v, matvec(v)), like, key, num_probes, probe_batch,
+  values = _probe_values(lambda v: optax.tree.vdot(v, matvec(v)), like, key, num_probes, probe_batch,
                          sampler)
   stderr = (jnp.std(values, ddof=1) / math.sqrt(num_probes) if num_probes > 1
             else jnp.full((), jnp.inf, values.dtype))

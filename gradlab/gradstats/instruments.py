@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from gradlab.gradstats import per_example
 
@@ -39,16 +40,14 @@ def gradient_statistics_instrument(
     m = per_example.gradient_moments(loss, state.params, batch, chunk_size=chunk_size)
     out = {"grad_norm": jnp.sqrt(per_example.mean_sq_norm(m)),
            "norm_test": per_example.norm_test(m),
-           "inner_product_test": per_example.inner_product_test(loss, state.params, batch,
-                                                                chunk_size=chunk_size),
+           "inner_product_test": per_example.inner_product_test(
+               loss, state.params, batch, chunk_size=chunk_size, mean=m.mean),
            "mean_gsnr": per_example.mean_gsnr(m),
            "noise_scale_simple": per_example.noise_scale_simple(m),
            # unbiased components, to average over steps before dividing
            "trace_sigma": per_example.trace_covariance(m),
            "g_sq": per_example.mean_sq_norm(m) - per_example.trace_covariance(m) / m.count}
     if init_params is not None:
-      out["distance_from_init"] = jnp.sqrt(sum(
-          jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(state.params),
-                                                jax.tree.leaves(init_params))))
+      out["distance_from_init"] = optax.tree.norm(optax.tree.sub(state.params, init_params))
     return out
   return instrument

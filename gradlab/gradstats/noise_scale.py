@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from gradlab import sharding as sharding_lib
@@ -51,10 +52,6 @@ def two_batch_estimate(g_small_sq: jax.Array, g_big_sq: jax.Array, b_small: floa
   return NoiseScaleEstimate(g_sq, s, s / g_sq)
 
 
-def _sq_norm(tree: Any) -> jax.Array:
-  return sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree))
-
-
 def noise_scale_value_and_grad(loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
                                mesh: Mesh, *, data_axis: str = sharding_lib.DATA_AXIS):
   """A ``value_and_grad`` for ``make_train_step(value_and_grad_fn=...)`` that
@@ -78,7 +75,7 @@ def noise_scale_value_and_grad(loss_fn: Callable[[Any, Any, jax.Array], tuple[ja
   def local(params, batch, key):
     key = jax.random.fold_in(key, jax.lax.axis_index(data_axis))
     (loss, aux), grads = vg(params, batch, key)
-    g_small_sq = jax.lax.pmean(_sq_norm(grads), data_axis)
+    g_small_sq = jax.lax.pmean(optax.tree.norm(grads, squared=True), data_axis)
     grads = jax.lax.pmean(grads, data_axis)
     loss, aux = jax.lax.pmean((loss, aux), data_axis)
     return (loss, aux, g_small_sq), grads
@@ -89,7 +86,7 @@ def noise_scale_value_and_grad(loss_fn: Callable[[Any, Any, jax.Array], tuple[ja
   def value_and_grad(params, batch, key):
     (loss, aux, g_small_sq), grads = sharded(params, batch, key)
     b_big = jax.tree.leaves(batch)[0].shape[0]
-    g_big_sq = _sq_norm(grads)
+    g_big_sq = optax.tree.norm(grads, squared=True)
     est = two_batch_estimate(g_small_sq, g_big_sq, b_big // n, b_big)
     aux = dict(aux or {})
     aux.update({"noise/g_small_sq": g_small_sq, "noise/g_big_sq": g_big_sq,

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 LossFn = Callable[[Any, Any], jax.Array]
 
@@ -123,8 +124,8 @@ def gsnr(moments: GradientMoments, *, eps: float = 0.0) -> Any:
 
 def mean_gsnr(moments: GradientMoments, *, eps: float = 1e-5) -> jax.Array:
   """The GSNR averaged over all parameters."""
-  leaves = jax.tree.leaves(gsnr(moments, eps=eps))
-  return sum(jnp.sum(x) for x in leaves) / sum(x.size for x in leaves)
+  ratios = gsnr(moments, eps=eps)
+  return optax.tree.sum(ratios) / sum(x.size for x in jax.tree.leaves(ratios))
 
 
 def per_layer_norms(moments: GradientMoments) -> Any:
@@ -134,11 +135,11 @@ def per_layer_norms(moments: GradientMoments) -> Any:
 
 def trace_covariance(moments: GradientMoments) -> jax.Array:
   """tr Sigma-hat: the sum of the per-parameter unbiased variances."""
-  return sum(jnp.sum(v) for v in jax.tree.leaves(variance(moments)))
+  return optax.tree.sum(variance(moments))
 
 
 def mean_sq_norm(moments: GradientMoments) -> jax.Array:
-  return sum(jnp.sum(m * m) for m in jax.tree.leaves(moments.mean))
+  return optax.tree.norm(moments.mean, squared=True)
 
 
 def norm_test(moments: GradientMoments) -> jax.Array:
@@ -157,20 +158,20 @@ def noise_scale_simple(moments: GradientMoments) -> jax.Array:
 
 
 def inner_product_test(loss_fn: LossFn, params: Any, batch: Any, *,
-                       chunk_size: int | None = None) -> jax.Array:
+                       chunk_size: int | None = None, mean: Any = None) -> jax.Array:
   """Bollapragada et al. (2018) inner-product test, as Cockpit's ``InnerTest``:
   ``sqrt( Var_i(g_i^T g) / B ) / |g|^2`` with the unbiased variance.
 
-  Two passes over the chunks: the mean first, then the inner products.
+  Needs the mean gradient before the inner products: pass ``mean`` when it
+  is at hand (e.g. ``gradient_moments(...).mean``), else it is computed.
   """
   b = _batch_size(batch)
   _need_two(b, "the inner-product test")
   c = _check_chunk(chunk_size, b)
-  mean = jax.grad(loss_fn)(params, batch)
+  if mean is None:
+    mean = jax.grad(loss_fn)(params, batch)
   g = jax.vmap(_example_grad_fn(loss_fn), in_axes=(None, 0))
-  dots = jax.lax.map(lambda chunk: jax.vmap(
-      lambda gi: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(gi), jax.tree.leaves(mean)))
-  )(g(params, chunk)), _chunks(batch, c)).reshape(b)
-  sq = sum(jnp.vdot(x, x) for x in jax.tree.leaves(mean))
-  return jnp.sqrt(jnp.var(dots, ddof=1) / b) / sq
+  dots = jax.lax.map(lambda chunk: jax.vmap(lambda gi: optax.tree.vdot(gi, mean))(
+      g(params, chunk)), _chunks(batch, c)).reshape(b)
+  return jnp.sqrt(jnp.var(dots, ddof=1) / b) / optax.tree.norm(mean, squared=True)
 

@@ -57,6 +57,9 @@ def test_statistics_match_numpy(chunk):
   dots = g @ mean
   np.testing.assert_allclose(gradstats.inner_product_test(loss, params, batch, chunk_size=chunk),
                              math.sqrt(dots.var(ddof=1) / b) / (mean @ mean), rtol=1e-4)
+  np.testing.assert_allclose(
+      gradstats.inner_product_test(loss, params, batch, chunk_size=chunk, mean=m.mean),
+      math.sqrt(dots.var(ddof=1) / b) / (mean @ mean), rtol=1e-4)
   # per-layer per-example norms
   w_norms = np.linalg.norm(g[:, 3:], axis=1)  # ravel_pytree orders leaves by key: b (3), w (12)
   np.testing.assert_allclose(gradstats.per_layer_norms(m)["w"], w_norms, rtol=1e-5)
