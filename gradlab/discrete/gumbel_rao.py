@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import _straight_through_surrogate, sample_one_hot
+from gradlab.discrete.straight_through import _draw_one_hot, _straight_through_surrogate
 from gradlab.discrete.validation import check_count, check_logits, check_positive
 
 
@@ -69,7 +69,7 @@ def gumbel_rao(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0,
   check_positive(temperature, "temperature")
   check_count(num_samples, "num_samples")
   sample_key, gumbel_key = jax.random.split(key)
-  sample = sample_one_hot(sample_key, logits)
+  sample = _draw_one_hot(sample_key, logits)
   perturbed = conditional_gumbel_logits(gumbel_key, logits, sample, num_samples)
   # theta + sg(l - theta): value l, gradient flows into theta.
   soft = jax.nn.softmax((logits + jax.lax.stop_gradient(perturbed - logits)) / temperature, -1)

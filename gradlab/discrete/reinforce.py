@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import sample_one_hot
+from gradlab.discrete.straight_through import _draw_one_hot
 from gradlab.discrete.validation import check_count, check_logits
 
 BASELINES = ("none", "moving_average", "leave_one_out")
@@ -63,7 +63,7 @@ def reinforce(key: jax.Array, logits: jax.Array, f: Callable[[jax.Array], jax.Ar
     raise ValueError("baseline_value: required by baseline='moving_average'")
 
   keys = jax.random.split(key, num_samples)
-  samples = jax.vmap(lambda k: sample_one_hot(k, logits))(keys)
+  samples = jax.vmap(lambda k: _draw_one_hot(k, logits))(keys)
   values = jax.vmap(f)(samples)
   if values.shape != (num_samples,):
     raise ValueError(f"f: expected a scalar per configuration, got shape {values.shape[1:]}")

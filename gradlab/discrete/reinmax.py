@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import sample_one_hot
+from gradlab.discrete.straight_through import _draw_one_hot
 from gradlab.discrete.validation import check_logits, check_positive
 
 
@@ -61,6 +61,10 @@ def reinmax_from_sample(sample: jax.Array, logits: jax.Array, *,
   """ReinMax's output for a given one-hot ``sample`` of ``softmax(logits)``."""
   logits = check_logits(logits)
   check_positive(temperature, "temperature")
+  return _reinmax_at(sample, logits, temperature)
+
+
+def _reinmax_at(sample: jax.Array, logits: jax.Array, temperature) -> jax.Array:
   tau = jnp.asarray(temperature, logits.dtype)
   return _reinmax(jax.lax.stop_gradient(sample.astype(logits.dtype)), logits, tau)
 
@@ -78,4 +82,6 @@ def reinmax(key: jax.Array, logits: jax.Array, temperature: float = 1.0) -> jax.
   Returns:
     The one-hot sample, shape and dtype of ``logits``.
   """
-  return reinmax_from_sample(sample_one_hot(key, logits), logits, temperature=temperature)
+  logits = check_logits(logits)
+  check_positive(temperature, "temperature")
+  return _reinmax_at(_draw_one_hot(key, logits), logits, temperature)

@@ -29,11 +29,17 @@ import jax.numpy as jnp
 from gradlab.discrete.validation import check_logits, check_positive
 
 
-def sample_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
-  """One-hot ``D ~ Cat(softmax(logits))`` over the last axis, no gradient."""
-  logits = check_logits(logits)
+def _draw_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
+  # Unchecked: for callers that have validated ``logits`` already (each public
+  # estimator validates once; on an eager call a check copies the logits to
+  # the host to look for non-finite values).
   idx = jax.random.categorical(key, jax.lax.stop_gradient(logits), axis=-1)
   return jax.nn.one_hot(idx, logits.shape[-1], dtype=logits.dtype)
+
+
+def sample_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """One-hot ``D ~ Cat(softmax(logits))`` over the last axis, no gradient."""
+  return _draw_one_hot(key, check_logits(logits))
 
 
 def _straight_through_surrogate(hard: jax.Array, soft: jax.Array) -> jax.Array:
@@ -50,6 +56,10 @@ def straight_through_from_sample(sample: jax.Array, logits: jax.Array, *,
   """ST's output for a given one-hot ``sample`` (value ``sample``)."""
   logits = check_logits(logits)
   check_positive(temperature, "temperature")
+  return _straight_through_at(sample, logits, temperature)
+
+
+def _straight_through_at(sample: jax.Array, logits: jax.Array, temperature) -> jax.Array:
   return _straight_through_surrogate(sample, jax.nn.softmax(logits / temperature, axis=-1))
 
 
@@ -64,8 +74,9 @@ def straight_through(key: jax.Array, logits: jax.Array, *, temperature: float = 
   Returns:
     The one-hot sample, shape and dtype of ``logits``.
   """
-  return straight_through_from_sample(sample_one_hot(key, logits), logits,
-                                      temperature=temperature)
+  logits = check_logits(logits)
+  check_positive(temperature, "temperature")
+  return _straight_through_at(_draw_one_hot(key, logits), logits, temperature)
 
 
 def _gumbel_perturbed(key: jax.Array, logits: jax.Array) -> jax.Array:
