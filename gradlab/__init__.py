@@ -11,6 +11,8 @@ Subpackages (import the one you need):
   estimators, Lanczos, spectral density, sharpness.
 * ``gradlab.gradstats``: per-example statistics, noise scale, alignment.
 * ``gradlab.zeroth_order``: SPSA/MeZO, Sparse MeZO, CBO.
+* ``gradlab.transforms``: optax gradient transformations (SPAM, ZClip, per-layer
+  and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG).
 * ``gradlab.sharding``: meshes and batch placement.
 """
 

@@ -99,9 +99,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       scalar mean over the batch and ``aux`` a (possibly empty) dict whose
       scalar entries are reported as metrics.
     optimizer: any optax transformation. Its ``update`` receives the keyword
-      arguments ``value`` (the loss), ``grad`` (the gradient) and ``value_fn``
+      arguments ``value`` (the loss), ``grad`` (the gradient), ``value_fn``
       (``params -> loss`` on the same batch and key, as optax's line searches
-      expect), plus whatever ``extra_args_fn`` returns; plain
+      expect) and ``grad_fn`` (``params -> gradient`` on the same batch and
+      key, which STORM, MARS and SVRG in ``gradlab.transforms`` call), plus
+      whatever ``extra_args_fn`` returns; plain
       ``GradientTransformation``s ignore them.
     mesh: the device mesh; ``None`` jits without sharding annotations.
     data_axis: the mesh axis the batch is split along.
@@ -141,10 +143,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   def step(state: TrainState, batch: Any, *, with_norms: bool):
     key = state.step_key()
     (loss, aux), grads = value_and_grad(state.params, batch, key)
-    extra = {"value": loss, "grad": grads,
+    grad_fn = lambda p: value_and_grad(p, batch, key)[1]  # noqa: E731
+    extra = {"value": loss, "grad": grads, "grad_fn": grad_fn,
              "value_fn": lambda p: value_and_grad(p, batch, key)[0][0]}
     if extra_args_fn is not None:
-      extra.update(extra_args_fn(state, batch, key, lambda p: value_and_grad(p, batch, key)[1]))
+      extra.update(extra_args_fn(state, batch, key, grad_fn))
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **_scalar_metrics(aux)}

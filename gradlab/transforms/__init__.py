@@ -1,0 +1,42 @@
+"""Gradient transformations as optax chains, from the papers that defined them.
+
+Every transform here is an ``optax.GradientTransformation`` (or
+``...ExtraArgs``) with a ``NamedTuple`` state. Non-finite policy, shared by
+all: a step whose incoming gradient holds a NaN or Inf is skipped (zero
+update, state untouched); see ``gradlab.transforms._common``.
+
+* Spikes: ``spam`` / ``scale_by_spam`` (SPAM), ``spike_clip`` (ZClip).
+* Layer-wise: ``per_layer_clip``, ``layerwise_normalize``,
+  ``dp_per_layer_aggregate`` (per-example per-layer clipping + Gaussian noise).
+* Adaptive: ``diffgrad`` / ``scale_by_diffgrad``; ``scale`` (SCALE),
+  ``column_normalize``; ``agvm`` with ``half_batch_grads``.
+* Quantized state: ``adam_8bit`` / ``scale_by_adam_8bit`` and the block-wise
+  quantizer.
+* Variance reduction: ``storm``, ``mars`` / ``scale_by_mars``, ``svrg``, fed by
+  the ``grad_fn`` extra argument of ``gradlab.train.make_train_step``.
+"""
+
+from gradlab.transforms._common import all_finite
+from gradlab.transforms.agvm import AGVMState, agvm, half_batch_grads
+from gradlab.transforms.diffgrad import ScaleByDiffGradState, diffgrad, scale_by_diffgrad
+from gradlab.transforms.layerwise import (DPAggregateState, dp_per_layer_aggregate, layer_budgets,
+                                          layerwise_normalize, per_layer_clip)
+from gradlab.transforms.quantized import (QuantizedArray, ScaleByAdam8bitState, adam_8bit,
+                                          dequantize_blockwise, dynamic_code, quantize_blockwise,
+                                          scale_by_adam_8bit, state_bytes)
+from gradlab.transforms.scale import (column_normalize, scale, scale_by_torch_adam, scale_labels)
+from gradlab.transforms.spam import ScaleBySpamState, scale_by_spam, spam, spam_warmup_factor
+from gradlab.transforms.spike_clip import SpikeClipState, spike_clip
+from gradlab.transforms.variance_reduced import (ScaleByMarsState, StormState, SVRGState, mars,
+                                                 scale_by_mars, storm, svrg)
+
+__all__ = [
+    "AGVMState", "DPAggregateState", "QuantizedArray", "SVRGState", "ScaleByAdam8bitState",
+    "ScaleByDiffGradState", "ScaleByMarsState", "ScaleBySpamState", "SpikeClipState",
+    "StormState", "adam_8bit", "agvm", "all_finite", "column_normalize", "dequantize_blockwise",
+    "diffgrad", "dp_per_layer_aggregate", "dynamic_code", "half_batch_grads", "layer_budgets",
+    "layerwise_normalize", "mars", "per_layer_clip", "quantize_blockwise", "scale",
+    "scale_by_adam_8bit", "scale_by_diffgrad", "scale_by_mars", "scale_by_spam",
+    "scale_by_torch_adam", "scale_labels", "spam", "spam_warmup_factor", "spike_clip", "state_bytes",
+    "storm", "svrg",
+]

@@ -1,0 +1,74 @@
+r"""diffGrad: Adam whose step is damped by the change of the gradient (Dubey et al. 2019).
+
+Follows the official ``diffGrad_v2.py`` (``shivram1987/diffGrad``; the v2
+file fixes the paper code's bug that overwrote the previous gradient before
+the difference was taken). Per coordinate, with ``g_{t-1} = 0`` at the start:
+
+.. math::
+  \xi_t = 1 / (1 + e^{-|g_{t-1} - g_t|}), \quad
+  \Delta_t = \frac{\xi_t m_t}{\sqrt{v_t} + \epsilon}
+             \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}
+
+with Adam's moments ``m_t, v_t``. The friction coefficient ``\xi_t`` lies in
+``[1/2, 1)``: near 1/2 where the gradient barely changes (small steps near an
+optimum), near 1 where it changes fast. The official weight decay is L2 added
+to the gradient *before* everything (including the stored previous gradient);
+:func:`diffgrad` reproduces it with ``optax.add_decayed_weights`` first.
+
+Non-finite gradients: skipped (zero update, unchanged state).
+
+References:
+  Dubey, Chakraborty, Roy, Mukherjee, Singh, Chaudhuri. diffGrad: An
+  Optimization Method for Convolutional Neural Networks. IEEE TNNLS 2020.
+  https://arxiv.org/abs/1909.11015
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradlab.transforms import _common
+
+
+class ScaleByDiffGradState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  prev_grad: optax.Updates
+
+
+def scale_by_diffgrad(b1: float = 0.9, b2: float = 0.999,
+                      eps: float = 1e-8) -> optax.GradientTransformation:
+  """diffGrad's direction (no learning rate)."""
+  _common.check_unit_interval("b1", b1)
+  _common.check_unit_interval("b2", b2)
+  _common.check_positive("eps", eps, allow_zero=True)
+
+  def init_fn(params):
+    z = optax.tree.zeros_like(params)
+    return ScaleByDiffGradState(jnp.zeros([], jnp.int32), z, z, z)
+
+  def update_fn(updates, state, params=None):
+    del params
+    c = state.count + 1
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+    friction = jax.tree.map(lambda p, g: 1.0 / (1.0 + jnp.exp(-jnp.abs(p - g))),
+                            state.prev_grad, updates)
+    damped = jax.tree.map(jnp.multiply, mu, friction)
+    out = _common.torch_adam_direction(damped, nu, c, b1, b2, eps)
+    return out, ScaleByDiffGradState(optax.safe_increment(state.count), mu, nu, updates)
+
+  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
+
+
+def diffgrad(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+             eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """diffGrad as an optimizer, with the official code's L2 weight decay."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     scale_by_diffgrad(b1, b2, eps),
+                     optax.scale_by_learning_rate(learning_rate))

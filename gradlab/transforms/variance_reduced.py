@@ -1,0 +1,202 @@
+r"""Variance-reduced updates: STORM, MARS and SVRG, fed by the train step's ``grad_fn``.
+
+Each needs a gradient the ordinary step does not compute: the gradient of the
+*current* batch at *other* parameters (the previous iterate for STORM and
+exact MARS, the snapshot for SVRG). :func:`gradlab.train.make_train_step`
+passes every optimizer the extra argument ``grad_fn``, ``params -> gradient``
+on the step's batch and key; these transforms keep the parameters they need
+in their state and call it. Each extra call costs one more backward pass.
+
+Non-finite gradients: skipped (zero update, unchanged state).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradlab.transforms import _common
+
+
+def _need(name: str, value: Any, who: str) -> None:
+  if value is None:
+    raise ValueError(f"{name}: {who} needs the extra argument {name}; gradlab.train."
+                     "make_train_step passes grad_fn, and params must be given")
+
+
+class StormState(NamedTuple):
+  count: jax.Array
+  d: optax.Updates            # the estimator d_t
+  prev_params: optax.Params   # x_t, where d_t was formed
+  sum_sq: jax.Array           # sum_i ||g_i||^2, for the step size
+
+
+def storm(k: float = 0.1, w: float = 0.1, c: float = 100.0) -> optax.GradientTransformationExtraArgs:
+  r"""STORM (Cutkosky & Orabona, NeurIPS 2019), Algorithm 1, including its step size.
+
+  .. math::
+    d_t = g(x_t, \xi_t) + (1 - a_t)\big(d_{t-1} - g(x_{t-1}, \xi_t)\big),\quad
+    \eta_t = k / (w + \textstyle\sum_{i \le t} \|g(x_i, \xi_i)\|^2)^{1/3},\quad
+    a_{t+1} = \min(1, c\,\eta_t^2),
+
+  and the update is ``-\eta_t d_t`` (so no learning rate follows it); the
+  first step uses ``d_1 = g(x_1, \xi_1)``. The norms are global (the
+  algorithm box's); ``a`` is capped at 1 as the analysis requires.
+
+  References:
+    Cutkosky, Orabona. Momentum-Based Variance Reduction in Non-Convex SGD.
+    NeurIPS 2019. https://arxiv.org/abs/1905.10018
+  """
+  for name, v in (("k", k), ("w", w), ("c", c)):
+    _common.check_positive(name, v)
+
+  def init_fn(params):
+    return StormState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
+                      optax.tree.cast(params, None), jnp.zeros([], jnp.result_type(float)))
+
+  def update_fn(updates, state, params=None, *, grad_fn=None, **extra):
+    del extra
+    _need("grad_fn", grad_fn, "storm")
+    _need("params", params, "storm")
+    first = state.count == 0
+    eta_prev = k / (w + state.sum_sq) ** (1.0 / 3.0)
+    a = jnp.minimum(1.0, c * eta_prev ** 2)
+    g_prev = grad_fn(state.prev_params)
+    d = jax.tree.map(lambda g, dd, gp: jnp.where(first, g, g + (1 - a) * (dd - gp)),
+                     updates, state.d, g_prev)
+    sum_sq = state.sum_sq + optax.tree.norm(updates, squared=True).astype(state.sum_sq.dtype)
+    eta = k / (w + sum_sq) ** (1.0 / 3.0)
+    out = jax.tree.map(lambda x: (-eta * x).astype(x.dtype), d)
+    return out, StormState(optax.safe_increment(state.count), d, params, sum_sq)
+
+  return optax.GradientTransformationExtraArgs(init_fn, _common.skip_nonfinite(update_fn))
+
+
+class ScaleByMarsState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  last_grad: optax.Updates    # approximate version: the previous step's gradient
+  prev_params: optax.Params   # exact version: x_{t-1}
+
+
+def scale_by_mars(b1: float = 0.95, b2: float = 0.99, eps: float = 1e-8, *,
+                  gamma: float = 0.025, exact: bool = False) -> optax.GradientTransformationExtraArgs:
+  r"""MARS-AdamW's direction (Yuan et al. 2024), as the official ``mars.py`` computes it.
+
+  Per leaf (the official code applies it to every tensor with
+  ``optimize_1d=True``; route 1-D leaves to AdamW with ``optax.partition``
+  for its default):
+
+  .. math::
+    c_t = g_t + \gamma \frac{\beta_1}{1 - \beta_1}(g_t - \tilde g_{t-1}),\quad
+    c_t \leftarrow c_t / \|c_t\| \text{ if } \|c_t\| > 1,\\
+    m_t = \beta_1 m_{t-1} + (1-\beta_1) c_t,\quad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) c_t^2,\quad
+    \Delta_t = \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}.
+
+  ``\tilde g_{t-1}`` is the previous step's gradient (``exact=False``, the
+  official default ``is_approx=True``; zero at the first step) or the
+  gradient of the *current* batch at the previous iterate (``exact=True``,
+  from the ``grad_fn`` extra argument; at the first step the current
+  iterate, so ``c_1 = g_1``).
+
+  References:
+    Yuan, Liu, Wu, Zhou, Gu. MARS: Unleashing the Power of Variance Reduction
+    for Training Large Models. 2024. https://arxiv.org/abs/2411.10438
+    Official code: https://github.com/AGI-Arena/MARS (``MARS/optimizers/mars.py``).
+  """
+  _common.check_unit_interval("b1", b1)
+  _common.check_unit_interval("b2", b2)
+  _common.check_positive("gamma", gamma, allow_zero=True)
+  scale = gamma * b1 / (1.0 - b1)
+
+  def init_fn(params):
+    z = optax.tree.zeros_like(params)
+    # Only the version in use keeps its reference: the previous gradient, or
+    # the previous iterate.
+    return ScaleByMarsState(jnp.zeros([], jnp.int32), z, z, () if exact else z,
+                            optax.tree.cast(params, None) if exact else ())
+
+  def update_fn(updates, state, params=None, *, grad_fn=None, **extra):
+    del extra
+    c = state.count + 1
+    if exact:
+      _need("grad_fn", grad_fn, "scale_by_mars(exact=True)")
+      _need("params", params, "scale_by_mars(exact=True)")
+      prev = jax.tree.map(lambda p, q: jnp.where(state.count == 0, q, p), state.prev_params, params)
+      ref = grad_fn(prev)
+    else:
+      ref = state.last_grad
+
+    def correct(g, r):
+      ct = g + scale * (g - r)
+      n = jnp.sqrt(jnp.sum(jnp.square(ct)))
+      return jnp.where(n > 1.0, ct / n, ct)
+    ct = jax.tree.map(correct, updates, ref)
+    mu = jax.tree.map(lambda m, x: b1 * m + (1 - b1) * x, state.mu, ct)
+    nu = jax.tree.map(lambda v, x: b2 * v + (1 - b2) * x * x, state.nu, ct)
+
+    def direction(m, v):
+      t = c.astype(m.dtype)
+      denom = (jnp.sqrt(v) / jnp.sqrt(1 - b2 ** t) + eps) * (1 - b1 ** t)
+      return m / denom
+    out = jax.tree.map(direction, mu, nu)
+    return out, ScaleByMarsState(optax.safe_increment(state.count), mu, nu,
+                                 () if exact else updates, params if exact else ())
+
+  return optax.GradientTransformationExtraArgs(init_fn, _common.skip_nonfinite(update_fn))
+
+
+def mars(learning_rate: optax.ScalarOrSchedule, b1: float = 0.95, b2: float = 0.99,
+         eps: float = 1e-8, weight_decay: float = 0.0, *, gamma: float = 0.025,
+         exact: bool = False) -> optax.GradientTransformationExtraArgs:
+  """MARS-AdamW: :func:`scale_by_mars` + decoupled weight decay + learning rate."""
+  return optax.chain(scale_by_mars(b1, b2, eps, gamma=gamma, exact=exact),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+class SVRGState(NamedTuple):
+  count: jax.Array
+  snapshot: optax.Params
+  full_grad: optax.Updates
+
+
+def svrg(snapshot_every: int) -> optax.GradientTransformationExtraArgs:
+  r"""SVRG's gradient (Johnson & Zhang, NeurIPS 2013): ``g(x) - g(\tilde x) + \mu``.
+
+  Every ``snapshot_every`` steps (starting with the first) the current
+  parameters become the snapshot ``\tilde x`` and ``\mu`` their full
+  gradient, from the extra argument ``full_grad_fn(params)`` (evaluated under
+  ``lax.cond`` only on those steps). On every step ``g(\tilde x)`` on the
+  current batch comes from ``grad_fn``. Chain a learning rate (or any
+  optimizer) after it: ``optax.chain(svrg(m), optax.sgd(lr))``.
+
+  References:
+    Johnson, Zhang. Accelerating Stochastic Gradient Descent using Predictive
+    Variance Reduction. NeurIPS 2013.
+  """
+  _common.check_int("snapshot_every", snapshot_every, minimum=1)
+
+  def init_fn(params):
+    return SVRGState(jnp.zeros([], jnp.int32), optax.tree.cast(params, None),
+                     optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None, *, grad_fn=None, full_grad_fn: Callable | None = None,
+                **extra):
+    del extra
+    _need("grad_fn", grad_fn, "svrg")
+    _need("full_grad_fn", full_grad_fn, "svrg")
+    _need("params", params, "svrg")
+    take = state.count % snapshot_every == 0
+    snapshot = jax.tree.map(lambda p, s: jnp.where(take, p, s), params, state.snapshot)
+    full = jax.lax.cond(take, lambda: full_grad_fn(params), lambda: state.full_grad)
+    at_snapshot = grad_fn(snapshot)
+    out = jax.tree.map(lambda g, gs, mu: g - gs + mu, updates, at_snapshot, full)
+    return out, SVRGState(optax.safe_increment(state.count), snapshot, full)
+
+  return optax.GradientTransformationExtraArgs(init_fn, _common.skip_nonfinite(update_fn))
