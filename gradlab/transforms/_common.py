@@ -74,3 +74,15 @@ def torch_adam_direction(mu, nu, count, b1, b2, eps):
     step = jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
     return m / (jnp.sqrt(v) + eps) * step
   return jax.tree.map(one, mu, nu)
+
+
+def guarded_chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain(*transforms)`` with the non-finite policy applied to the whole chain.
+
+  The optimizers (``spam``, ``diffgrad``, ``adam_8bit``, ``mars``, ``scale``)
+  are built this way, so that on a skipped step weight decay does not move
+  the parameters and no member's state (a partition's other branches
+  included) changes.
+  """
+  tx = optax.chain(*transforms)
+  return optax.GradientTransformationExtraArgs(tx.init, skip_nonfinite(tx.update))

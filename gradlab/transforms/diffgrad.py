@@ -69,6 +69,6 @@ def scale_by_diffgrad(b1: float = 0.9, b2: float = 0.999,
 def diffgrad(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
              eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
   """diffGrad as an optimizer, with the official code's L2 weight decay."""
-  return optax.chain(optax.add_decayed_weights(weight_decay),
+  return _common.guarded_chain(optax.add_decayed_weights(weight_decay),
                      scale_by_diffgrad(b1, b2, eps),
                      optax.scale_by_learning_rate(learning_rate))

@@ -165,7 +165,7 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
 def adam_8bit(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
               eps: float = 1e-8, weight_decay: float = 0.0, **kwargs) -> optax.GradientTransformation:
   """8-bit AdamW: :func:`scale_by_adam_8bit` + decoupled weight decay + learning rate."""
-  return optax.chain(scale_by_adam_8bit(b1, b2, eps, **kwargs),
+  return _common.guarded_chain(scale_by_adam_8bit(b1, b2, eps, **kwargs),
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
 

@@ -149,5 +149,5 @@ def scale(learning_rate: optax.ScalarOrSchedule, *, last_layer: str, momentum: f
        "last": optax.chain(_ema(momentum), normalize),
        "oned": scale_by_torch_adam(adam_b1, adam_b2, adam_eps)},
       lambda params: scale_labels(params, last_layer))
-  return optax.chain(routed, optax.add_decayed_weights(weight_decay),
+  return _common.guarded_chain(routed, optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))

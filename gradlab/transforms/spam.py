@@ -123,6 +123,6 @@ def spam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.9
   ``kwargs`` go to :func:`scale_by_spam` (``threshold``, ``reset_interval``,
   ``warmup_steps``, ``clip_after``).
   """
-  return optax.chain(scale_by_spam(b1, b2, eps, **kwargs),
+  return _common.guarded_chain(scale_by_spam(b1, b2, eps, **kwargs),
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))

@@ -155,7 +155,7 @@ def mars(learning_rate: optax.ScalarOrSchedule, b1: float = 0.95, b2: float = 0.
          eps: float = 1e-8, weight_decay: float = 0.0, *, gamma: float = 0.025,
          exact: bool = False) -> optax.GradientTransformationExtraArgs:
   """MARS-AdamW: :func:`scale_by_mars` + decoupled weight decay + learning rate."""
-  return optax.chain(scale_by_mars(b1, b2, eps, gamma=gamma, exact=exact),
+  return _common.guarded_chain(scale_by_mars(b1, b2, eps, gamma=gamma, exact=exact),
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
 

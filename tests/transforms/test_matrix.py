@@ -1,0 +1,176 @@
+"""One matrix every transform goes through (optax's ``_common_test`` idea):
+inside ``optax.chain``, jitted inside ``gradlab.train.make_train_step``, on 8
+simulated devices (equal to one device), and the non-finite policy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradlab import models, sharding, train, transforms
+
+MODEL = models.MLP((16, 3))
+
+
+def _loss_fn(p, b, key):
+  del key
+  logits = MODEL.apply(p, b["x"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean(), {}
+
+
+def _data(n=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"x": rng.normal(size=(n, 5)).astype(np.float32),
+          "y": rng.integers(0, 3, size=n).astype(np.int32)}
+
+
+def _layer_labels(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "hidden" if "dense_0" in jax.tree_util.keystr(path) else "head", params)
+
+
+FULL = _data(48, seed=9)
+_full_grad = jax.grad(lambda p: _loss_fn(p, FULL, None)[0])
+
+CASES = {
+    "spam": (lambda: transforms.spam(1e-2, threshold=50.0, reset_interval=3, warmup_steps=2,
+                                     clip_after=1), None),
+    "spike_clip": (lambda: optax.chain(transforms.spike_clip(warmup_steps=2), optax.adam(1e-2)), None),
+    "per_layer_clip": (lambda: optax.chain(transforms.per_layer_clip(0.5), optax.sgd(0.1)), None),
+    "layerwise_normalize": (lambda: optax.chain(transforms.layerwise_normalize(), optax.sgd(0.01)), None),
+    "diffgrad": (lambda: transforms.diffgrad(1e-2), None),
+    "scale": (lambda: transforms.scale(1e-2, last_layer="dense_1/kernel"), None),
+    "agvm": (lambda: optax.chain(optax.sgd(0.1, momentum=0.9),
+                                 transforms.agvm(_layer_labels, "hidden", start=0, interval=1)),
+             transforms.half_batch_grads(_loss_fn)),
+    "adam_8bit": (lambda: transforms.adam_8bit(1e-2, min_8bit_size=0), None),
+    "storm": (lambda: transforms.storm(k=0.1, w=0.1, c=10.0), None),
+    "mars": (lambda: transforms.mars(1e-2), None),
+    "mars_exact": (lambda: transforms.mars(1e-2, exact=True), None),
+    "svrg": (lambda: optax.chain(transforms.svrg(2), optax.sgd(0.1)),
+             lambda state, batch, key, grad_fn: {"full_grad_fn": _full_grad}),
+}
+
+
+# The chains whose optax members keep state: only the gradlab member (this
+# index) is guaranteed untouched; optax.apply_if_finite makes the whole skip atomic.
+MEMBER = {"spike_clip": 0, "agvm": 1}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_train_step_on_8_devices_equals_one_device(name):
+  make_tx, extra_args_fn = CASES[name]
+  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 5)))
+  batches = [_data(16, seed=s) for s in range(4)]
+  finals = []
+  for mesh in (None, sharding.make_mesh()):
+    tx = make_tx()
+    state = train.TrainState.create(params, tx, jax.random.key(1))
+    step = train.make_train_step(_loss_fn, tx, mesh=mesh, extra_args_fn=extra_args_fn, donate=False)
+    for b in batches:
+      state, metrics = step(state, sharding.shard_batch(b, mesh) if mesh else b)
+      assert np.isfinite(float(metrics["loss"]))
+    finals.append(state.params)
+  moved = optax.tree.norm(optax.tree.sub(finals[0], params))
+  assert float(moved) > 0
+  # an 8-way sharded mean sums in another order: float32 rounding only
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=2e-4, atol=2e-5), finals[0], finals[1])
+
+
+def _direct_extra(name, grads):
+  if name in ("storm", "mars_exact"):
+    return {"grad_fn": lambda p: grads}
+  if name == "agvm":
+    return {"split_grads": jax.tree.map(lambda g: jnp.stack([g, 0.5 * g]), grads)}
+  if name == "svrg":
+    return {"grad_fn": lambda p: grads, "full_grad_fn": lambda p: grads}
+  return {}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
+  make_tx, _ = CASES[name]
+  tx = make_tx()
+  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 5)))
+  good = jax.grad(lambda p: _loss_fn(p, _data(), None)[0])(params)
+  state = tx.init(params)
+  update = tx.update  # eager: some extra arguments are functions (jit: the test above)
+  for _ in range(3):  # some history first
+    _, state = update(good, state, params, **_direct_extra(name, good))
+  poisoned = jax.tree.map(lambda g: g, good)
+  leaf = poisoned["params"]["dense_0"]["kernel"]
+  poisoned["params"]["dense_0"]["kernel"] = leaf.at[0, 0].set(bad)
+  updates, new_state = update(poisoned, state, params, **_direct_extra(name, poisoned))
+  member = MEMBER.get(name)
+  same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+  if member is None:  # a whole gradlab optimizer (or one whose other members are stateless)
+    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), name
+    jax.tree.map(same, new_state, state)
+  else:  # a chain with an optax member: the gradlab member's state is untouched
+    jax.tree.map(same, new_state[member], state[member])
+  if member is not None:
+    return  # (an optax member before ours, e.g. agvm's sgd trace, did take the NaN)
+  # and the next good step proceeds normally
+  updates, _ = update(good, new_state, params, **_direct_extra(name, good))
+  assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
+
+
+def test_gradlab_member_state_is_exactly_unchanged_inside_a_chain():
+  tx = optax.chain(transforms.spike_clip(warmup_steps=2), optax.adam(1e-2))
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  for _ in range(3):
+    _, state = tx.update({"w": jnp.ones(3)}, state)
+  _, new_state = tx.update({"w": jnp.array([1.0, jnp.nan, 1.0])}, state)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               new_state[0], state[0])
+  # wrapping the whole chain makes the skip atomic (optax's apply_if_finite)
+  guarded = optax.apply_if_finite(tx, max_consecutive_errors=5)
+  gs = guarded.init(params)
+  _, gs2 = guarded.update({"w": jnp.array([jnp.nan, 1.0, 1.0])}, gs)
+  assert int(gs2.notfinite_count) == 1
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               gs2.inner_state, gs.inner_state)
+
+
+def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
+  tx = transforms.dp_per_layer_aggregate(1.0, 2.0, jax.random.key(0))
+  per_example = {"a": jnp.zeros((4, 300)), "b": jnp.zeros((4, 200))}
+  state = tx.init(None)
+  upd, state2 = jax.jit(tx.update)(per_example, state)
+  # zero gradients: the output is pure noise, N(0, (z C)^2) / B per coordinate
+  noise = np.concatenate([np.asarray(upd["a"]), np.asarray(upd["b"])]) * 4
+  sd = noise.std(ddof=1)
+  # std of the sample std for n = 500 normals is sigma / sqrt(2(n-1)): 4 sigma band
+  assert abs(sd - 2.0) < 4 * 2.0 / np.sqrt(2 * 499)
+  bad = {"a": per_example["a"].at[0, 0].set(jnp.nan), "b": per_example["b"]}
+  upd, state3 = jax.jit(tx.update)(bad, state2)
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(upd))
+  np.testing.assert_array_equal(jax.random.key_data(state3.key), jax.random.key_data(state2.key))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: transforms.spam(1e-3, b1=1.0), "b1"),
+    (lambda: transforms.spike_clip(warmup_steps=0), "warmup_steps"),
+    (lambda: transforms.spike_clip(clip_option="median"), "clip_option"),
+    (lambda: transforms.per_layer_clip(-1.0), "max_norm"),
+    (lambda: transforms.per_layer_clip(1.0, budget="flat"), "budget"),
+    (lambda: transforms.dp_per_layer_aggregate(1.0, 1.0, 0), "key"),
+    (lambda: transforms.scale(1e-3, last_layer="nope").init(
+        {"Dense_0": {"kernel": jnp.zeros((2, 2))}}), "last_layer"),
+    (lambda: transforms.column_normalize().update({"b": jnp.zeros(3)}, ()), "route 1-D"),
+    (lambda: transforms.agvm({"a": "x"}, "y").init({"a": jnp.zeros(2)}), "reference"),
+    (lambda: transforms.agvm({"a": "x"}, "x").update({"a": jnp.zeros(2)},
+                                                    transforms.agvm({"a": "x"}, "x").init(
+                                                        {"a": jnp.zeros(2)})), "split_grads"),
+    (lambda: transforms.storm().update({"a": jnp.zeros(2)}, transforms.storm().init(
+        {"a": jnp.zeros(2)}), {"a": jnp.zeros(2)}), "grad_fn"),
+    (lambda: transforms.svrg(0), "snapshot_every"),
+    (lambda: transforms.adam_8bit(1e-3, block_size=0), "block_size"),
+])
+def test_bad_arguments_get_a_clear_error(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
