@@ -1,0 +1,138 @@
+r"""Every gradlab transform on the same task, loss curves side by side.
+
+  python -m experiments.optimizer_zoo --workdir=/tmp/gradlab/zoo
+
+Trains the digits MLP (``--task=classifier``) or the tiny transformer LM
+(``--task=lm``) with each optimizer for ``--num_steps`` over ``--seeds``
+vmapped seeds, with learning rates from the papers' recommended ranges
+scaled to this task (``LEARNING_RATES``; not tuned per method, so read the
+curves as "runs and behaves", not as a ranking). Writes ``results.md/.csv``
+(final and best median loss, steps to reach Adam's final loss), ``loss.png``
+and ``runs/<optimizer>.json`` per finished optimizer (a restart skips them).
+
+``dp_per_layer_aggregate`` is absent: it consumes per-example gradients and
+is exercised by ``tests/transforms``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import flag_checks, reporting, spike_tasks
+from gradlab import transforms
+
+
+def _optimizers(task: spike_tasks.Task):
+  def svrg_extra(params, batch, key, grad_fn):
+    del params, batch, grad_fn
+    def full(p):  # the "full" gradient: 8 fixed batches
+      gs = [jax.grad(task.loss_fn)(p, task.sample_batch(jax.random.key(10_000 + i)))
+            for i in range(8)]
+      return jax.tree.map(lambda *g: sum(g) / len(g), *gs)
+    return {"full_grad_fn": full}
+
+  def agvm_extra(params, batch, key, grad_fn):
+    del key, grad_fn
+    n = jax.tree.leaves(batch)[0].shape[0] // 2
+    first, second = (jax.tree.map(lambda x: x[:n], batch), jax.tree.map(lambda x: x[n:], batch))
+    ga, gb = jax.grad(task.loss_fn)(params, first), jax.grad(task.loss_fn)(params, second)
+    return {"split_grads": jax.tree.map(lambda a, b: jnp.stack([a, b]), ga, gb)}
+
+  return {
+      "adam": (lambda lr: optax.adam(lr), 3e-3, None),
+      "spam": (lambda lr: transforms.spam(lr, reset_interval=100, warmup_steps=20,
+                                          clip_after=10), 3e-3, None),
+      "spike_clip+adam": (lambda lr: optax.chain(transforms.spike_clip(), optax.adam(lr)), 3e-3, None),
+      "per_layer_clip+adam": (lambda lr: optax.chain(transforms.per_layer_clip(1.0),
+                                                     optax.adam(lr)), 3e-3, None),
+      "layerwise_normalize+momentum": (lambda lr: optax.chain(
+          transforms.layerwise_normalize(), optax.sgd(lr, momentum=0.9)), 3e-2, None),
+      "lamb (layer-wise trust ratio)": (lambda lr: optax.lamb(lr), 3e-3, None),
+      "diffgrad": (lambda lr: transforms.diffgrad(lr), 3e-3, None),
+      "scale": (lambda lr: transforms.scale(lr, last_layer=task.last_layer), 3e-3, None),
+      "agvm+momentum": (lambda lr: optax.chain(optax.sgd(lr, momentum=0.9), transforms.agvm(
+          task.labels, "body", start=0, interval=5)), 3e-2, agvm_extra),
+      "adam_8bit": (lambda lr: transforms.adam_8bit(lr, min_8bit_size=1024), 3e-3, None),
+      "storm": (lambda lr: transforms.storm(k=lr, w=0.1, c=100.0), 0.1, None),
+      "mars": (lambda lr: transforms.mars(lr), 3e-3, None),
+      "mars (exact)": (lambda lr: transforms.mars(lr, exact=True), 3e-3, None),
+      "svrg+sgd": (lambda lr: optax.chain(transforms.svrg(50), optax.sgd(lr)), 0.1, svrg_extra),
+  }
+
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/optimizer_zoo", "Output directory.")
+_TASK = flags.DEFINE_string("task", "classifier", f"One of {', '.join(spike_tasks.TASKS)}.")
+_ONLY = flags.DEFINE_list("only", [], "Run only these optimizers (default: all).")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per optimizer.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+
+PROG = "optimizer_zoo"
+
+
+def main(argv):
+  del argv
+  try:
+    flag_checks.one_of("task", _TASK.value, spike_tasks.TASKS)
+    flag_checks.positive("seeds", _SEEDS.value)
+    flag_checks.positive("num_steps", _NUM_STEPS.value)
+    flag_checks.positive("batch_size", _BATCH_SIZE.value)
+    flag_checks.require(_BATCH_SIZE.value % 2 == 0, "batch_size", "even (AGVM halves it)",
+                        _BATCH_SIZE.value)
+    task = spike_tasks.make_task(_TASK.value, _BATCH_SIZE.value)
+    zoo = _optimizers(task)
+    for name in _ONLY.value:
+      flag_checks.one_of("only", name, zoo)
+    flag_checks.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
+        "task", "seeds", "num_steps", "batch_size")})
+  except flag_checks.FlagError as e:
+    flag_checks.exit_on_flag_error(PROG, e)
+  workdir = _WORKDIR.value
+  os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+  names = _ONLY.value or list(zoo)
+  results = {}
+  for name in names:
+    path = os.path.join(workdir, "runs", name.replace(" ", "_").replace("/", "_") + ".json")
+    if os.path.exists(path):
+      with open(path) as f:
+        results[name] = json.load(f)
+      continue
+    make, lr, extra = zoo[name]
+    losses = np.asarray(spike_tasks.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value,
+                                                 extra_args=extra))
+    curve = np.median(losses, axis=0)
+    results[name] = {"lr": lr, "curve": curve.tolist()}
+    with open(path + ".tmp", "w") as f:
+      json.dump(results[name], f)
+    os.replace(path + ".tmp", path)
+    print(f"{name}: final median loss {np.mean(curve[-20:]):.4g}", flush=True)
+  window = max(1, _NUM_STEPS.value // 20)
+  smooth = {n: np.convolve(r["curve"], np.ones(window) / window, mode="valid")
+            for n, r in results.items()}
+  target = smooth["adam"][-1] if "adam" in smooth else None
+  rows = []
+  for n, r in results.items():
+    s = smooth[n]
+    hit = np.nonzero(s <= target)[0] if target is not None else []
+    rows.append({"optimizer": n, "learning rate": r["lr"], "final loss": float(s[-1]),
+                 "best loss": float(np.nanmin(s)),
+                 "steps to adam's final loss": int(hit[0]) + window if len(hit) else "not reached"})
+  reporting.plot_curves(os.path.join(workdir, "loss.png"),
+                        {n: (list(range(len(r["curve"]))), r["curve"]) for n, r in results.items()},
+                        xlabel="step", ylabel="training loss (median over seeds)", logy=True,
+                        title=f"optimizer zoo on {_TASK.value}")
+  reporting.write_table(workdir, rows, title=f"Optimizer zoo: {_TASK.value}",
+                        notes=(f"{_SEEDS.value} seeds x {_NUM_STEPS.value} steps, batch "
+                               f"{_BATCH_SIZE.value}; losses smoothed over {window} steps."))
+  print(f"results in {workdir}")
+
+
+if __name__ == "__main__":
+  app.run(main)
