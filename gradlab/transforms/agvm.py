@@ -94,10 +94,12 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
     flat_labels, names = groups_of(updates if params is None else params)
     halves = jax.tree.leaves(split_grads)
     variances = []
-    for name in names:
-      a = jnp.concatenate([h[0].ravel() for h, l in zip(halves, flat_labels) if l == name])
-      b = jnp.concatenate([h[1].ravel() for h, l in zip(halves, flat_labels) if l == name])
-      cos = jnp.dot(a, b) / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), 1e-8)
+    for name in names:  # cosine of the group's concatenated halves, without concatenating
+      pairs = [(h[0], h[1]) for h, l in zip(halves, flat_labels) if l == name]
+      ab = sum(jnp.vdot(a, b) for a, b in pairs)
+      aa = sum(jnp.vdot(a, a) for a, _ in pairs)
+      bb = sum(jnp.vdot(b, b) for _, b in pairs)
+      cos = ab / jnp.maximum(jnp.sqrt(aa) * jnp.sqrt(bb), 1e-8)
       variances.append(1.0 - cos)
     variances = jnp.stack(variances).astype(jnp.float32)
     ref = variances[names.index(reference)]

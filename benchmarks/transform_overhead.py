@@ -1,0 +1,130 @@
+r"""Each gradlab transform's train-step cost against ``optax.adam``, and 8-bit Adam's memory.
+
+  python -m benchmarks.transform_overhead [--width=2800] [--json=out.json]
+
+An MLP 784-W-W-10 (W = 2800: 10.1M parameters) on a random batch. For every
+transform two ratios, each measured side by side with Adam in one
+interleaved run (``benchmarks/timing.py``):
+
+* **step**: ``jit(value_and_grad + update + apply_updates)``, the number a
+  training run feels (goal <= 1.15x);
+* **update**: the optimizer's ``update`` + ``apply_updates`` alone, on a fixed
+  gradient, which isolates the transform's own memory traffic.
+
+STORM, exact MARS and SVRG evaluate a second gradient per step by design
+(``grad_fn``), so their step ratio is ~2x; their update-only row then includes
+that extra backward pass too. Also reports the optimizer-state bytes of
+``adam_8bit`` against fp32 Adam (goal <= 0.3x).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks import problems, timing
+from gradlab import transforms
+
+_JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_WIDTH = flags.DEFINE_integer("width", 2800, "Hidden width (2800: 10.1M parameters).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats (medians are reported).")
+_INNER = flags.DEFINE_integer("inner", 3, "Calls per timed repeat.")
+_ONLY = flags.DEFINE_list("only", [], "Only these transforms (default: all).")
+
+
+def _labels(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: "head" if "dense_2" in jax.tree_util.keystr(p) else "body", params)
+
+
+TRANSFORMS = {
+    "spam": lambda: transforms.spam(1e-3),
+    "spike_clip + adam": lambda: optax.chain(transforms.spike_clip(), optax.adam(1e-3)),
+    "per_layer_clip + adam": lambda: optax.chain(transforms.per_layer_clip(1.0), optax.adam(1e-3)),
+    "layerwise_normalize + sgd": lambda: optax.chain(transforms.layerwise_normalize(),
+                                                     optax.sgd(1e-3)),
+    "diffgrad": lambda: transforms.diffgrad(1e-3),
+    "scale": lambda: transforms.scale(1e-3, last_layer="dense_2/kernel"),
+    "agvm + momentum": lambda: optax.chain(optax.sgd(1e-3, momentum=0.9),
+                                           transforms.agvm(_labels, "body", start=0)),
+    "adam_8bit": lambda: transforms.adam_8bit(1e-3),
+    "mars": lambda: transforms.mars(1e-3),
+    "mars (exact)": lambda: transforms.mars(1e-3, exact=True),
+    "storm": lambda: transforms.storm(),
+    "svrg + sgd": lambda: optax.chain(transforms.svrg(100), optax.sgd(1e-3)),
+}
+
+
+def main(argv):
+  del argv
+  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  params, batch = prob.params, prob.batch
+  grad = jax.grad(prob.loss)
+  fixed_grads = grad(params, batch)
+  half = _BATCH.value // 2
+
+  def extra_for(name, p, b):
+    grad_fn = lambda q: grad(q, b)  # noqa: E731
+    extra = {"grad_fn": grad_fn}
+    if name.startswith("agvm"):
+      ga = grad(p, jax.tree.map(lambda x: x[:half], b))
+      gb = grad(p, jax.tree.map(lambda x: x[half:], b))
+      extra["split_grads"] = jax.tree.map(lambda a, c: jnp.stack([a, c]), ga, gb)
+    if name.startswith("svrg"):
+      extra["full_grad_fn"] = grad_fn
+    return extra
+
+  def make(name, tx):
+    tx = optax.with_extra_args_support(tx)
+
+    @jax.jit
+    def step(p, s, b):
+      loss, g = jax.value_and_grad(prob.loss)(p, b)
+      u, s = tx.update(g, s, p, **extra_for(name, p, b))
+      return optax.apply_updates(p, u), s, loss
+
+    @jax.jit
+    def update_only(p, s, g, b):
+      u, s = tx.update(g, s, p, **extra_for(name, p, b)) if name.startswith(
+          ("agvm", "svrg", "storm", "mars (exact)")) else tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    return step, update_only
+
+  names = _ONLY.value or list(TRANSFORMS)
+  rows = []
+  for name in names:
+    contenders = {"adam": optax.adam(1e-3), name: TRANSFORMS[name]()}
+    fns_step, fns_update = {}, {}
+    for label, tx in contenders.items():
+      step, update_only = make(label, tx)
+      box = {"step": (params, tx.init(params)), "upd": (params, tx.init(params))}
+
+      def run_step(step=step, box=box):
+        p, s, loss = step(*box["step"], batch)
+        box["step"] = (p, s)
+        jax.block_until_ready(loss)
+
+      def run_update(update_only=update_only, box=box):
+        p, s = update_only(*box["upd"], fixed_grads, batch)
+        box["upd"] = (p, s)
+        jax.block_until_ready(p)
+      fns_step[label], fns_update[label] = run_step, run_update
+    ts = timing.interleaved(fns_step, repeats=_REPEATS.value, inner=_INNER.value, warmup=2)
+    tu = timing.interleaved(fns_update, repeats=_REPEATS.value, inner=_INNER.value, warmup=2)
+    rows.append({"transform": name, "step ms": 1e3 * ts[name], "adam step ms": 1e3 * ts["adam"],
+                 "step ratio": ts[name] / ts["adam"], "update ms": 1e3 * tu[name],
+                 "adam update ms": 1e3 * tu["adam"], "update ratio": tu[name] / tu["adam"]})
+    print(rows[-1], flush=True)
+  state8 = transforms.state_bytes(transforms.adam_8bit(1e-3).init(params))
+  state32 = transforms.state_bytes(optax.adam(1e-3).init(params))
+  rows.append({"transform": "adam_8bit state bytes / adam state bytes",
+               "step ratio": state8 / state32})
+  timing.report(f"gradlab transforms against optax.adam, MLP with {prob.num_params / 1e6:.1f}M "
+                f"parameters, batch {_BATCH.value}, {jax.devices()[0].platform}", rows, _JSON.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
