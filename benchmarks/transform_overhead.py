@@ -19,10 +19,10 @@ that extra backward pass too. Also reports the optimizer-state bytes of
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import optax
+from absl import app, flags
 
 from benchmarks import problems, timing
 from gradlab import transforms
@@ -67,7 +67,7 @@ def main(argv):
   half = _BATCH.value // 2
 
   def extra_for(name, p, b):
-    grad_fn = lambda q: grad(q, b)  # noqa: E731
+    grad_fn = lambda q: grad(q, b)
     extra = {"grad_fn": grad_fn}
     if name.startswith("agvm"):
       ga = grad(p, jax.tree.map(lambda x: x[:half], b))

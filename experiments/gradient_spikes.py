@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
 import numpy as np
 import optax
+from absl import app, flags
 
-from experiments import flag_checks, reporting, spike_tasks
-from gradlab import transforms
+from experiments import flag_checks, reporting
+from gradlab import train, transforms
 
 OPTIMIZERS = {
     "adam": lambda lr: optax.adam(lr),
@@ -42,7 +42,7 @@ OPTIMIZERS = {
 LEARNING_RATES = {"classifier": 3e-3, "lm": 3e-3}
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/gradient_spikes", "Output directory.")
-_TASKS = flags.DEFINE_list("tasks", list(spike_tasks.TASKS), "Tasks to run.")
+_TASKS = flags.DEFINE_list("tasks", list(train.TOY_TASKS), "Tasks to run.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", list(OPTIMIZERS), "Optimizers to compare.")
 _SEEDS = flags.DEFINE_integer("seeds", 4, "Runs per task and optimizer.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps per run.")
@@ -57,7 +57,7 @@ PROG = "gradient_spikes"
 def _check_flags():
   c = flag_checks
   for t in _TASKS.value:
-    c.one_of("tasks", t, spike_tasks.TASKS)
+    c.one_of("tasks", t, train.TOY_TASKS)
   for o in _OPTIMIZERS.value:
     c.one_of("optimizers", o, OPTIMIZERS)
   for name, v in (("seeds", _SEEDS.value), ("num_steps", _NUM_STEPS.value),
@@ -98,7 +98,7 @@ def main(argv):
   spikes = _spike_steps(_NUM_STEPS.value, _NUM_SPIKES.value)
   rows, curves = [], {}
   for task_name in _TASKS.value:
-    task = spike_tasks.make_task(task_name, _BATCH_SIZE.value)
+    task = train.make_task(task_name, _BATCH_SIZE.value)
     lr = LEARNING_RATES[task_name] * _LR_SCALE.value
     for opt in _OPTIMIZERS.value:
       path = os.path.join(workdir, "runs", f"{task_name}_{opt}.json")
@@ -106,10 +106,10 @@ def main(argv):
         with open(path) as f:
           unit = json.load(f)
       else:
-        spiked = np.asarray(spike_tasks.train_curves(
+        spiked = np.asarray(train.train_curves(
             task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value,
             spike_steps=spikes, spike_scale=_SPIKE_SCALE.value))
-        clean = np.asarray(spike_tasks.train_curves(
+        clean = np.asarray(train.train_curves(
             task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value))
         unit = {"spiked": _summarize(spiked), "clean": _summarize(clean)}
         with open(path + ".tmp", "w") as f:

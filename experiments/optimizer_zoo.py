@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
-from experiments import flag_checks, reporting, spike_tasks
-from gradlab import transforms
+from experiments import flag_checks, reporting
+from gradlab import train, transforms
 
 
-def _optimizers(task: spike_tasks.Task):
+def _optimizers(task: train.Task):
   def svrg_extra(params, batch, key, grad_fn):
     del params, batch, grad_fn
     def full(p):  # the "full" gradient: 8 fixed batches
@@ -68,7 +68,7 @@ def _optimizers(task: spike_tasks.Task):
 
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/optimizer_zoo", "Output directory.")
-_TASK = flags.DEFINE_string("task", "classifier", f"One of {', '.join(spike_tasks.TASKS)}.")
+_TASK = flags.DEFINE_string("task", "classifier", f"One of {', '.join(train.TOY_TASKS)}.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these optimizers (default: all).")
 _SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per optimizer.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps.")
@@ -80,13 +80,13 @@ PROG = "optimizer_zoo"
 def main(argv):
   del argv
   try:
-    flag_checks.one_of("task", _TASK.value, spike_tasks.TASKS)
+    flag_checks.one_of("task", _TASK.value, train.TOY_TASKS)
     flag_checks.positive("seeds", _SEEDS.value)
     flag_checks.positive("num_steps", _NUM_STEPS.value)
     flag_checks.positive("batch_size", _BATCH_SIZE.value)
     flag_checks.require(_BATCH_SIZE.value % 2 == 0, "batch_size", "even (AGVM halves it)",
                         _BATCH_SIZE.value)
-    task = spike_tasks.make_task(_TASK.value, _BATCH_SIZE.value)
+    task = train.make_task(_TASK.value, _BATCH_SIZE.value)
     zoo = _optimizers(task)
     for name in _ONLY.value:
       flag_checks.one_of("only", name, zoo)
@@ -105,7 +105,7 @@ def main(argv):
         results[name] = json.load(f)
       continue
     make, lr, extra = zoo[name]
-    losses = np.asarray(spike_tasks.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value,
+    losses = np.asarray(train.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value,
                                                  extra_args=extra))
     curve = np.median(losses, axis=0)
     results[name] = {"lr": lr, "curve": curve.tolist()}

@@ -18,17 +18,50 @@ update, state untouched); see ``gradlab.transforms._common``.
 
 from gradlab.transforms._common import all_finite
 from gradlab.transforms.agvm import AGVMState, agvm, half_batch_grads
-from gradlab.transforms.diffgrad import ScaleByDiffGradState, diffgrad, scale_by_diffgrad
-from gradlab.transforms.layerwise import (DPAggregateState, dp_per_layer_aggregate, layer_budgets,
-                                          layerwise_normalize, per_layer_clip)
-from gradlab.transforms.quantized import (QuantizedArray, ScaleByAdam8bitState, adam_8bit,
-                                          dequantize_blockwise, dynamic_code, quantize_blockwise,
-                                          scale_by_adam_8bit, state_bytes)
-from gradlab.transforms.scale import (column_normalize, scale, scale_by_torch_adam, scale_labels)
-from gradlab.transforms.spam import ScaleBySpamState, scale_by_spam, spam, spam_warmup_factor
+from gradlab.transforms.diffgrad import (
+                                          ScaleByDiffGradState,
+                                          diffgrad,
+                                          scale_by_diffgrad,
+)
+from gradlab.transforms.layerwise import (
+                                          DPAggregateState,
+                                          dp_per_layer_aggregate,
+                                          layer_budgets,
+                                          layerwise_normalize,
+                                          per_layer_clip,
+)
+from gradlab.transforms.quantized import (
+                                          QuantizedArray,
+                                          ScaleByAdam8bitState,
+                                          adam_8bit,
+                                          dequantize_blockwise,
+                                          dynamic_code,
+                                          quantize_blockwise,
+                                          scale_by_adam_8bit,
+                                          state_bytes,
+)
+from gradlab.transforms.scale import (
+                                          column_normalize,
+                                          scale,
+                                          scale_by_torch_adam,
+                                          scale_labels,
+)
+from gradlab.transforms.spam import (
+                                          ScaleBySpamState,
+                                          scale_by_spam,
+                                          spam,
+                                          spam_warmup_factor,
+)
 from gradlab.transforms.spike_clip import SpikeClipState, spike_clip
-from gradlab.transforms.variance_reduced import (ScaleByMarsState, StormState, SVRGState, mars,
-                                                 scale_by_mars, storm, svrg)
+from gradlab.transforms.variance_reduced import (
+                                          ScaleByMarsState,
+                                          StormState,
+                                          SVRGState,
+                                          mars,
+                                          scale_by_mars,
+                                          storm,
+                                          svrg,
+)
 
 __all__ = [
     "AGVMState", "DPAggregateState", "QuantizedArray", "SVRGState", "ScaleByAdam8bitState",

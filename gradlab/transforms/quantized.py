@@ -43,7 +43,7 @@ import optax
 from gradlab.transforms import _common
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dynamic_code(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> np.ndarray:
   """The 256-entry dynamic code book, sorted (bitsandbytes' ``create_dynamic_map``).
 
@@ -145,7 +145,7 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
     nu = jax.tree.map(lambda p: zeros(p, unsigned), params)
     return ScaleByAdam8bitState(jnp.zeros([], jnp.int32), mu, nu)
 
-  is_q = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
+  is_q = lambda x: isinstance(x, QuantizedArray)
 
   def update_fn(updates, state, params=None):
     del params

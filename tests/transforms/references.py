@@ -17,7 +17,7 @@ class SpamReference:
   """SPAM-Optimizer ``AdamW.step`` (dense path, no ``density`` groups)."""
 
   def __init__(self, lr, betas=(0.9, 0.999), eps=1e-6, warmup_steps=150, threshold=5000,
-               DeltaT=500, grad_accu_steps=20):  # noqa: N803
+               DeltaT=500, grad_accu_steps=20):
     self.lr, self.betas, self.eps = lr, betas, eps
     self.total_step = 0
     self.current_step = warmup_steps + 1

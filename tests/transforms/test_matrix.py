@@ -105,7 +105,7 @@ def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   poisoned["params"]["dense_0"]["kernel"] = leaf.at[0, 0].set(bad)
   updates, new_state = update(poisoned, state, params, **_direct_extra(name, poisoned))
   member = MEMBER.get(name)
-  same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+  same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   if member is None:  # a whole gradlab optimizer (or one whose other members are stateless)
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), name
     jax.tree.map(same, new_state, state)

@@ -127,7 +127,7 @@ def test_scale_matches_the_official_optimizer():
     params = {"hidden": {"kernel": rng.normal(size=(6, 5)), "bias": rng.normal(size=(5,))},
               "head": {"kernel": rng.normal(size=(5, 4)), "bias": rng.normal(size=(4,))}}
     grads = [jax.tree.map(lambda x: rng.normal(size=x.shape), params) for _ in range(12)]
-    flat = lambda t: {"hk": t["hidden"]["kernel"].T, "hb": t["hidden"]["bias"],  # noqa: E731
+    flat = lambda t: {"hk": t["hidden"]["kernel"].T, "hb": t["hidden"]["bias"],
                       "ok": t["head"]["kernel"].T, "ob": t["head"]["bias"]}
     ref = references.ScaleReference(1e-2, {"hk": 0, "hb": 2, "ok": 1, "ob": 2}, weight_decay=0.1)
     p, expected = flat(params), []
@@ -229,7 +229,7 @@ def test_storm_matches_algorithm_1():
     got = []
     for b in batches:
       bj = jax.tree.map(jnp.asarray, b)
-      gfn = lambda q, bj=bj: {"x": _lsq_grad(q["x"], bj)}  # noqa: E731
+      gfn = lambda q, bj=bj: {"x": _lsq_grad(q["x"], bj)}
       u, state = tx.update(gfn(p), state, p, grad_fn=gfn)
       p = optax.apply_updates(p, u)
       got.append(np.asarray(p["x"]))
@@ -242,7 +242,7 @@ def test_svrg_matches_the_textbook_loop():
   with jax.enable_x64(True):
     x0 = rng.normal(size=5)
     data = _quadratic_batches(rng, 5, 4)  # the "dataset": 4 batches
-    full = lambda x: sum(_lsq_grad(x, b) for b in data) / len(data)  # noqa: E731
+    full = lambda x: sum(_lsq_grad(x, b) for b in data) / len(data)
     order = [int(i) for i in rng.integers(0, 4, size=12)]
     lr, m = 0.05, 4
     x, expected = x0, []
@@ -258,8 +258,8 @@ def test_svrg_matches_the_textbook_loop():
     got = []
     data_j = jax.tree.map(jnp.asarray, data)
     for i in order:
-      gfn = lambda q, i=i: {"x": _lsq_grad(q["x"], data_j[i])}  # noqa: E731
-      ffn = lambda q: {"x": sum(_lsq_grad(q["x"], b) for b in data_j) / len(data_j)}  # noqa: E731
+      gfn = lambda q, i=i: {"x": _lsq_grad(q["x"], data_j[i])}
+      ffn = lambda q: {"x": sum(_lsq_grad(q["x"], b) for b in data_j) / len(data_j)}
       u, state = tx.update(gfn(p), state, p, grad_fn=gfn, full_grad_fn=ffn)
       p = optax.apply_updates(p, u)
       got.append(np.asarray(p["x"]))

@@ -1,4 +1,4 @@
-"""The two small tasks the transform experiments train on, as pure functions.
+"""Two small tasks for comparing optimizers, and a vmapped multi-seed training loop.
 
 ``make_task(name, seed)`` returns ``(params, loss_fn, sample_batch)`` where
 ``sample_batch(key) -> batch`` draws a training batch and
@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ def make_task(name: str, batch_size: int) -> Task:
     def sample_batch(key):
       idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
       return {"x": x[idx], "y": y[idx]}
-    init = lambda key: model.init(key, x[:1])  # noqa: E731
+    init = lambda key: model.init(key, x[:1])
     last = r"dense_2/kernel"
     head = "dense_2"
   elif name == "lm":
@@ -54,7 +55,7 @@ def make_task(name: str, batch_size: int) -> Task:
 
     def sample_batch(key):
       return seqs[jax.random.randint(key, (batch_size,), 0, seqs.shape[0])]
-    init = lambda key: model.init(key, seqs[:1, :-1])  # noqa: E731
+    init = lambda key: model.init(key, seqs[:1, :-1])
     last = r"head/kernel"
     head = "head"
   else:
@@ -91,7 +92,7 @@ def train_curves(task: Task, optimizer: optax.GradientTransformation, seeds: int
       batch = task.sample_batch(batch_key)
       loss, grads = jax.value_and_grad(task.loss_fn)(params, batch)
       grads = jax.tree.map(lambda g: jnp.where(spike, g * spike_scale, g), grads)
-      grad_fn = lambda p: jax.grad(task.loss_fn)(p, batch)  # noqa: E731
+      grad_fn = lambda p: jax.grad(task.loss_fn)(p, batch)
       extra = {"grad_fn": grad_fn}
       if extra_args is not None:
         extra.update(extra_args(params, batch, batch_key, grad_fn))
