@@ -27,10 +27,10 @@ from __future__ import annotations
 import functools
 import os
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from experiments import flag_checks, reporting
 from gradlab import policy

@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from experiments import flag_checks, reporting
 from gradlab import models, policy

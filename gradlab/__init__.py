@@ -13,6 +13,7 @@ Subpackages (import the one you need):
 * ``gradlab.zeroth_order``: SPSA/MeZO, Sparse MeZO, CBO.
 * ``gradlab.transforms``: optax gradient transformations (SPAM, ZClip, per-layer
   and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG).
+* ``gradlab.policy``: policy-gradient estimators for RL with verifiable rewards.
 * ``gradlab.sharding``: meshes and batch placement.
 """
 

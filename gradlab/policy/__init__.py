@@ -11,30 +11,100 @@ token arrays (log-probabilities, masks) are ``[batch, group, time]``.
 * ``exact``: tabular sequence policies with exact objectives and gradients.
 """
 
-from gradlab.policy.advantages import (BNPOParams, SPOTracker, bnpo_advantages, bnpo_beta_params,
-                                       dr_grpo_advantages, grpo_advantages, nsr_advantages,
-                                       psr_advantages, reinforce_advantages, rloo_advantages,
-                                       spo_advantages, spo_init, spo_sampling_weights, spo_update,
-                                       weighted_reinforce_advantages)
-from gradlab.policy.allocation import (gvm_allocation, reinforce_ada_done, reinforce_ada_sample,
-                                       reinforce_ada_select, round_preserving_sum)
-from gradlab.policy.bandit import (Population, beta_population, bias_and_variance, raft_estimates,
-                                   raft_target, sample_estimates)
-from gradlab.policy.bandit import exact_gradient as bandit_gradient
 from gradlab.policy import digit_sum
-from gradlab.policy.exact import (all_sequences, exact_objective, expected_group_estimate, group_scale,
-                                  grpo_h, init_tabular, sample_sequences, tabular_token_logp)
-from gradlab.policy.objectives import (AGGREGATIONS, aggregate, gppo_loss, policy_gradient_loss,
-                                       ppo_clip_loss, truncated_is_weights)
+from gradlab.policy.advantages import (
+                                       BNPOParams,
+                                       SPOTracker,
+                                       bnpo_advantages,
+                                       bnpo_beta_params,
+                                       dr_grpo_advantages,
+                                       grpo_advantages,
+                                       nsr_advantages,
+                                       psr_advantages,
+                                       reinforce_advantages,
+                                       rloo_advantages,
+                                       spo_advantages,
+                                       spo_init,
+                                       spo_sampling_weights,
+                                       spo_update,
+                                       weighted_reinforce_advantages,
+)
+from gradlab.policy.allocation import (
+                                       gvm_allocation,
+                                       reinforce_ada_done,
+                                       reinforce_ada_sample,
+                                       reinforce_ada_select,
+                                       round_preserving_sum,
+)
+from gradlab.policy.bandit import (
+                                       Population,
+                                       beta_population,
+                                       bias_and_variance,
+                                       raft_estimates,
+                                       raft_target,
+                                       sample_estimates,
+)
+from gradlab.policy.bandit import exact_gradient as bandit_gradient
+from gradlab.policy.exact import (
+                                       all_sequences,
+                                       exact_objective,
+                                       expected_group_estimate,
+                                       group_scale,
+                                       grpo_h,
+                                       init_tabular,
+                                       sample_sequences,
+                                       tabular_token_logp,
+)
+from gradlab.policy.objectives import (
+                                       AGGREGATIONS,
+                                       aggregate,
+                                       gppo_loss,
+                                       policy_gradient_loss,
+                                       ppo_clip_loss,
+                                       truncated_is_weights,
+)
 
 __all__ = [
-    "AGGREGATIONS", "BNPOParams", "Population", "SPOTracker", "bandit_gradient", "beta_population",
-    "bias_and_variance", "digit_sum", "raft_estimates", "raft_target", "sample_estimates", "aggregate", "all_sequences", "bnpo_advantages",
-    "bnpo_beta_params", "dr_grpo_advantages", "exact_objective", "expected_group_estimate",
-    "gppo_loss", "group_scale", "grpo_advantages", "grpo_h", "gvm_allocation", "init_tabular",
-    "nsr_advantages", "policy_gradient_loss", "ppo_clip_loss", "psr_advantages",
-    "reinforce_ada_done", "reinforce_ada_sample", "reinforce_ada_select", "reinforce_advantages",
-    "rloo_advantages", "round_preserving_sum", "sample_sequences", "spo_advantages", "spo_init",
-    "spo_sampling_weights", "spo_update", "tabular_token_logp", "truncated_is_weights",
-    "weighted_reinforce_advantages",
+                                       "AGGREGATIONS",
+                                       "BNPOParams",
+                                       "Population",
+                                       "SPOTracker",
+                                       "aggregate",
+                                       "all_sequences",
+                                       "bandit_gradient",
+                                       "beta_population",
+                                       "bias_and_variance",
+                                       "bnpo_advantages",
+                                       "bnpo_beta_params",
+                                       "digit_sum",
+                                       "dr_grpo_advantages",
+                                       "exact_objective",
+                                       "expected_group_estimate",
+                                       "gppo_loss",
+                                       "group_scale",
+                                       "grpo_advantages",
+                                       "grpo_h",
+                                       "gvm_allocation",
+                                       "init_tabular",
+                                       "nsr_advantages",
+                                       "policy_gradient_loss",
+                                       "ppo_clip_loss",
+                                       "psr_advantages",
+                                       "raft_estimates",
+                                       "raft_target",
+                                       "reinforce_ada_done",
+                                       "reinforce_ada_sample",
+                                       "reinforce_ada_select",
+                                       "reinforce_advantages",
+                                       "rloo_advantages",
+                                       "round_preserving_sum",
+                                       "sample_estimates",
+                                       "sample_sequences",
+                                       "spo_advantages",
+                                       "spo_init",
+                                       "spo_sampling_weights",
+                                       "spo_update",
+                                       "tabular_token_logp",
+                                       "truncated_is_weights",
+                                       "weighted_reinforce_advantages",
 ]

@@ -9,7 +9,8 @@ exact gradient of ``J = mean_x p_x`` is known in closed form.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

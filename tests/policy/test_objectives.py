@@ -20,7 +20,7 @@ def _tokens(seed=0, shape=(2, 3, 5), spread=0.5):
 def test_gppo_gradient_differs_from_ppo_only_on_clipped_tokens():
   logp, old, mask, adv = _tokens()
   el, eh = 0.2, 0.28
-  per_token = lambda fn: jax.grad(lambda lp: fn(lp, old, adv, mask, eps_low=el, eps_high=eh,  # noqa: E731
+  per_token = lambda fn: jax.grad(lambda lp: fn(lp, old, adv, mask, eps_low=el, eps_high=eh,
                                                 aggregation="seq_mean_token_sum"))(logp)
   g_ppo, g_gppo = per_token(policy.ppo_clip_loss), per_token(policy.gppo_loss)
   n = mask.shape[0] * mask.shape[1]

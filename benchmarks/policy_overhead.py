@@ -1,0 +1,112 @@
+r"""Policy-gradient estimators' and losses' cost against the policy's forward and backward;
+allocation schemes' gradient variance against uniform allocation.
+
+  python -m benchmarks.policy_overhead [--json=out.json]
+
+Step cost: a causal transformer policy (``--dim``, ``--layers``) on
+``--prompts x --group`` responses of ``--length`` tokens. The baseline step is
+``jit(grad(sum of masked token log-probs))``: the policy's forward and
+backward alone. Each contender adds one advantage estimator and one loss
+(with TIS weights) on top, in the same jitted step; the overhead is
+``contender / baseline - 1`` (goal <= 5%). Timings interleaved
+(``benchmarks/timing.py``).
+
+Allocation: the Monte Carlo MSE, per sampled response, of GVM-RAFT's budgets
+against uniform budgets at the same total, on a Beta(0.5, 2) population of
+tabular prompts (``gradlab.policy.bandit``), for the RAFT estimator GVM
+allocates for.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import timing
+from gradlab import models, policy
+
+_JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_DIM = flags.DEFINE_integer("dim", 128, "Model width.")
+_LAYERS = flags.DEFINE_integer("layers", 4, "Transformer blocks.")
+_VOCAB = flags.DEFINE_integer("vocab", 256, "Vocabulary.")
+_PROMPTS = flags.DEFINE_integer("prompts", 16, "Prompts per step.")
+_GROUP = flags.DEFINE_integer("group", 8, "Responses per prompt.")
+_LENGTH = flags.DEFINE_integer("length", 64, "Tokens per response.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repeats.")
+
+
+def main(argv):
+  del argv
+  b, g, t = _PROMPTS.value, _GROUP.value, _LENGTH.value
+  model = models.TinyTransformer(vocab=_VOCAB.value, dim=_DIM.value, heads=4, layers=_LAYERS.value,
+                                 max_len=t + 1)
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, _VOCAB.value, (b * g, t + 1)), jnp.int32)
+  params = model.init(jax.random.key(0), tokens[:1, :-1])
+  mask = jnp.asarray(rng.random((b, g, t)) < 0.9, jnp.float32)
+  rewards = jnp.asarray(rng.random((b, g)) < 0.3, jnp.float32)
+  old = jnp.asarray(-rng.random((b, g, t)) * 3, jnp.float32)
+  rollout = old + 0.05 * jnp.asarray(rng.normal(size=(b, g, t)), jnp.float32)
+
+  def token_logp(p):
+    logits = model.apply(p, tokens[:, :-1])
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    return lp.reshape(b, g, t)
+
+  def make(adv_fn=None, loss=None):
+    @jax.jit
+    def step(p):
+      if adv_fn is None:
+        return jax.grad(lambda q: jnp.sum(token_logp(q) * mask))(p)
+      adv = adv_fn(rewards)
+      w = policy.truncated_is_weights(old, rollout, mask)
+      return jax.grad(lambda q: loss(token_logp(q), adv, w))(p)
+    return step
+
+  losses = {
+      "token IS surrogate": lambda lp, a, w: policy.policy_gradient_loss(
+          lp, a, mask, behaviour_logp=rollout, is_cap=2.0),
+      "ppo clip-higher + TIS": lambda lp, a, w: policy.ppo_clip_loss(lp, old, a, mask, eps_high=0.28,
+                                                                     is_weights=w),
+      "gppo + TIS": lambda lp, a, w: policy.gppo_loss(lp, old, a, mask, eps_high=0.28, is_weights=w),
+  }
+  advs = {"rloo": policy.rloo_advantages, "grpo": policy.grpo_advantages,
+          "bnpo": policy.bnpo_advantages, "w_reinforce": policy.weighted_reinforce_advantages}
+  rows = []
+  base = make()
+  for lname, lfn in losses.items():
+    fns = {"forward+backward": lambda: jax.block_until_ready(base(params))}
+    for aname, afn in advs.items():
+      step = make(afn, lfn)
+      fns[aname] = lambda step=step: jax.block_until_ready(step(params))
+    times = timing.interleaved(fns, repeats=_REPEATS.value, inner=3, warmup=2)
+    for aname in advs:
+      rows.append({"loss": lname, "advantage": aname,
+                   "step ms": 1e3 * times[aname], "fwd+bwd ms": 1e3 * times["forward+backward"],
+                   "overhead": times[aname] / times["forward+backward"] - 1})
+  timing.report(f"estimator + loss cost over the policy's forward+backward "
+                f"({b}x{g} responses x {t} tokens, dim {_DIM.value}, {_LAYERS.value} layers, "
+                f"{jax.devices()[0].platform})", rows, _JSON.value)
+
+  pop = policy.beta_population(19, 0.5, 2.0)
+  probs = jax.nn.softmax(pop.logits)
+  gx = jnp.linalg.norm(jnp.eye(4)[0] - probs, axis=-1)
+  target = policy.raft_target(pop)
+  alloc = []
+  for per in (4, 8, 16):
+    budget = per * 19
+    mses = {}
+    for name, counts in (("uniform", np.full(19, per)),
+                         ("gvm", np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1)))):
+      est = policy.raft_estimates(pop, counts, jax.random.key(per), 4000)
+      mses[name] = float(jnp.mean(jnp.sum((est - target) ** 2, 1)))
+    alloc.append({"responses": budget, "uniform MSE": mses["uniform"], "gvm MSE": mses["gvm"],
+                  "gvm / uniform": mses["gvm"] / mses["uniform"]})
+  timing.report("GVM-RAFT allocation against uniform at the same budget (RAFT estimator, "
+                "Beta(0.5, 2) prompts)", alloc, None)
+
+
+if __name__ == "__main__":
+  app.run(main)
