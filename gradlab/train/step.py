@@ -101,16 +101,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     optimizer: any optax transformation. Its ``update`` receives the keyword
       arguments ``value`` (the loss), ``grad`` (the gradient), ``value_fn``
       (``params -> loss`` on the same batch and key, as optax's line searches
-      expect) and ``grad_fn`` (``params -> gradient`` on the same batch and
-      key, which STORM, MARS and SVRG in ``gradlab.transforms`` call), plus
-      whatever ``extra_args_fn`` returns; plain
+      expect), plus whatever ``extra_args_fn`` returns; plain
       ``GradientTransformation``s ignore them.
     mesh: the device mesh; ``None`` jits without sharding annotations.
     data_axis: the mesh axis the batch is split along.
     num_microbatches: gradient accumulation: the batch is processed in this
       many sequential microbatches and their gradients averaged.
     extra_args_fn: ``(state, batch, key, grad_fn) -> dict`` of further extra
-      arguments for the optimizer.
+      arguments for the optimizer, where ``grad_fn(params)`` is the gradient
+      on the same batch and key at other parameters.
+      ``gradlab.transforms.grad_fn_extra_args`` passes it on as ``grad_fn``
+      for STORM, exact MARS and SVRG. (It is not passed by default: optax's
+      line searches refuse extra arguments they do not consume.)
     donate: donate the input state's buffers to the output.
     value_and_grad_fn: replaces ``jax.value_and_grad(loss_fn)``: any
       ``(params, batch, key) -> ((loss, aux), grads)``, e.g. the noise-scale
@@ -144,7 +146,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     key = state.step_key()
     (loss, aux), grads = value_and_grad(state.params, batch, key)
     grad_fn = lambda p: value_and_grad(p, batch, key)[1]  # noqa: E731
-    extra = {"value": loss, "grad": grads, "grad_fn": grad_fn,
+    extra = {"value": loss, "grad": grads,
              "value_fn": lambda p: value_and_grad(p, batch, key)[0][0]}
     if extra_args_fn is not None:
       extra.update(extra_args_fn(state, batch, key, grad_fn))

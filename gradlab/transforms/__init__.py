@@ -13,7 +13,8 @@ update, state untouched); see ``gradlab.transforms._common``.
 * Quantized state: ``adam_8bit`` / ``scale_by_adam_8bit`` and the block-wise
   quantizer.
 * Variance reduction: ``storm``, ``mars`` / ``scale_by_mars``, ``svrg``, fed by
-  the ``grad_fn`` extra argument of ``gradlab.train.make_train_step``.
+  a ``grad_fn`` extra argument (``extra_args_fn=grad_fn_extra_args`` in
+  ``gradlab.train.make_train_step``).
 """
 
 from gradlab.transforms._common import all_finite
@@ -54,6 +55,7 @@ from gradlab.transforms.spam import (
 )
 from gradlab.transforms.spike_clip import SpikeClipState, spike_clip
 from gradlab.transforms.variance_reduced import (
+                                          grad_fn_extra_args,
                                           ScaleByMarsState,
                                           StormState,
                                           SVRGState,
@@ -67,7 +69,7 @@ __all__ = [
     "AGVMState", "DPAggregateState", "QuantizedArray", "SVRGState", "ScaleByAdam8bitState",
     "ScaleByDiffGradState", "ScaleByMarsState", "ScaleBySpamState", "SpikeClipState",
     "StormState", "adam_8bit", "agvm", "all_finite", "column_normalize", "dequantize_blockwise",
-    "diffgrad", "dp_per_layer_aggregate", "dynamic_code", "half_batch_grads", "layer_budgets",
+    "diffgrad", "dp_per_layer_aggregate", "dynamic_code", "grad_fn_extra_args", "half_batch_grads", "layer_budgets",
     "layerwise_normalize", "mars", "per_layer_clip", "quantize_blockwise", "scale",
     "scale_by_adam_8bit", "scale_by_diffgrad", "scale_by_mars", "scale_by_spam",
     "scale_by_torch_adam", "scale_labels", "spam", "spam_warmup_factor", "spike_clip", "state_bytes",

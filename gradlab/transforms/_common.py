@@ -35,11 +35,19 @@ def skip_nonfinite(update_fn: Callable) -> Callable:
 
   @functools.wraps(update_fn)
   def guarded(updates, state, params=None, **extra):
-    new_updates, new_state = update_fn(updates, state, params, **extra)
     ok = all_finite(updates)
-    new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
-    new_state = optax.tree.where(ok, new_state, state)
-    return new_updates, new_state
+
+    def step(_):
+      return update_fn(updates, state, params, **extra)
+
+    def skip(_):
+      shapes = jax.eval_shape(step, None)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
+      return zeros, state
+    # lax.cond, not a select of both results: the update runs only when the
+    # gradient is finite, and no pass over the state is spent on selecting
+    # (under vmap, e.g. over seeds, JAX turns it into a select anyway).
+    return jax.lax.cond(ok, step, skip, None)
 
   return guarded
 

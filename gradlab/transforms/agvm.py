@@ -84,7 +84,7 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
 
   def init_fn(params):
     _, names = groups_of(params)
-    ones = jnp.ones([len(names)], jnp.float32)
+    ones = jnp.ones([len(names)], jnp.result_type(float))  # float64 under jax.enable_x64
     return AGVMState(jnp.zeros([], jnp.int32), ones, jnp.zeros_like(ones))
 
   def update_fn(updates, state, params=None, *, split_grads=None, **extra):
@@ -102,7 +102,7 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
       bb = sum(jnp.vdot(b, b) for _, b in pairs)
       cos = ab / jnp.maximum(jnp.sqrt(aa) * jnp.sqrt(bb), 1e-8)
       variances.append(1.0 - cos)
-    variances = jnp.stack(variances).astype(jnp.float32)
+    variances = jnp.stack(variances).astype(state.scales.dtype)
     ref = variances[names.index(reference)]
     fresh = jnp.sqrt(jnp.clip((ref + 1e-6) / (variances + 1e-6), *clamp))
     t = state.count

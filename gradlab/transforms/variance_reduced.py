@@ -2,10 +2,12 @@ r"""Variance-reduced updates: STORM, MARS and SVRG, fed by the train step's ``gr
 
 Each needs a gradient the ordinary step does not compute: the gradient of the
 *current* batch at *other* parameters (the previous iterate for STORM and
-exact MARS, the snapshot for SVRG). :func:`gradlab.train.make_train_step`
-passes every optimizer the extra argument ``grad_fn``, ``params -> gradient``
-on the step's batch and key; these transforms keep the parameters they need
-in their state and call it. Each extra call costs one more backward pass.
+exact MARS, the snapshot for SVRG). They take it as the extra argument
+``grad_fn``, ``params -> gradient`` on the step's batch and key; with
+:func:`gradlab.train.make_train_step` pass
+``extra_args_fn=grad_fn_extra_args`` (or a function that returns ``grad_fn``
+among other extras). These transforms keep the parameters they need in their
+state and call it; each call costs one more backward pass.
 
 Non-finite gradients: skipped (zero update, unchanged state).
 """
@@ -22,10 +24,17 @@ import optax
 from gradlab.transforms import _common
 
 
+def grad_fn_extra_args(state, batch, key, grad_fn) -> dict:
+  """``extra_args_fn`` for ``make_train_step`` that hands the optimizer ``grad_fn``."""
+  del state, batch, key
+  return {"grad_fn": grad_fn}
+
+
 def _need(name: str, value: Any, who: str) -> None:
   if value is None:
-    raise ValueError(f"{name}: {who} needs the extra argument {name}; gradlab.train."
-                     "make_train_step passes grad_fn, and params must be given")
+    raise ValueError(f"{name}: {who} needs the extra argument {name} (with gradlab.train."
+                     "make_train_step: extra_args_fn=gradlab.transforms.grad_fn_extra_args) "
+                     "and params")
 
 
 class StormState(NamedTuple):

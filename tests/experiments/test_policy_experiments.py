@@ -19,13 +19,13 @@ def test_policy_gradient_variance_rejects_bad_flags(tmp_path):
 
 
 def test_rlvr_toy_small_setting_and_resume(tmp_path):
-  flags = ["--rl_steps=4", "--sft_steps=4", "--eval_every=2", "--methods=psr,w_reinforce",
-           "--group=4"]
+  flags = ["--rl_steps=3", "--sft_steps=2", "--eval_every=2", "--methods=w_reinforce",
+           "--group=2"]
   proc = run_main("rlvr_toy", f"--workdir={tmp_path}", *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (tmp_path / "results.md").read_text()
   assert "pass@64" in table and "w_reinforce" in table and "base (SFT)" in table
   assert os.path.getsize(tmp_path / "pass_at_k.png") > 0
   again = run_main("rlvr_toy", f"--workdir={tmp_path}", *flags)
-  assert again.returncode == 0 and "psr:" not in again.stdout  # finished methods are reused
+  assert again.returncode == 0 and "w_reinforce:" not in again.stdout  # finished methods are reused
   assert_flag_error("rlvr_toy", tmp_path / "c", "--methods=ppo2", "--methods must be")

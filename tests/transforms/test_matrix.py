@@ -45,11 +45,11 @@ CASES = {
                                  transforms.agvm(_layer_labels, "hidden", start=0, interval=1)),
              transforms.half_batch_grads(_loss_fn)),
     "adam_8bit": (lambda: transforms.adam_8bit(1e-2, min_8bit_size=0), None),
-    "storm": (lambda: transforms.storm(k=0.1, w=0.1, c=10.0), None),
+    "storm": (lambda: transforms.storm(k=0.1, w=0.1, c=10.0), transforms.grad_fn_extra_args),
     "mars": (lambda: transforms.mars(1e-2), None),
-    "mars_exact": (lambda: transforms.mars(1e-2, exact=True), None),
+    "mars_exact": (lambda: transforms.mars(1e-2, exact=True), transforms.grad_fn_extra_args),
     "svrg": (lambda: optax.chain(transforms.svrg(2), optax.sgd(0.1)),
-             lambda state, batch, key, grad_fn: {"full_grad_fn": _full_grad}),
+             lambda state, batch, key, grad_fn: {"grad_fn": grad_fn, "full_grad_fn": _full_grad}),
 }
 
 

@@ -115,14 +115,18 @@ def test_adam_8bit_stays_within_the_quantization_error_of_fp32_adam():
   p8, p32 = params, params
   a8, a32 = transforms.adam_8bit(1e-3, min_8bit_size=0), optax.adam(1e-3)
   st8, st32 = a8.init(p8), a32.init(p32)
-  target = rng.normal(size=shape).astype(np.float32)
-  for _ in range(100):
-    noise = rng.normal(size=shape).astype(np.float32)
-    g8 = {"w": p8["w"] - target + noise}
-    g32 = {"w": p32["w"] - target + noise}
-    u8, st8 = a8.update(g8, st8, p8)
-    u32, st32 = a32.update(g32, st32, p32)
-    p8, p32 = optax.apply_updates(p8, u8), optax.apply_updates(p32, u32)
+  target = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  noises = jnp.asarray(rng.normal(size=(100,) + shape).astype(np.float32))
+
+  @jax.jit
+  def run(p8, p32, st8, st32):
+    def body(carry, noise):
+      p8, p32, st8, st32 = carry
+      u8, st8 = a8.update({"w": p8["w"] - target + noise}, st8, p8)
+      u32, st32 = a32.update({"w": p32["w"] - target + noise}, st32, p32)
+      return (optax.apply_updates(p8, u8), optax.apply_updates(p32, u32), st8, st32), None
+    return jax.lax.scan(body, (p8, p32, st8, st32), noises)[0][:2]
+  p8, p32 = run(p8, p32, st8, st32)
   moved = np.linalg.norm(np.asarray(p32["w"]) - np.asarray(params["w"]))
   gap = np.linalg.norm(np.asarray(p8["w"]) - np.asarray(p32["w"]))
   assert gap < 0.05 * moved, (gap, moved)
