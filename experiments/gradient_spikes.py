@@ -23,7 +23,6 @@ The SPAM paper (Huang et al. 2025, Fig. 1 and Sec. 2) reports spikes up to
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -102,19 +101,16 @@ def main(argv):
     lr = LEARNING_RATES[task_name] * _LR_SCALE.value
     for opt in _OPTIMIZERS.value:
       path = os.path.join(workdir, "runs", f"{task_name}_{opt}.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          unit = json.load(f)
-      else:
+
+      def run(task=task, lr=lr, opt=opt):
         spiked = np.asarray(train.train_curves(
             task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value,
             spike_steps=spikes, spike_scale=_SPIKE_SCALE.value))
-        clean = np.asarray(train.train_curves(
-            task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value))
-        unit = {"spiked": _summarize(spiked), "clean": _summarize(clean)}
-        with open(path + ".tmp", "w") as f:
-          json.dump(unit, f)
-        os.replace(path + ".tmp", path)
+        clean = np.asarray(train.train_curves(task, OPTIMIZERS[opt](lr), _SEEDS.value,
+                                              _NUM_STEPS.value))
+        return {"spiked": _summarize(spiked), "clean": _summarize(clean)}
+      unit, reused = reporting.cached_unit(path, run)
+      if not reused:
         print(f"{task_name} {opt}: diverged {unit['spiked']['diverged']:.2f}, "
               f"final {unit['spiked']['final']:.4g} (no spikes {unit['clean']['final']:.4g})",
               flush=True)

@@ -16,7 +16,6 @@ is exercised by ``tests/transforms``.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -100,19 +99,15 @@ def main(argv):
   results = {}
   for name in names:
     path = os.path.join(workdir, "runs", name.replace(" ", "_").replace("/", "_") + ".json")
-    if os.path.exists(path):
-      with open(path) as f:
-        results[name] = json.load(f)
-      continue
     make, lr, extra = zoo[name]
-    losses = np.asarray(train.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value,
-                                                 extra_args=extra))
-    curve = np.median(losses, axis=0)
-    results[name] = {"lr": lr, "curve": curve.tolist()}
-    with open(path + ".tmp", "w") as f:
-      json.dump(results[name], f)
-    os.replace(path + ".tmp", path)
-    print(f"{name}: final median loss {np.mean(curve[-20:]):.4g}", flush=True)
+
+    def run(make=make, lr=lr, extra=extra):
+      losses = np.asarray(train.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value,
+                                             extra_args=extra))
+      return {"lr": lr, "curve": np.median(losses, axis=0).tolist()}
+    results[name], reused = reporting.cached_unit(path, run)
+    if not reused:
+      print(f"{name}: final median loss {np.mean(results[name]['curve'][-20:]):.4g}", flush=True)
   window = max(1, _NUM_STEPS.value // 20)
   smooth = {n: np.convolve(r["curve"], np.ones(window) / window, mode="valid")
             for n, r in results.items()}

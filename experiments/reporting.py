@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -54,3 +55,16 @@ def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def cached_unit(path: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+  """``(result, reused)``: the JSON at ``path`` if a finished unit left it there,
+  else ``compute()``, written atomically (a kill mid-write leaves no half file)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f), True
+  result = compute()
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f)
+  os.replace(path + ".tmp", path)
+  return result, False

@@ -22,7 +22,6 @@ best or near-best across k.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -146,17 +145,11 @@ def main(argv):
   results = {}
   for method in _METHODS.value:
     path = os.path.join(workdir, "runs", f"{method}.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        results[method] = json.load(f)
-      continue
-    results[method] = _train(method, base, _RL_STEPS.value, _GROUP.value, _LR.value,
-                             _EVAL_EVERY.value, _SEED.value)
-    with open(path + ".tmp", "w") as f:
-      json.dump(results[method], f)
-    os.replace(path + ".tmp", path)
-    last = results[method][-1]
-    print(f"{method}: " + ", ".join(f"pass@{k} {last[f'pass@{k}']:.3f}" for k in KS), flush=True)
+    results[method], reused = reporting.cached_unit(path, lambda method=method: _train(
+        method, base, _RL_STEPS.value, _GROUP.value, _LR.value, _EVAL_EVERY.value, _SEED.value))
+    if not reused:
+      last = results[method][-1]
+      print(f"{method}: " + ", ".join(f"pass@{k} {last[f'pass@{k}']:.3f}" for k in KS), flush=True)
   rows = [{"method": "base (SFT)", **{f"pass@{k}": v for k, v in base_pass.items()}}]
   rows += [{"method": m, **{f"pass@{k}": h[-1][f"pass@{k}"] for k in KS}} for m, h in results.items()]
   reporting.write_table(workdir, rows, title="RLVR toy: exact pass@k after RL",

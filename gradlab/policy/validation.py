@@ -14,14 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _concrete(x: Any) -> np.ndarray | None:
-  if isinstance(x, jax.core.Tracer):
-    return None
-  try:
-    return np.asarray(x)
-  except Exception:  # noqa: BLE001 - anything not convertible is not concrete
-    return None
+from gradlab.discrete.validation import _concrete  # one helper for both packages
 
 
 def check_rewards(rewards: Any, *, reward_range: tuple[float, float] | None = None,
