@@ -109,6 +109,27 @@ def _ratio(logp, old_logp, log_ratio_clamp):
   return jnp.exp(log_ratio)
 
 
+def _clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low, eps_high, dual_clip,
+                       aggregation, is_weights, constant, log_ratio_clamp,
+                       keep_clipped_gradient: bool) -> jax.Array:
+  """PPO's clipped per-token loss, aggregated; GPPO when ``keep_clipped_gradient``."""
+  m = check_tokens(mask, ("logp", logp), ("old_logp", old_logp), ("is_weights", is_weights))
+  a = check_advantages(advantages, m)
+  eps_high = eps_low if eps_high is None else eps_high
+  ratio = _ratio(logp, old_logp, log_ratio_clamp)
+  # GPPO's bounds (1 -+ eps) rho / sg(rho) equal PPO's in value but carry rho's gradient.
+  unit = ratio / jax.lax.stop_gradient(ratio) if keep_clipped_gradient else 1.0
+  clipped = jnp.clip(ratio, (1 - eps_low) * unit, (1 + eps_high) * unit)
+  token_loss = jnp.maximum(-a * ratio, -a * clipped)
+  if dual_clip is not None:
+    if dual_clip <= 1:
+      raise ValueError(f"dual_clip: expected a number > 1, got {dual_clip}")
+    token_loss = jnp.where(a < 0, jnp.minimum(token_loss, -a * dual_clip), token_loss)
+  if is_weights is not None:
+    token_loss = token_loss * jax.lax.stop_gradient(jnp.asarray(is_weights))
+  return aggregate(token_loss, m, mode=aggregation, constant=constant)
+
+
 def ppo_clip_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
                   eps_high: float | None = None, dual_clip: float | None = None,
                   aggregation: str = "token_mean", is_weights=None,
@@ -123,18 +144,10 @@ def ppo_clip_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
   ``\pm 20`` as in verl. Schulman et al. 2017, https://arxiv.org/abs/1707.06347;
   DAPO https://arxiv.org/abs/2503.14476.
   """
-  m = check_tokens(mask, ("logp", logp), ("old_logp", old_logp), ("is_weights", is_weights))
-  a = check_advantages(advantages, m)
-  eps_high = eps_low if eps_high is None else eps_high
-  ratio = _ratio(logp, old_logp, log_ratio_clamp)
-  token_loss = jnp.maximum(-a * ratio, -a * jnp.clip(ratio, 1 - eps_low, 1 + eps_high))
-  if dual_clip is not None:
-    if dual_clip <= 1:
-      raise ValueError(f"dual_clip: expected a number > 1, got {dual_clip}")
-    token_loss = jnp.where(a < 0, jnp.minimum(token_loss, -a * dual_clip), token_loss)
-  if is_weights is not None:
-    token_loss = token_loss * jax.lax.stop_gradient(jnp.asarray(is_weights))
-  return aggregate(token_loss, m, mode=aggregation, constant=constant)
+  return _clipped_surrogate(logp, old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high,
+                            dual_clip=dual_clip, aggregation=aggregation, is_weights=is_weights,
+                            constant=constant, log_ratio_clamp=log_ratio_clamp,
+                            keep_clipped_gradient=False)
 
 
 def gppo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
@@ -154,17 +167,6 @@ def gppo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
   https://arxiv.org/abs/2508.07629; official code
   ``suu990901/KlearReasoner: verl/trainer/ppo/core_algos.py``.
   """
-  m = check_tokens(mask, ("logp", logp), ("old_logp", old_logp), ("is_weights", is_weights))
-  a = check_advantages(advantages, m)
-  eps_high = eps_low if eps_high is None else eps_high
-  ratio = _ratio(logp, old_logp, None)
-  unit = ratio / jax.lax.stop_gradient(ratio)
-  clipped = jnp.clip(ratio, (1 - eps_low) * unit, (1 + eps_high) * unit)
-  token_loss = jnp.maximum(-a * ratio, -a * clipped)
-  if dual_clip is not None:
-    if dual_clip <= 1:
-      raise ValueError(f"dual_clip: expected a number > 1, got {dual_clip}")
-    token_loss = jnp.where(a < 0, jnp.minimum(token_loss, -a * dual_clip), token_loss)
-  if is_weights is not None:
-    token_loss = token_loss * jax.lax.stop_gradient(jnp.asarray(is_weights))
-  return aggregate(token_loss, m, mode=aggregation, constant=constant)
+  return _clipped_surrogate(logp, old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high,
+                            dual_clip=dual_clip, aggregation=aggregation, is_weights=is_weights,
+                            constant=constant, log_ratio_clamp=None, keep_clipped_gradient=True)
