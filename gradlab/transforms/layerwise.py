@@ -142,9 +142,7 @@ def dp_per_layer_aggregate(l2_norm_clip: float, noise_multiplier: float, key: ja
     sizes = {x.shape[0] for x in leaves}
     if len(sizes) != 1:
       raise ValueError(f"updates: every leaf needs the same leading batch size, got {sorted(sizes)}")
-    new_updates, new_state = update_fn(updates, state)
-    ok = _common.all_finite(updates)
-    new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
-    return new_updates, optax.tree.where(ok, new_state, state)
+    return skipping_update(updates, state, params)
 
+  skipping_update = _common.skip_nonfinite(update_fn)
   return optax.GradientTransformation(init_fn, guarded)

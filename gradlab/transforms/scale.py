@@ -6,7 +6,8 @@ Last-layer Momentum"):
 * every matrix ``G`` (2-D or more) is **column-normalized**: each column is
   divided by its root mean square, ``U = G / \max(\sqrt{mean_{col}(G^2)}, 10^{-8})``;
 * the **last layer** (the LM head) first gets momentum,
-  ``M \leftarrow \beta M + (1-\beta) G`` (``lerp``), and ``M`` is normalized;
+  ``M \leftarrow \beta M + (1-\beta) G`` (torch's ``lerp``, optax's
+  ``ema(debias=False)``), and ``M`` is normalized;
 * 1-D parameters (norms, biases) use AdamW with PyTorch's epsilon placement;
 * decoupled weight decay ``p \leftarrow p (1 - \eta \lambda)`` on everything.
 
@@ -93,20 +94,6 @@ def scale_by_torch_adam(b1: float = 0.9, b2: float = 0.999,
   return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
 
 
-def _ema(decay: float) -> optax.GradientTransformation:
-  """``m <- decay m + (1 - decay) g`` (torch's ``lerp_``), emitting ``m``."""
-
-  def init_fn(params):
-    return optax.EmaState(count=jnp.zeros([], jnp.int32), ema=optax.tree.zeros_like(params))
-
-  def update_fn(updates, state, params=None):
-    del params
-    ema = jax.tree.map(lambda m, g: decay * m + (1 - decay) * g, state.ema, updates)
-    return ema, optax.EmaState(count=optax.safe_increment(state.count), ema=ema)
-
-  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
-
-
 def scale_labels(params: Any, last_layer: str) -> Any:
   """SCALE's routing: ``"last"`` for leaves whose path matches the regex
   ``last_layer``, ``"oned"`` for 1-D (and scalar) leaves, ``"matrix"`` otherwise.
@@ -146,7 +133,7 @@ def scale(learning_rate: optax.ScalarOrSchedule, *, last_layer: str, momentum: f
   normalize = column_normalize(axis=axis)
   routed = optax.partition(
       {"matrix": normalize,
-       "last": optax.chain(_ema(momentum), normalize),
+       "last": optax.chain(optax.ema(momentum, debias=False), normalize),
        "oned": scale_by_torch_adam(adam_b1, adam_b2, adam_eps)},
       lambda params: scale_labels(params, last_layer))
   return _common.guarded_chain(routed, optax.add_decayed_weights(weight_decay),
