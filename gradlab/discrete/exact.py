@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradlab.discrete.validation import check_logits
+from gradlab import _checks
 
 
 def _configurations(batch_shape: tuple[int, ...], k: int, max_configurations: int) -> np.ndarray:
@@ -39,7 +39,7 @@ def _log_probs(logits: jax.Array, configs: jax.Array) -> jax.Array:
 def exact_expectation(f: Callable[[jax.Array], jax.Array], logits: jax.Array, *,
                       max_configurations: int = 1 << 16) -> jax.Array:
   """``sum_D p(D) f(D)``, differentiable in ``logits`` (and in f's parameters)."""
-  logits = check_logits(logits)
+  logits = _checks.logits("logits", logits)
   configs = jnp.asarray(_configurations(logits.shape[:-1], logits.shape[-1], max_configurations),
                         logits.dtype)
   return jnp.sum(jnp.exp(_log_probs(logits, configs)) * jax.vmap(f)(configs))
@@ -57,7 +57,7 @@ def expected_estimate(estimator_from_sample: Callable[[jax.Array, jax.Array], ja
                       max_configurations: int = 1 << 16) -> jax.Array:
   """``sum_D p(D) grad_estimate(D)`` for ``estimator_from_sample(sample, logits)``
   (e.g. ``functools.partial(reinmax_from_sample, temperature=1.0)``)."""
-  logits = check_logits(logits)
+  logits = _checks.logits("logits", logits)
   configs = jnp.asarray(_configurations(logits.shape[:-1], logits.shape[-1], max_configurations),
                         logits.dtype)
   probs = jnp.exp(_log_probs(logits, configs))

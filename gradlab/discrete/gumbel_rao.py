@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import _draw_one_hot, _straight_through_surrogate
-from gradlab.discrete.validation import check_count, check_logits, check_positive
+from gradlab.discrete.straight_through import draw_one_hot, straight_through_surrogate
+from gradlab import _checks
 
 
 def conditional_gumbel_logits(key: jax.Array, logits: jax.Array, sample: jax.Array,
@@ -65,13 +65,13 @@ def gumbel_rao(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0,
   Returns:
     The one-hot sample, shape and dtype of ``logits``.
   """
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
-  check_count(num_samples, "num_samples")
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
+  _checks.integer("num_samples", num_samples, minimum=1)
   sample_key, gumbel_key = jax.random.split(key)
-  sample = _draw_one_hot(sample_key, logits)
+  sample = draw_one_hot(sample_key, logits)
   perturbed = conditional_gumbel_logits(gumbel_key, logits, sample, num_samples)
   # theta + sg(l - theta): value l, gradient flows into theta.
   soft = jax.nn.softmax((logits + jax.lax.stop_gradient(perturbed - logits)) / temperature, -1)
   soft = jnp.mean(soft, axis=0)
-  return _straight_through_surrogate(sample, soft)
+  return straight_through_surrogate(sample, soft)

@@ -38,5 +38,5 @@ def make_estimator(name: str, *, temperature: float = 1.0, num_samples: int = 10
     return lambda key, logits: gumbel_rao(key, logits, temperature=temperature,
                                           num_samples=num_samples)
   if name == "reinmax":
-    return lambda key, logits: reinmax(key, logits, temperature)
+    return lambda key, logits: reinmax(key, logits, temperature=temperature)
   raise ValueError(f"name: expected one of {NAMES}, got {name!r}")

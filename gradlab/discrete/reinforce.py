@@ -24,8 +24,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import _draw_one_hot
-from gradlab.discrete.validation import check_count, check_logits
+from gradlab.discrete.straight_through import draw_one_hot
+from gradlab import _checks
 
 BASELINES = ("none", "moving_average", "leave_one_out")
 
@@ -53,8 +53,8 @@ def reinforce(key: jax.Array, logits: jax.Array, f: Callable[[jax.Array], jax.Ar
   Returns:
     ``ReinforceOutput(loss, samples, values)``.
   """
-  logits = check_logits(logits)
-  check_count(num_samples, "num_samples")
+  logits = _checks.logits("logits", logits)
+  _checks.integer("num_samples", num_samples, minimum=1)
   if baseline not in BASELINES:
     raise ValueError(f"baseline: expected one of {BASELINES}, got {baseline!r}")
   if baseline == "leave_one_out" and num_samples < 2:
@@ -63,7 +63,7 @@ def reinforce(key: jax.Array, logits: jax.Array, f: Callable[[jax.Array], jax.Ar
     raise ValueError("baseline_value: required by baseline='moving_average'")
 
   keys = jax.random.split(key, num_samples)
-  samples = jax.vmap(lambda k: _draw_one_hot(k, logits))(keys)
+  samples = jax.vmap(lambda k: draw_one_hot(k, logits))(keys)
   values = jax.vmap(f)(samples)
   if values.shape != (num_samples,):
     raise ValueError(f"f: expected a scalar per configuration, got shape {values.shape[1:]}")
@@ -80,8 +80,7 @@ def reinforce(key: jax.Array, logits: jax.Array, f: Callable[[jax.Array], jax.Ar
   return ReinforceOutput(jnp.mean(values + score_term), samples, values)
 
 
-def update_moving_average(average: jax.Array, values: jax.Array, decay: float = 0.9) -> jax.Array:
+def update_moving_average(average: jax.Array, values: jax.Array, *, decay: float = 0.9) -> jax.Array:
   """``decay * average + (1 - decay) * mean(values)``: the next step's baseline."""
-  if not 0.0 <= decay < 1.0:
-    raise ValueError(f"decay: expected a value in [0, 1), got {decay}")
+  _checks.unit_interval("decay", decay)
   return decay * average + (1.0 - decay) * jnp.mean(jax.lax.stop_gradient(values))

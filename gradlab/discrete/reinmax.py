@@ -26,8 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import _draw_one_hot
-from gradlab.discrete.validation import check_logits, check_positive
+from gradlab.discrete.straight_through import draw_one_hot
+from gradlab import _checks
 
 
 @jax.custom_vjp
@@ -59,8 +59,8 @@ _reinmax.defvjp(_reinmax_fwd, _reinmax_bwd)
 def reinmax_from_sample(sample: jax.Array, logits: jax.Array, *,
                         temperature: float = 1.0) -> jax.Array:
   """ReinMax's output for a given one-hot ``sample`` of ``softmax(logits)``."""
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
   return _reinmax_at(sample, logits, temperature)
 
 
@@ -69,7 +69,7 @@ def _reinmax_at(sample: jax.Array, logits: jax.Array, temperature) -> jax.Array:
   return _reinmax(jax.lax.stop_gradient(sample.astype(logits.dtype)), logits, tau)
 
 
-def reinmax(key: jax.Array, logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+def reinmax(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0) -> jax.Array:
   """ReinMax: a one-hot sample of ``softmax(logits)`` with ReinMax's gradient.
 
   Args:
@@ -82,6 +82,6 @@ def reinmax(key: jax.Array, logits: jax.Array, temperature: float = 1.0) -> jax.
   Returns:
     The one-hot sample, shape and dtype of ``logits``.
   """
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
-  return _reinmax_at(_draw_one_hot(key, logits), logits, temperature)
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
+  return _reinmax_at(draw_one_hot(key, logits), logits, temperature)

@@ -26,11 +26,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.validation import check_logits, check_positive
+from gradlab import _checks
 
 
-def _draw_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
-  # Unchecked: for callers that have validated ``logits`` already (each public
+def draw_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
+  # Unchecked (the public form is sample_one_hot): for callers that have validated ``logits`` already (each public
   # estimator validates once; on an eager call a check copies the logits to
   # the host to look for non-finite values).
   idx = jax.random.categorical(key, jax.lax.stop_gradient(logits), axis=-1)
@@ -39,10 +39,10 @@ def _draw_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
 
 def sample_one_hot(key: jax.Array, logits: jax.Array) -> jax.Array:
   """One-hot ``D ~ Cat(softmax(logits))`` over the last axis, no gradient."""
-  return _draw_one_hot(key, check_logits(logits))
+  return draw_one_hot(key, _checks.logits("logits", logits))
 
 
-def _straight_through_surrogate(hard: jax.Array, soft: jax.Array) -> jax.Array:
+def straight_through_surrogate(hard: jax.Array, soft: jax.Array) -> jax.Array:
   """Forward value exactly ``hard``, gradient that of ``soft``.
 
   The parentheses matter: ``soft - sg(soft)`` is exactly 0 in the forward
@@ -54,13 +54,13 @@ def _straight_through_surrogate(hard: jax.Array, soft: jax.Array) -> jax.Array:
 def straight_through_from_sample(sample: jax.Array, logits: jax.Array, *,
                                  temperature: float = 1.0) -> jax.Array:
   """ST's output for a given one-hot ``sample`` (value ``sample``)."""
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
   return _straight_through_at(sample, logits, temperature)
 
 
 def _straight_through_at(sample: jax.Array, logits: jax.Array, temperature) -> jax.Array:
-  return _straight_through_surrogate(sample, jax.nn.softmax(logits / temperature, axis=-1))
+  return straight_through_surrogate(sample, jax.nn.softmax(logits / temperature, axis=-1))
 
 
 def straight_through(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0) -> jax.Array:
@@ -74,9 +74,9 @@ def straight_through(key: jax.Array, logits: jax.Array, *, temperature: float = 
   Returns:
     The one-hot sample, shape and dtype of ``logits``.
   """
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
-  return _straight_through_at(_draw_one_hot(key, logits), logits, temperature)
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
+  return _straight_through_at(draw_one_hot(key, logits), logits, temperature)
 
 
 def _gumbel_perturbed(key: jax.Array, logits: jax.Array) -> jax.Array:
@@ -89,17 +89,17 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, *, temperature: float = 1.
   Small tau approaches one-hot samples at the price of high-variance
   gradients; tau in [0.5, 1] is the usual range.
   """
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
   return jax.nn.softmax(_gumbel_perturbed(key, logits) / temperature, axis=-1)
 
 
 def straight_through_gumbel(key: jax.Array, logits: jax.Array, *,
                             temperature: float = 1.0) -> jax.Array:
   """ST-Gumbel-Softmax: the hard Gumbel-max sample forward, the relaxed one backward."""
-  logits = check_logits(logits)
-  check_positive(temperature, "temperature")
+  logits = _checks.logits("logits", logits)
+  _checks.positive("temperature", temperature)
   perturbed = _gumbel_perturbed(key, logits)
   soft = jax.nn.softmax(perturbed / temperature, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(perturbed, axis=-1), logits.shape[-1], dtype=logits.dtype)
-  return _straight_through_surrogate(jax.lax.stop_gradient(hard), soft)
+  return straight_through_surrogate(jax.lax.stop_gradient(hard), soft)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradlab.policy.validation import check_rewards
+from gradlab import _checks
 
 
 def reinforce_advantages(rewards, *, baseline: str = "batch_loo", constant: float = 0.0,
@@ -27,7 +27,7 @@ def reinforce_advantages(rewards, *, baseline: str = "batch_loo", constant: floa
   whole batch (leave-one-out, so the estimator stays unbiased; a batch mean that
   includes ``r_i`` shrinks it by ``(N-1)/N``). Williams (1992).
   """
-  r = check_rewards(rewards, reward_range=reward_range)
+  r = _checks.rewards("rewards", rewards, reward_range=reward_range)
   if baseline == "none":
     return r
   if baseline == "constant":
@@ -44,7 +44,7 @@ def rloo_advantages(rewards, *, reward_range=None) -> jax.Array:
   r"""RLOO (Kool et al. 2019; Ahmadian et al. 2024): ``A_i = r_i - mean_{j \ne i} r_j``
   ``= G/(G-1) (r_i - \bar r)``. Unbiased; needs ``G >= 2``. Code: verl
   ``compute_rloo_outcome_advantage``, TRL ``RLOOTrainer``."""
-  r = check_rewards(rewards, reward_range=reward_range, min_group=2)
+  r = _checks.rewards("rewards", rewards, reward_range=reward_range, min_group=2)
   g = r.shape[1]
   return r - (jnp.sum(r, axis=1, keepdims=True) - r) / (g - 1)
 
@@ -52,7 +52,7 @@ def rloo_advantages(rewards, *, reward_range=None) -> jax.Array:
 def dr_grpo_advantages(rewards, *, reward_range=None) -> jax.Array:
   """Dr. GRPO (Liu et al. 2025): ``A_i = r_i - mean_group(r)``, no std division.
   Pair it with ``aggregate(..., mode="constant")``. https://arxiv.org/abs/2503.20783"""
-  r = check_rewards(rewards, reward_range=reward_range)
+  r = _checks.rewards("rewards", rewards, reward_range=reward_range)
   return r - jnp.mean(r, axis=1, keepdims=True)
 
 
@@ -63,7 +63,7 @@ def grpo_advantages(rewards, *, eps: float = 1e-6, reward_range=None) -> jax.Arr
   advantage 0 (verl gives it mean 0 and std 1; ``r - r = 0`` either way).
   https://arxiv.org/abs/2402.03300
   """
-  r = check_rewards(rewards, reward_range=reward_range)
+  r = _checks.rewards("rewards", rewards, reward_range=reward_range)
   g = r.shape[1]
   centered = r - jnp.mean(r, axis=1, keepdims=True)
   if g == 1:
@@ -115,7 +115,7 @@ def bnpo_advantages(rewards, *, reward_range=(0.0, 1.0), params: BNPOParams | No
   References: https://arxiv.org/abs/2506.02864; official code
   ``changyi7231/BNPO: recipe/bnpo/src/bnpo_ray_trainer.py``.
   """
-  r = check_rewards(rewards, reward_range=reward_range)
+  r = _checks.rewards("rewards", rewards, reward_range=reward_range)
   lo, hi = reward_range
   r = (r - lo) / (hi - lo)
   p_hat = jnp.mean(r, axis=1)
@@ -136,7 +136,7 @@ def weighted_reinforce_advantages(rewards, *, positive_weight: float = 0.1,
   ``\lambda = 0.1``. https://arxiv.org/abs/2506.01347; official code
   ``TianHongZXY/RLVR-Decomposed: verl/trainer/ppo/core_algos.py``.
   """
-  r = check_rewards(rewards, reward_range=(0.0, 1.0))
+  r = _checks.rewards("rewards", rewards, reward_range=(0.0, 1.0))
   return positive_weight * r - negative_weight * (1.0 - r)
 
 
@@ -170,7 +170,7 @@ def spo_advantages(tracker: SPOTracker, prompt_ids, rewards, *, eps: float = 1e-
   ``(A - mean A)/(std A + eps)`` (Bessel's std). ``rewards [batch, 1]``, one
   response per prompt; ``prompt_ids [batch]``. https://arxiv.org/abs/2509.13232
   (verl ``recipe/spo``)."""
-  r = check_rewards(rewards, reward_range=(0.0, 1.0))
+  r = _checks.rewards("rewards", rewards, reward_range=(0.0, 1.0))
   ids = jnp.asarray(prompt_ids)
   if ids.shape != r.shape[:1]:
     raise ValueError(f"prompt_ids: expected shape {r.shape[:1]}, got {ids.shape}")
@@ -187,7 +187,7 @@ def spo_update(tracker: SPOTracker, prompt_ids, rewards, kl=None, *, rho_min: fl
   ``\rho = clip(2^{-D/D_{half}}, \rho_{min}, \rho_{max})`` and ``D`` the per-prompt
   policy change ``kl [batch]`` (the masked mean of ``|log pi_old - log pi|``
   on that prompt's last response; 0 gives ``\rho_{max}``)."""
-  r = check_rewards(rewards, reward_range=(0.0, 1.0))[:, 0]
+  r = _checks.rewards("rewards", rewards, reward_range=(0.0, 1.0))[:, 0]
   ids = jnp.asarray(prompt_ids)
   d = jnp.zeros_like(r) if kl is None else jnp.asarray(kl, r.dtype)
   rho = jnp.clip(2.0 ** (-d / d_half), rho_min, rho_max)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gradlab import _checks
+
 
 def round_preserving_sum(shares, budget: int, *, minimum: int = 0) -> jax.Array:
   """Integer counts ``>= minimum`` summing to ``budget``, proportional to ``shares``
@@ -42,7 +44,10 @@ def gvm_allocation(accept_rates, grad_norms, budget: int, *, alpha: float = 1e-3
   p = jnp.asarray(accept_rates, jnp.float32)
   g = jnp.asarray(grad_norms, jnp.float32)
   if p.shape != g.shape or p.ndim != 1:
-    raise ValueError(f"accept_rates, grad_norms: expected two [num_prompts] arrays, got {p.shape}, {g.shape}")
+    raise ValueError(f"accept_rates, grad_norms: expected two [num_prompts] arrays, got "
+                     f"{p.shape}, {g.shape}")
+  _checks.probabilities("accept_rates", p)
+  _checks.positive("grad_norms", g, allow_zero=True)
   safe_p = jnp.maximum(p, 1e-12)
   shares = g / jnp.sqrt(safe_p + alpha / safe_p ** (beta - 1))
   shares = jnp.where(p > 0, shares, 0.0)

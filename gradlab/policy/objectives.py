@@ -23,14 +23,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.policy.validation import check_advantages, check_tokens
+from gradlab import _checks
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 
 
 def aggregate(token_loss, mask, *, mode: str, constant: float | None = None) -> jax.Array:
   """Reduces a per-token loss ``[batch, group, time]`` to a scalar; see the module table."""
-  m = check_tokens(mask, ("token_loss", token_loss))
+  m = _checks.token_mask("mask", mask, ("token_loss", token_loss))
   lm = token_loss * m
   n = m.shape[0] * m.shape[1]
   if mode == "token_mean":
@@ -60,7 +60,7 @@ def truncated_is_weights(old_logp, rollout_logp, mask, *, cap: float = 2.0, leve
   al. 2025, https://arxiv.org/abs/2512.01374) derives the token-level surrogate
   this corrects.
   """
-  m = check_tokens(mask, ("old_logp", old_logp), ("rollout_logp", rollout_logp))
+  m = _checks.token_mask("mask", mask, ("old_logp", old_logp), ("rollout_logp", rollout_logp))
   if cap <= 0:
     raise ValueError(f"cap: expected a number > 0, got {cap}")
   log_w = (jnp.asarray(old_logp) - jnp.asarray(rollout_logp)) * m
@@ -90,8 +90,8 @@ def policy_gradient_loss(logp, advantages, mask, *, aggregation: str = "seq_mean
   (value and gradient use ``\min(\rho_t, C)``: the gradient
   ``-\min(\rho_t, C) A \nabla\log\pi_t``).
   """
-  m = check_tokens(mask, ("logp", logp), ("behaviour_logp", behaviour_logp))
-  a = check_advantages(advantages, m)
+  m = _checks.token_mask("mask", mask, ("logp", logp), ("behaviour_logp", behaviour_logp))
+  a = _checks.advantages("advantages", advantages, m)
   logp = jnp.asarray(logp)
   if behaviour_logp is None:
     token_loss = -a * logp
@@ -113,9 +113,12 @@ def _clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low, eps_high, d
                        aggregation, is_weights, constant, log_ratio_clamp,
                        keep_clipped_gradient: bool) -> jax.Array:
   """PPO's clipped per-token loss, aggregated; GPPO when ``keep_clipped_gradient``."""
-  m = check_tokens(mask, ("logp", logp), ("old_logp", old_logp), ("is_weights", is_weights))
-  a = check_advantages(advantages, m)
+  m = _checks.token_mask("mask", mask, ("logp", logp), ("old_logp", old_logp),
+                         ("is_weights", is_weights))
+  a = _checks.advantages("advantages", advantages, m)
+  _checks.unit_interval("eps_low", eps_low)
   eps_high = eps_low if eps_high is None else eps_high
+  _checks.positive("eps_high", eps_high, allow_zero=True)
   ratio = _ratio(logp, old_logp, log_ratio_clamp)
   # GPPO's bounds (1 -+ eps) rho / sg(rho) equal PPO's in value but carry rho's gradient.
   unit = ratio / jax.lax.stop_gradient(ratio) if keep_clipped_gradient else 1.0

@@ -3,7 +3,10 @@
 Every transform here is an ``optax.GradientTransformation`` (or
 ``...ExtraArgs``) with a ``NamedTuple`` state. Non-finite policy, shared by
 all: a step whose incoming gradient holds a NaN or Inf is skipped (zero
-update, state untouched); see ``gradlab.transforms._common``.
+update, state untouched); see ``gradlab.transforms.nonfinite``. Every
+optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
+``static_args=("block_size", "min_8bit_size")``), ``optax.MultiSteps``,
+``optax.apply_if_finite`` and inside ``optax.chain``.
 
 * Spikes: ``spam`` / ``scale_by_spam`` (SPAM), ``spike_clip`` (ZClip).
 * Layer-wise: ``per_layer_clip``, ``layerwise_normalize``,
@@ -17,7 +20,6 @@ update, state untouched); see ``gradlab.transforms._common``.
   ``gradlab.train.make_train_step``).
 """
 
-from gradlab.transforms._common import all_finite
 from gradlab.transforms.agvm import AGVMState, agvm, half_batch_grads
 from gradlab.transforms.diffgrad import (
                                           ScaleByDiffGradState,
@@ -41,12 +43,8 @@ from gradlab.transforms.quantized import (
                                           scale_by_adam_8bit,
                                           state_bytes,
 )
-from gradlab.transforms.scale import (
-                                          column_normalize,
-                                          scale,
-                                          scale_by_torch_adam,
-                                          scale_labels,
-)
+from gradlab.transforms.nonfinite import all_finite, guarded_chain, skip_nonfinite
+from gradlab.transforms.scale import LAYOUTS, column_normalize, scale, scale_labels
 from gradlab.transforms.spam import (
                                           ScaleBySpamState,
                                           scale_by_spam,
@@ -54,6 +52,7 @@ from gradlab.transforms.spam import (
                                           spam_warmup_factor,
 )
 from gradlab.transforms.spike_clip import SpikeClipState, spike_clip
+from gradlab.transforms.torch_adam import TorchAdamState, scale_by_torch_adam
 from gradlab.transforms.variance_reduced import (
                                           grad_fn_extra_args,
                                           ScaleByMarsState,
@@ -66,7 +65,8 @@ from gradlab.transforms.variance_reduced import (
 )
 
 __all__ = [
-    "AGVMState", "DPAggregateState", "QuantizedArray", "SVRGState", "ScaleByAdam8bitState",
+    "AGVMState", "DPAggregateState", "LAYOUTS", "TorchAdamState", "guarded_chain",
+    "skip_nonfinite", "QuantizedArray", "SVRGState", "ScaleByAdam8bitState",
     "ScaleByDiffGradState", "ScaleByMarsState", "ScaleBySpamState", "SpikeClipState",
     "StormState", "adam_8bit", "agvm", "all_finite", "column_normalize", "dequantize_blockwise",
     "diffgrad", "dp_per_layer_aggregate", "dynamic_code", "grad_fn_extra_args", "half_batch_grads", "layer_budgets",

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradlab.transforms import _common
+from gradlab import _checks
+from gradlab.transforms import nonfinite
 
 
 class AGVMState(NamedTuple):
@@ -69,9 +70,9 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
       with ``t % interval == 0``; scale updates only on ``start <= t <= stop``.
     clamp: bounds of the variance ratio before the square root.
   """
-  _common.check_unit_interval("momentum", momentum)
-  _common.check_int("interval", interval, minimum=1)
-  _common.check_int("start", start)
+  _checks.unit_interval("momentum", momentum)
+  _checks.integer("interval", interval, minimum=1)
+  _checks.integer("start", start)
   stop_step = 10**9 if stop is None or stop <= start else stop
 
   def groups_of(params):
@@ -84,7 +85,7 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
 
   def init_fn(params):
     _, names = groups_of(params)
-    ones = jnp.ones([len(names)], jnp.result_type(float))  # float64 under jax.enable_x64
+    ones = jnp.ones([len(names)], optax.tree.dtype(params, "highest"))  # the params' dtype
     return AGVMState(jnp.zeros([], jnp.int32), ones, jnp.zeros_like(ones))
 
   def update_fn(updates, state, params=None, *, split_grads=None, **extra):
@@ -107,7 +108,7 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
     fresh = jnp.sqrt(jnp.clip((ref + 1e-6) / (variances + 1e-6), *clamp))
     t = state.count
     in_window = (t >= start) & (t <= stop_step)
-    refresh = in_window & (t % interval == 0) & _common.all_finite(split_grads)
+    refresh = in_window & (t % interval == 0) & nonfinite.all_finite(split_grads)
     scales = jnp.where(refresh, momentum * state.scales + (1 - momentum) * fresh, state.scales)
     applied = jnp.where(in_window, scales, 1.0)
     leaves, treedef = jax.tree.flatten(updates)
@@ -115,7 +116,7 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
     new_var = jnp.where(refresh, variances, state.variances)
     return jax.tree.unflatten(treedef, out), AGVMState(optax.safe_increment(t), scales, new_var)
 
-  return optax.GradientTransformationExtraArgs(init_fn, _common.skip_nonfinite(update_fn))
+  return optax.GradientTransformationExtraArgs(init_fn, nonfinite.skip_nonfinite(update_fn))
 
 
 def half_batch_grads(loss_fn: Callable) -> Callable:

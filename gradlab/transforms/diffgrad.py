@@ -30,8 +30,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
-from gradlab.transforms import _common
+from gradlab.transforms import nonfinite, torch_adam
 
 
 class ScaleByDiffGradState(NamedTuple):
@@ -41,34 +42,37 @@ class ScaleByDiffGradState(NamedTuple):
   prev_grad: optax.Updates
 
 
-def scale_by_diffgrad(b1: float = 0.9, b2: float = 0.999,
-                      eps: float = 1e-8) -> optax.GradientTransformation:
-  """diffGrad's direction (no learning rate)."""
-  _common.check_unit_interval("b1", b1)
-  _common.check_unit_interval("b2", b2)
-  _common.check_positive("eps", eps, allow_zero=True)
-
+def _diffgrad_direction(b1, b2, eps):
   def init_fn(params):
     z = optax.tree.zeros_like(params)
     return ScaleByDiffGradState(jnp.zeros([], jnp.int32), z, z, z)
 
   def update_fn(updates, state, params=None):
     del params
-    c = state.count + 1
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+    c = optax.safe_increment(state.count)
+    mu, nu = torch_adam.torch_adam_moments(updates, state.mu, state.nu, b1, b2)
     friction = jax.tree.map(lambda p, g: 1.0 / (1.0 + jnp.exp(-jnp.abs(p - g))),
                             state.prev_grad, updates)
     damped = jax.tree.map(jnp.multiply, mu, friction)
-    out = _common.torch_adam_direction(damped, nu, c, b1, b2, eps)
-    return out, ScaleByDiffGradState(optax.safe_increment(state.count), mu, nu, updates)
+    out = torch_adam.torch_adam_direction(damped, nu, c, b1, b2, eps)
+    return out, ScaleByDiffGradState(c, mu, nu, updates)
 
-  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
+  return init_fn, update_fn
 
 
-def diffgrad(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-             eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """diffGrad as an optimizer, with the official code's L2 weight decay."""
-  return _common.guarded_chain(optax.add_decayed_weights(weight_decay),
-                     scale_by_diffgrad(b1, b2, eps),
-                     optax.scale_by_learning_rate(learning_rate))
+def scale_by_diffgrad(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
+                      eps: ArrayLike = 1e-8) -> optax.GradientTransformation:
+  """diffGrad's direction (no learning rate); ``eps > 0``."""
+  torch_adam.check_adam(b1, b2, eps)
+  init_fn, update_fn = _diffgrad_direction(b1, b2, eps)
+  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
+
+
+def diffgrad(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
+             eps: ArrayLike = 1e-8,
+             weight_decay: ArrayLike = 0.0) -> optax.GradientTransformationExtraArgs:
+  """diffGrad as an optimizer, with the official code's L2 weight decay (applied first)."""
+  torch_adam.check_adam(b1, b2, eps)
+  return nonfinite.guarded_chain(optax.add_decayed_weights(weight_decay),
+                                 optax.GradientTransformation(*_diffgrad_direction(b1, b2, eps)),
+                                 optax.scale_by_learning_rate(learning_rate))

@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradlab.transforms import _common
+from gradlab import _checks
+from gradlab.transforms import nonfinite
 
 
 def layer_budgets(tree, max_norm: float, budget: str = "uniform") -> list[float]:
   """The per-leaf clipping norms ``C_l`` (in ``jax.tree.leaves`` order)."""
-  if budget not in ("uniform", "size"):
-    raise ValueError(f"budget: expected 'uniform' or 'size', got {budget!r}")
+  _checks.one_of("budget", budget, ("uniform", "size"))
   sizes = [math.prod(jnp.shape(x)) for x in jax.tree.leaves(tree)]
   if budget == "uniform":
     return [max_norm / math.sqrt(len(sizes))] * len(sizes)
@@ -57,9 +57,8 @@ def per_layer_clip(max_norm: float, *, budget: str = "uniform") -> optax.Gradien
   aggregation use :func:`dp_per_layer_aggregate` (or optax's
   ``per_example_layer_norm_clip``).
   """
-  _common.check_positive("max_norm", max_norm)
-  if budget not in ("uniform", "size"):
-    raise ValueError(f"budget: expected 'uniform' or 'size', got {budget!r}")
+  _checks.positive("max_norm", max_norm)
+  _checks.one_of("budget", budget, ("uniform", "size"))
 
   def update_fn(updates, state, params=None):
     del params
@@ -71,22 +70,22 @@ def per_layer_clip(max_norm: float, *, budget: str = "uniform") -> optax.Gradien
       out.append((g * jnp.minimum(1.0, c / norm)).astype(g.dtype))
     return jax.tree.unflatten(treedef, out), state
 
-  return optax.GradientTransformation(optax.init_empty_state, _common.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(optax.init_empty_state, nonfinite.skip_nonfinite(update_fn))
 
 
 def layerwise_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
-  """Rescales every leaf to unit norm: ``g_l <- g_l / (||g_l|| + eps)``.
+  """Rescales every leaf to unit norm: ``g_l <- g_l / (||g_l|| + eps)``, ``eps > 0``.
 
   Put a learning rate after it to give each layer the same step length; chain
   ``optax.scale_by_trust_ratio()`` instead for LAMB's ``||p_l|| / ||u_l||``.
   """
-  _common.check_positive("eps", eps, allow_zero=True)
+  _checks.positive("eps", eps)
 
   def update_fn(updates, state, params=None):
     del params
     return jax.tree.map(lambda g: g / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps), updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, _common.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(optax.init_empty_state, nonfinite.skip_nonfinite(update_fn))
 
 
 class DPAggregateState(NamedTuple):
@@ -107,12 +106,10 @@ def dp_per_layer_aggregate(l2_norm_clip: float, noise_multiplier: float, key: ja
   delta)`` this spends) is the user's: the mechanism is the Gaussian one with
   sensitivity ``C`` and noise ``z C``, as for flat clipping.
   """
-  _common.check_positive("l2_norm_clip", l2_norm_clip)
-  _common.check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
-  if budget not in ("uniform", "size"):
-    raise ValueError(f"budget: expected 'uniform' or 'size', got {budget!r}")
-  if not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    raise ValueError(f"key: expected a typed key from jax.random.key, got {key!r}")
+  _checks.positive("l2_norm_clip", l2_norm_clip)
+  _checks.positive("noise_multiplier", noise_multiplier, allow_zero=True)
+  _checks.one_of("budget", budget, ("uniform", "size"))
+  _checks.is_key("key", key)
 
   def init_fn(params):
     del params
@@ -144,5 +141,5 @@ def dp_per_layer_aggregate(l2_norm_clip: float, noise_multiplier: float, key: ja
       raise ValueError(f"updates: every leaf needs the same leading batch size, got {sorted(sizes)}")
     return skipping_update(updates, state, params)
 
-  skipping_update = _common.skip_nonfinite(update_fn)
+  skipping_update = nonfinite.skip_nonfinite(update_fn)
   return optax.GradientTransformation(init_fn, guarded)

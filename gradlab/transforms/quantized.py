@@ -40,7 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradlab.transforms import _common
+from jax.typing import ArrayLike
+
+from gradlab import _checks
+from gradlab.transforms import nonfinite, torch_adam
 
 
 @functools.cache
@@ -123,15 +126,7 @@ class ScaleByAdam8bitState(NamedTuple):
   nu: optax.Updates
 
 
-def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
-                       block_size: int = 256,
-                       min_8bit_size: int = 4096) -> optax.GradientTransformation:
-  """Adam's direction with both moments stored in 8 bits, block-wise."""
-  _common.check_unit_interval("b1", b1)
-  _common.check_unit_interval("b2", b2)
-  _common.check_positive("eps", eps, allow_zero=True)
-  _common.check_int("block_size", block_size, minimum=1)
-  _common.check_int("min_8bit_size", min_8bit_size)
+def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
   signed, unsigned = jnp.asarray(dynamic_code(True)), jnp.asarray(dynamic_code(False))
 
   def quantized(leaf) -> bool:
@@ -145,11 +140,11 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
     nu = jax.tree.map(lambda p: zeros(p, unsigned), params)
     return ScaleByAdam8bitState(jnp.zeros([], jnp.int32), mu, nu)
 
-  is_q = lambda x: isinstance(x, QuantizedArray)
+  is_q = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
 
   def update_fn(updates, state, params=None):
     del params
-    c = state.count + 1
+    c = optax.safe_increment(state.count)
     t = c.astype(jnp.float32)
     bc1, bc2 = 1.0 - b1 ** t, jnp.sqrt(1.0 - b2 ** t)
     g_leaves, treedef = jax.tree.flatten(updates)
@@ -161,24 +156,50 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
       q = is_q(mq)
       m = dequantize_blockwise(mq, signed, g.shape) if q else mq
       v = dequantize_blockwise(vq, unsigned, g.shape) if q else vq
-      m = b1 * m + (1.0 - b1) * g32
-      v = b2 * v + (1.0 - b2) * g32 * g32
+      m = (b1 * m + (1.0 - b1) * g32).astype(jnp.float32)
+      v = (b2 * v + (1.0 - b2) * g32 * g32).astype(jnp.float32)
       outs.append((m / (jnp.sqrt(v) / bc2 + eps) / bc1).astype(g.dtype))
       new_mu.append(quantize_blockwise(m, signed, block_size) if q else m)
       new_nu.append(quantize_blockwise(v, unsigned, block_size) if q else v)
     return jax.tree.unflatten(treedef, outs), ScaleByAdam8bitState(
-        optax.safe_increment(state.count), jax.tree.unflatten(treedef, new_mu),
-        jax.tree.unflatten(treedef, new_nu))
+        c, jax.tree.unflatten(treedef, new_mu), jax.tree.unflatten(treedef, new_nu))
 
-  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
+  return init_fn, update_fn
 
 
-def adam_8bit(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-              eps: float = 1e-8, weight_decay: float = 0.0, **kwargs) -> optax.GradientTransformation:
-  """8-bit AdamW: :func:`scale_by_adam_8bit` + decoupled weight decay + learning rate."""
-  return _common.guarded_chain(scale_by_adam_8bit(b1, b2, eps, **kwargs),
-                     optax.add_decayed_weights(weight_decay),
-                     optax.scale_by_learning_rate(learning_rate))
+def _check_8bit(b1, b2, eps, block_size, min_8bit_size):
+  torch_adam.check_adam(b1, b2, eps)
+  return (_checks.integer("block_size", block_size, minimum=1),
+          _checks.integer("min_8bit_size", min_8bit_size))
+
+
+def scale_by_adam_8bit(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-8, *,
+                       block_size: int = 256,
+                       min_8bit_size: int = 4096) -> optax.GradientTransformation:
+  """Adam's direction with both moments stored in 8 bits, block-wise.
+
+  ``block_size`` and ``min_8bit_size`` fix the state's shapes, so they are
+  static: under ``optax.inject_hyperparams`` list them in ``static_args`` (as
+  optax does for ``adafactor``'s ``min_dim_size_to_factor``).
+  """
+  block_size, min_8bit_size = _check_8bit(b1, b2, eps, block_size, min_8bit_size)
+  init_fn, update_fn = _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size)
+  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
+
+
+def adam_8bit(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
+              eps: ArrayLike = 1e-8, weight_decay: ArrayLike = 0.0, *, block_size: int = 256,
+              min_8bit_size: int = 4096) -> optax.GradientTransformationExtraArgs:
+  """8-bit AdamW: :func:`scale_by_adam_8bit` + decoupled weight decay + learning rate.
+
+  Under ``optax.inject_hyperparams`` pass
+  ``static_args=("block_size", "min_8bit_size")``.
+  """
+  block_size, min_8bit_size = _check_8bit(b1, b2, eps, block_size, min_8bit_size)
+  direction = _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size)
+  return nonfinite.guarded_chain(optax.GradientTransformation(*direction),
+                                 optax.add_decayed_weights(weight_decay),
+                                 optax.scale_by_learning_rate(learning_rate))
 
 
 def state_bytes(tree) -> int:

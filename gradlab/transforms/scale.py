@@ -15,7 +15,8 @@ Layout: the official code normalizes torch's ``[out, in]`` weights over
 ``in`` (one scale per output unit) and the ``[vocab, d]`` embedding over
 ``vocab``. In flax both are "over axis 0" (a ``Dense`` kernel is
 ``[in, out]``, an ``Embed`` table ``[vocab, d]``), which is the default
-``axis=0`` here; higher-rank kernels are viewed as ``[-1, out]``.
+``layout="in_out"`` here (``"out_in"`` is torch's); higher-rank kernels are
+viewed as ``[-1, out]``.
 
 Non-finite gradients: skipped (zero update, unchanged state) by every member.
 
@@ -27,26 +28,21 @@ References:
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
-from gradlab.transforms import _common
+from gradlab import _checks
+from gradlab.transforms import nonfinite, torch_adam
+
+LAYOUTS = ("in_out", "out_in")
 
 
-def column_normalize(*, axis: int = 0, eps: float = 1e-8) -> optax.GradientTransformation:
-  """Divides each column of every matrix leaf by the column's RMS.
-
-  ``axis`` is the axis the mean runs over (0 for flax's ``[in, out]``
-  kernels, 1 for torch's ``[out, in]``); leaves of rank > 2 are reshaped to
-  ``[-1, last]`` first (axis 0) or ``[first, -1]`` (axis 1). 1-D leaves are
-  refused: route them elsewhere (:func:`scale` gives them AdamW).
-  """
-  if axis not in (0, 1):
-    raise ValueError(f"axis: expected 0 or 1, got {axis!r}")
-  _common.check_positive("eps", eps, allow_zero=True)
+def _column_normalize(layout, eps):
+  axis = LAYOUTS.index(layout)
 
   def normalize(g):
     if g.ndim < 2:
@@ -54,44 +50,28 @@ def column_normalize(*, axis: int = 0, eps: float = 1e-8) -> optax.GradientTrans
                        "(rank >= 2), so route 1-D parameters to another transform")
     m = g.reshape(-1, g.shape[-1]) if axis == 0 else g.reshape(g.shape[0], -1)
     s = jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(m), axis=axis, keepdims=True)), eps)
-    return (m / s).reshape(g.shape)
+    return (m / s).astype(g.dtype).reshape(g.shape)
 
   def update_fn(updates, state, params=None):
     del params
     return jax.tree.map(normalize, updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, _common.skip_nonfinite(update_fn))
+  return optax.init_empty_state, update_fn
 
 
-class TorchAdamState(NamedTuple):
-  count: jax.Array
-  mu: optax.Updates
-  nu: optax.Updates
+def column_normalize(*, layout: str = "in_out", eps: ArrayLike = 1e-8) -> optax.GradientTransformation:
+  """Divides each column of every matrix leaf by the column's RMS (floored at ``eps > 0``).
 
-
-def scale_by_torch_adam(b1: float = 0.9, b2: float = 0.999,
-                        eps: float = 1e-8) -> optax.GradientTransformation:
-  """Adam with PyTorch's epsilon placement (``m / (sqrt(v) + eps)`` uncorrected).
-
-  ``optax.scale_by_adam`` divides by ``sqrt(v_hat) + eps`` instead; this form
-  is what SCALE's (and SPAM's, diffGrad's) official code runs.
+  ``layout`` names the kernel's axes: ``"in_out"`` (flax's ``Dense``; the
+  mean runs over axis 0) or ``"out_in"`` (torch's; over axis 1). Leaves of
+  rank > 2 are reshaped to ``[-1, last]`` (``"in_out"``) or ``[first, -1]``
+  first. 1-D leaves are refused: route them elsewhere (:func:`scale` gives
+  them AdamW).
   """
-  _common.check_unit_interval("b1", b1)
-  _common.check_unit_interval("b2", b2)
-
-  def init_fn(params):
-    z = optax.tree.zeros_like(params)
-    return TorchAdamState(jnp.zeros([], jnp.int32), z, z)
-
-  def update_fn(updates, state, params=None):
-    del params
-    c = state.count + 1
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
-    return (_common.torch_adam_direction(mu, nu, c, b1, b2, eps),
-            TorchAdamState(optax.safe_increment(state.count), mu, nu))
-
-  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
+  _checks.one_of("layout", layout, LAYOUTS)
+  _checks.positive("eps", eps)
+  init_fn, update_fn = _column_normalize(layout, eps)
+  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
 
 
 def scale_labels(params: Any, last_layer: str) -> Any:
@@ -122,19 +102,23 @@ def scale_labels(params: Any, last_layer: str) -> Any:
   return labels
 
 
-def scale(learning_rate: optax.ScalarOrSchedule, *, last_layer: str, momentum: float = 0.9,
-          weight_decay: float = 0.0, adam_b1: float = 0.9, adam_b2: float = 0.999,
-          adam_eps: float = 1e-8, axis: int = 0) -> optax.GradientTransformation:
+def scale(learning_rate: optax.ScalarOrSchedule, *, last_layer: str,
+          momentum: ArrayLike = 0.9, weight_decay: ArrayLike = 0.0, adam_b1: ArrayLike = 0.9,
+          adam_b2: ArrayLike = 0.999, adam_eps: ArrayLike = 1e-8,
+          layout: str = "in_out") -> optax.GradientTransformationExtraArgs:
   """The SCALE optimizer. ``last_layer``: a regex for the output layer's path.
 
   Example: ``scale(1e-3, last_layer=r"Dense_2/kernel")`` for a three-layer MLP.
   """
-  _common.check_unit_interval("momentum", momentum)
-  normalize = column_normalize(axis=axis)
+  _checks.unit_interval("momentum", momentum)
+  torch_adam.check_adam(adam_b1, adam_b2, adam_eps)
+  _checks.one_of("layout", layout, LAYOUTS)
+  normalize = optax.GradientTransformation(*_column_normalize(layout, 1e-8))
   routed = optax.partition(
       {"matrix": normalize,
        "last": optax.chain(optax.ema(momentum, debias=False), normalize),
-       "oned": scale_by_torch_adam(adam_b1, adam_b2, adam_eps)},
+       "oned": optax.GradientTransformation(
+           *torch_adam.unguarded_torch_adam(adam_b1, adam_b2, adam_eps))},
       lambda params: scale_labels(params, last_layer))
-  return _common.guarded_chain(routed, optax.add_decayed_weights(weight_decay),
-                     optax.scale_by_learning_rate(learning_rate))
+  return nonfinite.guarded_chain(routed, optax.add_decayed_weights(weight_decay),
+                                 optax.scale_by_learning_rate(learning_rate))

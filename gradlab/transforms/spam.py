@@ -22,7 +22,7 @@ Weight decay: the official code applies ``p -= lr * wd * p`` *after* the
 update; :func:`spam` uses ``optax.add_decayed_weights`` (decay on the pre-step
 parameters), which differs by a term of order ``lr^2 wd``.
 
-Non-finite gradients: see :mod:`gradlab.transforms._common` (the step is
+Non-finite gradients: see :mod:`gradlab.transforms.nonfinite` (the step is
 skipped; the state, step count included, is left as it was).
 
 References:
@@ -37,8 +37,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
-from gradlab.transforms import _common
+from gradlab import _checks
+from gradlab.transforms import nonfinite, torch_adam
 
 
 class ScaleBySpamState(NamedTuple):
@@ -47,26 +49,71 @@ class ScaleBySpamState(NamedTuple):
   nu: optax.Updates
 
 
-def spam_warmup_factor(count, *, warmup_steps: int, reset_interval: int):
+def spam_warmup_factor(count, *, warmup_steps: ArrayLike, reset_interval: ArrayLike):
   """``1 - d(s)``, the step's warmup multiplier, for the step after ``count`` steps."""
   tau = jnp.asarray(count)
-  if reset_interval > 0:
-    since_reset = jnp.where(tau + 1 >= reset_interval, (tau + 1) % reset_interval,
-                            warmup_steps + 1 + tau)
-  else:
-    since_reset = warmup_steps + 1 + tau
+  resets = jnp.asarray(reset_interval) > 0
+  interval = jnp.maximum(jnp.asarray(reset_interval), 1)
+  since_reset = jnp.where(resets & (tau + 1 >= interval), (tau + 1) % interval,
+                          warmup_steps + 1 + tau)
   s = since_reset.astype(jnp.result_type(float))
   decay = 0.99 * (1.0 + jnp.cos(jnp.pi * s / (warmup_steps + 1))) / 2.0
   return 1.0 - jnp.where(since_reset >= warmup_steps, 0.0, decay)
 
 
-def scale_by_spam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
-                  threshold: float = 5000.0, reset_interval: int = 500,
-                  warmup_steps: int = 150, clip_after: int = 20) -> optax.GradientTransformation:
+def _check_spam(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after):
+  torch_adam.check_adam(b1, b2, eps)
+  _checks.positive("threshold", threshold, allow_zero=True)
+  _checks.count("reset_interval", reset_interval)
+  _checks.count("warmup_steps", warmup_steps)
+  _checks.count("clip_after", clip_after)
+
+
+def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after):
+  """SPAM's raw ``(init_fn, update_fn)``, without the non-finite guard.
+
+  Every hyperparameter may be a traced array (``optax.inject_hyperparams``):
+  resets and clipping are switched off by value (``reset_interval = 0``,
+  ``threshold = 0``) with ``jnp.where``, not by Python branches.
+  """
+
+  def init_fn(params):
+    return ScaleBySpamState(count=jnp.zeros([], jnp.int32),
+                            mu=optax.tree.zeros_like(params), nu=optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    c = optax.safe_increment(state.count)
+    resets = jnp.asarray(reset_interval) > 0
+    interval = jnp.maximum(jnp.asarray(reset_interval), 1)
+    reset = resets & (c % interval == 0)
+    keep = lambda x: jnp.where(reset, jnp.zeros_like(x), x)  # noqa: E731
+    mu, nu = jax.tree.map(keep, state.mu), jax.tree.map(keep, state.nu)
+    active = (jnp.asarray(threshold) != 0) & (c >= clip_after) & (
+        ~resets | (c % interval >= clip_after))
+
+    def clip(g, v):
+      spike = active & (g * g > threshold * v)
+      return jnp.where(spike, jnp.sign(g) * jnp.sqrt(v * threshold), g).astype(g.dtype)
+    updates = jax.tree.map(clip, updates, nu)
+    mu, nu = torch_adam.torch_adam_moments(updates, mu, nu, b1, b2)
+    direction = torch_adam.torch_adam_direction(mu, nu, c, b1, b2, eps)
+    factor = spam_warmup_factor(state.count, warmup_steps=warmup_steps,
+                                reset_interval=reset_interval)
+    out = jax.tree.map(lambda d: d * factor.astype(d.dtype), direction)
+    return out, ScaleBySpamState(count=c, mu=mu, nu=nu)
+
+  return init_fn, update_fn
+
+
+def scale_by_spam(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-6, *,
+                  threshold: ArrayLike = 5000.0, reset_interval: ArrayLike = 500,
+                  warmup_steps: ArrayLike = 150,
+                  clip_after: ArrayLike = 20) -> optax.GradientTransformation:
   """SPAM's direction (no learning rate). Defaults are the official code's.
 
   Args:
-    b1, b2, eps: Adam's moment decays and the denominator's epsilon.
+    b1, b2, eps: Adam's moment decays and the denominator's epsilon (> 0).
     threshold: ``theta``; an entry is a spike when ``g^2 > theta * v``.
       0 turns spike clipping off.
     reset_interval: ``Delta T``, steps between momentum resets; 0 turns resets
@@ -75,54 +122,25 @@ def scale_by_spam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, *,
     clip_after: no spike clipping during the first ``clip_after`` steps (and
       the first ``clip_after`` steps after each reset).
   """
-  _common.check_unit_interval("b1", b1)
-  _common.check_unit_interval("b2", b2)
-  _common.check_positive("eps", eps, allow_zero=True)
-  _common.check_positive("threshold", threshold, allow_zero=True)
-  _common.check_int("reset_interval", reset_interval)
-  _common.check_int("warmup_steps", warmup_steps)
-  _common.check_int("clip_after", clip_after)
-
-  def init_fn(params):
-    return ScaleBySpamState(count=jnp.zeros([], jnp.int32),
-                            mu=optax.tree.zeros_like(params), nu=optax.tree.zeros_like(params))
-
-  def update_fn(updates, state, params=None):
-    del params
-    c = state.count + 1
-    if reset_interval > 0:
-      reset = c % reset_interval == 0
-      mu = jax.tree.map(lambda m: jnp.where(reset, jnp.zeros_like(m), m), state.mu)
-      nu = jax.tree.map(lambda v: jnp.where(reset, jnp.zeros_like(v), v), state.nu)
-    else:
-      mu, nu = state.mu, state.nu
-    if threshold != 0:
-      active = c >= clip_after
-      if reset_interval > 0:
-        active = active & (c % reset_interval >= clip_after)
-
-      def clip(g, v):
-        spike = active & (g * g > threshold * v)
-        return jnp.where(spike, jnp.sign(g) * jnp.sqrt(v * threshold), g)
-      updates = jax.tree.map(clip, updates, nu)
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, mu, updates)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, nu, updates)
-    direction = _common.torch_adam_direction(mu, nu, c, b1, b2, eps)
-    factor = spam_warmup_factor(state.count, warmup_steps=warmup_steps,
-                                reset_interval=reset_interval)
-    out = jax.tree.map(lambda d: (d * factor.astype(d.dtype)), direction)
-    return out, ScaleBySpamState(count=optax.safe_increment(state.count), mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
+  args = (b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after)
+  _check_spam(*args)
+  init_fn, update_fn = _spam_direction(*args)
+  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
 
 
-def spam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-         eps: float = 1e-6, weight_decay: float = 0.0, **kwargs) -> optax.GradientTransformation:
+def spam(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
+         eps: ArrayLike = 1e-6, weight_decay: ArrayLike = 0.0, *,
+         threshold: ArrayLike = 5000.0, reset_interval: ArrayLike = 500,
+         warmup_steps: ArrayLike = 150,
+         clip_after: ArrayLike = 20) -> optax.GradientTransformationExtraArgs:
   """SPAM as an optimizer: ``scale_by_spam`` + decoupled weight decay + learning rate.
 
-  ``kwargs`` go to :func:`scale_by_spam` (``threshold``, ``reset_interval``,
-  ``warmup_steps``, ``clip_after``).
+  The hyperparameters are :func:`scale_by_spam`'s; all may be scheduled or
+  injected (``optax.inject_hyperparams(spam)(learning_rate=1e-3)``). The
+  non-finite policy guards the whole chain once.
   """
-  return _common.guarded_chain(scale_by_spam(b1, b2, eps, **kwargs),
-                     optax.add_decayed_weights(weight_decay),
-                     optax.scale_by_learning_rate(learning_rate))
+  args = (b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after)
+  _check_spam(*args)
+  return nonfinite.guarded_chain(optax.GradientTransformation(*_spam_direction(*args)),
+                                 optax.add_decayed_weights(weight_decay),
+                                 optax.scale_by_learning_rate(learning_rate))

@@ -21,11 +21,16 @@ Follows the official ``bluorion-com/ZClip`` code (``zclip/zclip.py``, mode
   otherwise (with ``skip_update_on_spike`` a spike leaves them unchanged).
 
 Differences from the official code: ``max_norm`` defaults to ``None`` (the
-code's current default is 1.0, its README's ``None``), and the warmup
-statistics are accumulated with Welford's update instead of a Python list.
+code's current default is 1.0, its README's ``None``); the warmup
+statistics are accumulated with Welford's update instead of a Python list;
+and a step whose gradient is exactly zero (no sample succeeded, in RLVR)
+leaves the statistics alone and does not count towards the warmup. The
+official code folds such zeros in: after an all-zero warmup its mean and
+variance are 0, every later gradient is a spike clipped to norm 0, and the
+statistics never leave 0 again.
 
 Non-finite gradients: skipped (zero update, unchanged state); see
-:mod:`gradlab.transforms._common`.
+:mod:`gradlab.transforms.nonfinite`.
 
 References:
   Kumar, Owen, Ashraf, Pritchard. ZClip: Adaptive Spike Mitigation for LLM
@@ -40,35 +45,38 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradlab.transforms import _common
+from jax.typing import ArrayLike
+
+from gradlab import _checks
+from gradlab.transforms import nonfinite
 
 
 class SpikeClipState(NamedTuple):
-  count: jax.Array      # steps seen (int32)
+  count: jax.Array      # steps with a non-zero gradient seen (int32)
   mean: jax.Array       # EMA of the norm (the running mean during warmup)
   var: jax.Array        # EMA of its variance (Welford's M2 during warmup)
   last_norm: jax.Array  # the last step's norm before clipping, for logging
   last_spike: jax.Array  # whether the last step was clipped as a spike
 
 
-def spike_clip(*, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25,
-               clip_option: str = "adaptive_scaling", clip_factor: float = 1.0,
-               max_norm: float | None = None, eps: float = 1e-6,
+def spike_clip(*, alpha: ArrayLike = 0.97, z_thresh: ArrayLike = 2.5, warmup_steps: int = 25,
+               clip_option: str = "adaptive_scaling", clip_factor: ArrayLike = 1.0,
+               max_norm: ArrayLike | None = None, eps: ArrayLike = 1e-6,
                skip_update_on_spike: bool = False) -> optax.GradientTransformation:
   """Clips the global gradient norm when it is a z-score outlier. Defaults: ZClip's."""
-  _common.check_unit_interval("alpha", alpha)
-  _common.check_positive("z_thresh", z_thresh)
-  _common.check_int("warmup_steps", warmup_steps, minimum=1)
-  _common.check_positive("clip_factor", clip_factor)
-  _common.check_positive("eps", eps, allow_zero=True)
-  if clip_option not in ("adaptive_scaling", "mean"):
-    raise ValueError(f"clip_option: expected 'adaptive_scaling' or 'mean', got {clip_option!r}")
+  _checks.unit_interval("alpha", alpha)
+  _checks.positive("z_thresh", z_thresh)
+  _checks.count("warmup_steps", warmup_steps, minimum=1)
+  _checks.positive("clip_factor", clip_factor)
+  _checks.positive("eps", eps, allow_zero=True)
+  _checks.one_of("clip_option", clip_option, ("adaptive_scaling", "mean"))
   if max_norm is not None:
-    _common.check_positive("max_norm", max_norm)
+    _checks.positive("max_norm", max_norm)
 
   def init_fn(params):
-    del params
-    z = jnp.zeros([], jnp.result_type(float))  # float64 under jax.enable_x64
+    # the parameters' float dtype: float32 params keep float32 statistics under x64
+    leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    z = jnp.zeros([], optax.tree.dtype(leaves, "highest") if leaves else jnp.float32)
     return SpikeClipState(jnp.zeros([], jnp.int32), z, z, z, jnp.array(False))
 
   def scale_to(updates, norm, limit):
@@ -107,6 +115,11 @@ def spike_clip(*, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int 
       e_var = jnp.where(spike, state.var, e_var)
     mean = jnp.where(warming, w_mean, e_mean)
     var = jnp.where(warming, w_var, e_var)
-    return out, SpikeClipState(optax.safe_increment(state.count), mean, var, norm, spike)
+    informative = norm > 0  # a zero gradient carries no information about the norms
+    return out, SpikeClipState(
+        jnp.where(informative, optax.safe_increment(state.count), state.count),
+        jnp.where(informative, mean, state.mean).astype(state.mean.dtype),
+        jnp.where(informative, var, state.var).astype(state.var.dtype),
+        norm, spike & informative)
 
-  return optax.GradientTransformation(init_fn, _common.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))

@@ -151,7 +151,7 @@ HARD = {
     "straight_through_gumbel": lambda k, t, tau: discrete.straight_through_gumbel(
         k, t, temperature=tau),
     "gumbel_rao": lambda k, t, tau: discrete.gumbel_rao(k, t, temperature=tau, num_samples=4),
-    "reinmax": lambda k, t, tau: discrete.reinmax(k, t, tau),
+    "reinmax": lambda k, t, tau: discrete.reinmax(k, t, temperature=tau),
 }
 
 

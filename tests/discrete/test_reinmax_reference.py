@@ -45,7 +45,7 @@ def test_backward_matches_the_official_formula(shape, tau):
 def test_reinmax_samples_from_untempered_softmax_with_sample_one_hot():
   key, logits = jax.random.key(3), jnp.array([[0.3, -1.0, 2.0]])
   for tau in (0.5, 1.0, 3.0):  # the sample never depends on tau
-    np.testing.assert_array_equal(discrete.reinmax(key, logits, tau),
+    np.testing.assert_array_equal(discrete.reinmax(key, logits, temperature=tau),
                                   discrete.sample_one_hot(key, logits))
 
 

@@ -181,3 +181,16 @@ def test_estimators_and_losses_jit():
     return (policy.gppo_loss(logp, old, adv, mask) + policy.ppo_clip_loss(logp, old, adv, mask)
             + policy.policy_gradient_loss(logp, adv, mask, behaviour_logp=old, is_cap=2.0))
   assert np.isfinite(float(f(logp, old, mask, rewards)))
+
+
+def test_negative_clip_range_and_nan_success_rates_are_refused():
+  mask = jnp.ones((1, 2, 3))
+  logp = jnp.zeros((1, 2, 3))
+  with pytest.raises(ValueError, match="eps_low: expected a number in \\[0, 1\\)"):
+    policy.ppo_clip_loss(logp, logp, jnp.ones((1, 2)), mask, eps_low=-1.0)
+  with pytest.raises(ValueError, match="eps_high: expected a finite value >= 0"):
+    policy.gppo_loss(logp, logp, jnp.ones((1, 2)), mask, eps_high=-0.1)
+  with pytest.raises(ValueError, match="accept_rates: expected probabilities in \\[0, 1\\]"):
+    policy.gvm_allocation(jnp.array([0.5, jnp.nan]), jnp.ones(2), 8)
+  with pytest.raises(ValueError, match="accept_rates: expected probabilities"):
+    policy.gvm_allocation(jnp.array([0.5, 1.5]), jnp.ones(2), 8)

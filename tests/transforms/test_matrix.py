@@ -2,6 +2,8 @@
 inside ``optax.chain``, jitted inside ``gradlab.train.make_train_step``, on 8
 simulated devices (equal to one device), and the non-finite policy."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,3 +176,157 @@ def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
 def test_bad_arguments_get_a_clear_error(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+# ---------------------------------------------------------------------------
+# optax's wrappers, as optax's own alias tests use them (optax/_src/alias_test.py):
+# every alias with its numeric hyperparameters injected (traced under jit),
+# inside MultiSteps, apply_if_finite, and a chain with reduce_on_plateau.
+
+ALIASES = {
+    # name: (factory, kwargs, static_args, needs grad_fn)
+    "spam": (transforms.spam, dict(learning_rate=1e-2, threshold=50.0, reset_interval=3,
+                                   warmup_steps=2, clip_after=2), (), False),
+    "diffgrad": (transforms.diffgrad, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
+    "adam_8bit": (transforms.adam_8bit, dict(learning_rate=1e-2, min_8bit_size=0, block_size=4),
+                  ("block_size", "min_8bit_size"), False),
+    "mars": (transforms.mars, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
+    "mars_exact": (transforms.mars, dict(learning_rate=1e-2, exact=True), (), True),
+    "scale": (transforms.scale, dict(learning_rate=1e-2, last_layer="b"), (), False),
+    "storm": (transforms.storm, dict(k=0.1, w=0.1, c=10.0), (), True),
+}
+_P = {"a": -jnp.ones((2, 3)), "b": jnp.ones((5, 2)), "c": jnp.ones(4)}
+_G = {"a": jnp.ones((2, 3)), "b": -jnp.ones((5, 2)), "c": 0.5 * jnp.ones(4)}
+
+
+def _extras(needs_grad_fn):
+  return {"grad_fn": lambda p: _G} if needs_grad_fn else {}
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_alias_under_inject_hyperparams_equals_the_plain_alias(name):
+  factory, kwargs, static, needs = ALIASES[name]
+  plain = factory(**kwargs)
+  injected = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
+  extra = _extras(needs)
+  for tx in (plain, injected):
+    state = jax.jit(tx.init)(_P)
+    update = jax.jit(functools.partial(tx.update, **extra))
+    for _ in range(3):
+      updates, state = update(_G, state, _P)
+    if tx is plain:
+      expected, plain_state = updates, state
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               updates, expected)
+  assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
+  # a hyperparameter can be changed in the state, as with optax's own aliases
+  if "learning_rate" in kwargs:
+    state.hyperparams["learning_rate"] = jnp.zeros_like(state.hyperparams["learning_rate"])
+    zero, _ = jax.jit(functools.partial(injected.update, **extra))(_G, state, _P)
+    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero))
+  del plain_state
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_alias_inside_multisteps_accumulates_then_steps(name):
+  factory, kwargs, _, needs = ALIASES[name]
+  tx = optax.MultiSteps(factory(**kwargs), every_k_schedule=3)
+  state = jax.jit(tx.init)(_P)
+  update = jax.jit(functools.partial(tx.update, **_extras(needs)))
+  for i in range(3):
+    updates, state = update(_G, state, _P)
+    nonzero = any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
+    assert nonzero == (i == 2), (name, i)
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_alias_inside_apply_if_finite_and_reduce_on_plateau(name):
+  factory, kwargs, _, needs = ALIASES[name]
+  tx = optax.apply_if_finite(
+      optax.chain(factory(**kwargs), optax.contrib.reduce_on_plateau(patience=1, factor=0.5)),
+      max_consecutive_errors=3)
+  state = jax.jit(tx.init)(_P)
+  update = jax.jit(functools.partial(tx.update, **_extras(needs)))
+  loss = jnp.asarray(1.0)
+  first, state = update(_G, state, _P, value=loss)
+  for _ in range(3):  # a flat loss: the plateau halves the scale
+    updates, state = update(_G, state, _P, value=loss)
+  assert float(state.inner_state[1].scale) < 1.0
+  bad = jax.tree.map(lambda g: g.at[0].set(jnp.nan), _G)
+  skipped, new_state = update(bad, state, _P, value=loss)
+  assert int(new_state.notfinite_count) == 1
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(skipped))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               optax.tree.unwrap_random_key_data(new_state.inner_state),
+               optax.tree.unwrap_random_key_data(state.inner_state))
+  del first
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_state_keeps_float32_params_dtypes_under_x64(name):
+  make_tx, _ = CASES[name]
+  params = {"params": {"dense_0": {"kernel": jnp.ones((5, 16), jnp.float32),
+                                   "bias": jnp.zeros(16, jnp.float32)},
+                       "dense_1": {"kernel": jnp.ones((16, 3), jnp.float32),
+                                   "bias": jnp.zeros(3, jnp.float32)}}}
+  grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+  with jax.enable_x64(True):
+    tx = make_tx()
+    state = tx.init(params)
+    extra = _direct_extra(name, grads)
+    updates, new_state = tx.update(grads, state, params, **extra)  # the repro: storm raised here
+    updates, new_state = tx.update(grads, new_state, params, **extra)
+  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    assert u.dtype == p.dtype, name
+  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
+    assert a.dtype == b.dtype, name
+    assert a.dtype != jnp.float64, (name, a.shape)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("storm", lambda: transforms.storm()),
+    ("mars_exact", lambda: transforms.mars(1e-2, exact=True)),
+    ("svrg", lambda: transforms.svrg(1)),
+])
+def test_nonfinite_gradient_from_an_extra_argument_skips_the_step(name, make):
+  tx = make()
+  p = {"w": jnp.ones(3)}
+  good = {"w": jnp.ones(3)}
+  poisoned = lambda q: {"w": jnp.array([1.0, jnp.nan, 1.0])}  # noqa: E731
+  state = tx.init(p)
+  extra = {"grad_fn": lambda q: good, "full_grad_fn": lambda q: good}
+  _, state = tx.update(good, state, p, **{k: v for k, v in extra.items()
+                                          if name == "svrg" or k == "grad_fn"})
+  for bad_name in (("grad_fn", "full_grad_fn") if name == "svrg" else ("grad_fn",)):
+    bad_extra = {**extra, bad_name: poisoned}
+    if name != "svrg":
+      bad_extra.pop("full_grad_fn")
+    updates, new_state = jax.jit(functools.partial(tx.update, **bad_extra))(good, state, p)
+    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), (name, bad_name)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 new_state, state)
+
+
+def test_spike_clip_recovers_from_an_all_zero_warmup():
+  # RLVR before any sample succeeds: every warmup gradient is exactly zero.
+  tx = transforms.spike_clip(warmup_steps=3)
+  p = {"w": jnp.zeros(4)}
+  state = tx.init(p)
+  for _ in range(5):
+    _, state = tx.update({"w": jnp.zeros(4)}, state)
+  g = {"w": jnp.array([1.0, -2.0, 0.5, 0.0])}
+  for _ in range(5):  # the first real gradients pass unclipped (they are the warmup now)
+    out, state = tx.update(g, state)
+    np.testing.assert_array_equal(out["w"], g["w"])
+  # and the statistics are those of the non-zero norms alone
+  np.testing.assert_allclose(float(state.mean), float(optax.tree.norm(g)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: transforms.spam(1e-2, eps=0.0), lambda: transforms.diffgrad(1e-2, eps=0.0),
+    lambda: transforms.adam_8bit(1e-2, eps=0.0), lambda: transforms.mars(1e-2, eps=0.0),
+    lambda: transforms.layerwise_normalize(eps=0.0), lambda: transforms.scale_by_torch_adam(eps=0),
+])
+def test_eps_zero_is_refused_where_it_divides(make):
+  with pytest.raises(ValueError, match="eps: expected a finite value > 0"):
+    make()

@@ -1,0 +1,77 @@
+"""The non-finite policy every ``gradlab.transforms`` member follows.
+
+A step whose incoming updates, or a gradient it receives through an extra
+argument (STORM's and exact MARS's ``grad_fn``, SVRG's ``full_grad_fn``),
+hold any NaN or Inf is *skipped*: the transform returns an all-zero update
+and its state exactly as it was (step counters included), so one bad batch
+can neither poison a moment estimate nor advance a schedule. The optimizers
+(``spam``, ``diffgrad``, ``adam_8bit``, ``mars``, ``scale``) apply the policy
+once, to their whole chain, so on a skipped step weight decay does not move
+the parameters either.
+
+Inside a longer ``optax.chain`` the members after a gradlab transform then see
+a zero update, which optax's own stateful members (``scale_by_adam``, ...)
+would still fold into their moments; to skip a whole chain atomically, wrap it
+in ``optax.apply_if_finite(chain, max_consecutive_errors)``, which also counts
+the skipped steps.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True iff every entry of every leaf is finite (a scalar bool)."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def skip_nonfinite(update_fn: Callable, prepare: Callable | None = None) -> Callable:
+  """Wraps ``update_fn(updates, state, params=None, **extra)`` with the policy above.
+
+  ``prepare(updates, state, params, **extra)``, if given, computes the
+  gradients the update needs beyond ``updates`` (from extra arguments); they
+  are checked too and handed to ``update_fn`` as the keyword ``prepared``.
+  """
+
+  @functools.wraps(update_fn)
+  def guarded(updates, state, params=None, **extra):
+    if prepare is None:
+      ok, step_extra = all_finite(updates), extra
+    else:
+      prepared = prepare(updates, state, params, **extra)
+      ok = all_finite(updates) & all_finite(prepared)
+      step_extra = {**extra, "prepared": prepared}
+
+    def step(_):
+      return update_fn(updates, state, params, **step_extra)
+
+    def skip(_):
+      shapes = jax.eval_shape(step, None)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
+      return zeros, state
+    # lax.cond, not a select of both results: the update runs only when the
+    # gradient is finite, and no pass over the state is spent on selecting
+    # (under vmap, e.g. over seeds, JAX turns it into a select anyway).
+    return jax.lax.cond(ok, step, skip, None)
+
+  return guarded
+
+
+def guarded_chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain(*transforms)`` with the non-finite policy applied once, to the whole chain.
+
+  Pass the members *unguarded* (the raw ``scale_by_*`` directions): one
+  ``lax.cond`` around the chain is all the policy needs.
+  """
+  tx = optax.chain(*transforms)
+  return optax.GradientTransformationExtraArgs(tx.init, skip_nonfinite(tx.update))
