@@ -27,7 +27,7 @@ def main(argv):
   del argv
   prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
   model, params, batch, loss, n = prob.model, prob.params, prob.batch, prob.loss, prob.num_params
-  v = curvature.sample_probe(jax.random.key(1), params)
+  v = curvature.sampler_signs(jax.random.key(1), params)
   grad = jax.jit(jax.grad(loss))
   hvp = jax.jit(lambda p, b, v: curvature.hvp(loss, p, b, v))
   out_loss = lambda o, b: optax.softmax_cross_entropy_with_integer_labels(o, b["y"]).mean()
@@ -35,7 +35,7 @@ def main(argv):
                                                  p, b, v))
   # 8 products from one linearization, per product
   many = jax.jit(lambda p, b, vs: jax.lax.map(curvature.make_hvp(loss, p, b), vs))
-  vs = jax.vmap(lambda k: curvature.sample_probe(k, params))(jax.random.split(jax.random.key(2), 8))
+  vs = jax.vmap(lambda k: curvature.sampler_signs(k, params))(jax.random.split(jax.random.key(2), 8))
   fns = {
       "gradient": lambda: jax.block_until_ready(grad(params, batch)),
       "hvp": lambda: jax.block_until_ready(hvp(params, batch, v)),

@@ -35,7 +35,7 @@ def main(argv):
   params, batch, loss, n, x, y = (prob.params, prob.batch, prob.loss, prob.num_params, prob.x,
                                   prob.y)
 
-  ours = jax.jit(lambda p, b, k: curvature.hutchinson_trace(loss, p, b, k, num_probes=m))
+  ours = jax.jit(lambda p, b, k: curvature.hessian_trace(loss, p, b, k, num_probes=m))
 
   from matfree import stochtrace
   estimate = stochtrace.estimator_monte_carlo_mean_and_sem(

@@ -63,8 +63,8 @@ def run_one(workdir, method, lr, full):
                                          num_iterations=_LANCZOS.value)
   full_loss = jax.jit(loss)
   instrument = train.Instrument(
-      "sharp", lambda state, batch, key: {**probe(state, full, key),
-                                          "full_loss": full_loss(state.params, full)},
+      "sharp", lambda params, batch, key: {**probe(params, full, key),
+                                           "full_loss": full_loss(params, full)},
       _PROBE_EVERY.value)
   batch_size = len(full["x"]) if method == "gd" else _SGD_BATCH.value
   _, last = train.fit(

@@ -101,8 +101,7 @@ def _make_loss(name: str, f, expected):
 
 def _gradient_probe(loss_fn, expected):
   """Cosine and relative bias of the estimator against the exact gradient."""
-  def probe(state, batch, key):
-    theta = state.params
+  def probe(theta, batch, key):
     exact = jax.grad(expected)(theta)
     keys = jax.random.split(key, _PROBE_DRAWS.value)
     grads = jax.vmap(lambda k: jax.grad(lambda t: loss_fn(t, batch, k)[0])(theta))(keys)

@@ -1,29 +1,34 @@
 """Curvature probes: Hessian/GGN/Fisher products, trace and diagonal
 estimators, Lanczos eigenpairs, spectral density, sharpness.
 
-Everything takes a pure ``loss_fn(params, batch)`` (scalar) or a symmetric
-``matvec`` over params-shaped pytrees, and explicit keys; nothing is jitted
+Two forms of one family: ``X(matvec, like, key, ...)`` works on any symmetric
+linear map over params-shaped pytrees (``trace``, ``diagonal``,
+``hutch_plus_plus``, ``top_eigenvalues``, ``spectral_density``), and
+``hessian_X(loss_fn, params, batch, key, ...)`` is ``X`` on the Hessian's map
+of a pure scalar ``loss_fn(params, batch)`` (``hessian_trace``,
+``hessian_diagonal``, ``hessian_top_eigenvalues``,
+``hessian_spectral_density``). Probes come from a sampler function
+(``sampler_signs``, ``sampler_normal``). Explicit keys; nothing is jitted
 inside. Wrap in ``jax.jit`` with the batch sharded as ``gradlab.train`` has
 it to reduce across devices.
 """
 
 from gradlab.curvature.density import (SpectralDensity, count_outliers, hessian_spectral_density,
                                        quadrature, spectral_density)
-from gradlab.curvature.lanczos import (EigenResult, Tridiagonal, hessian_top_eigenvalues, lanczos,
-                                       lanczos_tridiagonal, power_iteration)
-from gradlab.curvature.probes import SAMPLERS, sample_probe
+from gradlab.curvature.lanczos import (EigenResult, Tridiagonal, hessian_top_eigenvalues,
+                                       lanczos_tridiagonal, power_iteration, top_eigenvalues)
+from gradlab.curvature.probes import Sampler, sampler_normal, sampler_signs
 from gradlab.curvature.products import (check_scalar_loss, empirical_fisher_vp, ggn_vp, hvp,
                                         make_hvp)
 from gradlab.curvature.sharpness import Sharpness, sharpness, sharpness_instrument
-from gradlab.curvature.trace import (DiagonalEstimate, TraceEstimate, diagonal_estimate,
-                                     hutch_plus_plus, hutchinson_diagonal, hutchinson_trace,
-                                     trace_estimate)
+from gradlab.curvature.trace import (DiagonalEstimate, TraceEstimate, diagonal, hessian_diagonal,
+                                     hessian_trace, hutch_plus_plus, trace)
 
 __all__ = [
-    "DiagonalEstimate", "EigenResult", "SAMPLERS", "Sharpness", "SpectralDensity",
-    "TraceEstimate", "Tridiagonal", "check_scalar_loss", "count_outliers", "diagonal_estimate",
-    "empirical_fisher_vp", "ggn_vp", "hessian_spectral_density", "hessian_top_eigenvalues",
-    "hutch_plus_plus", "hutchinson_diagonal", "hutchinson_trace", "hvp", "lanczos",
-    "lanczos_tridiagonal", "make_hvp", "power_iteration", "quadrature", "sample_probe",
-    "sharpness", "sharpness_instrument", "spectral_density", "trace_estimate",
+    "DiagonalEstimate", "EigenResult", "Sampler", "Sharpness", "SpectralDensity",
+    "TraceEstimate", "Tridiagonal", "check_scalar_loss", "count_outliers", "diagonal",
+    "empirical_fisher_vp", "ggn_vp", "hessian_diagonal", "hessian_spectral_density",
+    "hessian_top_eigenvalues", "hessian_trace", "hutch_plus_plus", "hvp", "lanczos_tridiagonal",
+    "make_hvp", "power_iteration", "quadrature", "sampler_normal", "sampler_signs", "sharpness",
+    "sharpness_instrument", "spectral_density", "top_eigenvalues", "trace",
 ]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from gradlab.curvature.probes import dimension, sample_probe
+from gradlab.curvature.probes import Sampler, check_sampler, dimension, sampler_signs
 from gradlab.curvature.products import make_hvp
 
 Matvec = Callable[[Any], Any]
@@ -57,7 +57,7 @@ def lanczos_tridiagonal(matvec: Matvec, like: Any, key: jax.Array, *, num_iterat
   _check_iterations(m, n)
   dtype = flat.dtype
   mv = lambda x: ravel_pytree(matvec(unravel(x)))[0].astype(dtype)
-  v0 = ravel_pytree(sample_probe(key, like) if start is None else start)[0].astype(dtype)
+  v0 = ravel_pytree(sampler_signs(key, like) if start is None else start)[0].astype(dtype)
   v0 = v0 / jnp.linalg.norm(v0)
   basis = jnp.zeros((m, n), dtype).at[0].set(v0)
   eps = jnp.finfo(dtype).eps
@@ -91,9 +91,9 @@ def tridiagonal_matrix(t: Tridiagonal) -> jax.Array:
   return jnp.diag(t.alphas) + jnp.diag(t.betas, 1) + jnp.diag(t.betas, -1)
 
 
-def lanczos(matvec: Matvec, like: Any, key: jax.Array, *, k: int,
-            num_iterations: int | None = None) -> EigenResult:
-  """The top ``k`` eigenpairs of the symmetric map ``matvec``.
+def top_eigenvalues(matvec: Matvec, like: Any, key: jax.Array, *, k: int = 1,
+                    num_iterations: int | None = None) -> EigenResult:
+  """The top ``k`` eigenpairs of the symmetric map ``matvec``, by Lanczos.
 
   Args:
     matvec: symmetric linear map over pytrees like ``like``.
@@ -126,15 +126,17 @@ def lanczos(matvec: Matvec, like: Any, key: jax.Array, *, k: int,
 def hessian_top_eigenvalues(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
                             key: jax.Array, *, k: int = 1,
                             num_iterations: int | None = None) -> EigenResult:
-  """Top ``k`` eigenpairs of the Hessian of ``loss_fn(., batch)`` at ``params``."""
-  return lanczos(make_hvp(loss_fn, params, batch), params, key, k=k,
-                 num_iterations=num_iterations)
+  """:func:`top_eigenvalues` of the Hessian of ``loss_fn(., batch)`` at ``params``."""
+  return top_eigenvalues(make_hvp(loss_fn, params, batch), params, key, k=k,
+                         num_iterations=num_iterations)
 
 
 def power_iteration(matvec: Matvec, like: Any, key: jax.Array, *, num_iterations: int = 100,
-                    tol: float = 1e-6) -> tuple[jax.Array, Any]:
+                    tol: float = 1e-6,
+                    sampler: Sampler = sampler_signs) -> tuple[jax.Array, Any]:
   """Dominant (largest-magnitude) eigenpair by ``optax.power_iteration``."""
   if not isinstance(num_iterations, int) or num_iterations < 1:
     raise ValueError(f"num_iterations: expected an integer >= 1, got {num_iterations!r}")
-  return optax.power_iteration(matvec, v0=sample_probe(key, like), num_iters=num_iterations,
+  check_sampler(sampler)
+  return optax.power_iteration(matvec, v0=sampler(key, like), num_iters=num_iterations,
                                error_tolerance=tol)

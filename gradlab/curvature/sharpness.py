@@ -18,10 +18,10 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-from gradlab.curvature.lanczos import lanczos
+from gradlab.curvature.lanczos import top_eigenvalues
 from gradlab.curvature.probes import dimension
 from gradlab.curvature.products import make_hvp
-from gradlab.curvature.trace import trace_estimate
+from gradlab.curvature.trace import trace
 
 
 class Sharpness(NamedTuple):
@@ -40,9 +40,9 @@ def sharpness(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
     raise ValueError(f"learning_rate: expected a value > 0, got {learning_rate}")
   matvec = make_hvp(loss_fn, params, batch)
   k1, k2 = jax.random.split(key)
-  top = lanczos(matvec, params, k1, k=1,
+  top = top_eigenvalues(matvec, params, k1, k=1,
                 num_iterations=min(num_iterations, dimension(params)))
-  tr = trace_estimate(matvec, params, k2, num_probes=num_probes, probe_batch=probe_batch)
+  tr = trace(matvec, params, k2, num_probes=num_probes, probe_batch=probe_batch)
   lam = top.eigenvalues[0]
   return Sharpness(lam, tr.estimate, tr.stderr, lam * learning_rate / 2,
                    tr.estimate * learning_rate / 2)
@@ -51,7 +51,7 @@ def sharpness(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
 def sharpness_instrument(train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
                          *, learning_rate: float, num_probes: int = 32, num_iterations: int = 20,
                          probe_batch: int = 1):
-  """An instrument ``(state, batch, key) -> {name: scalar}`` for ``gradlab.train.fit``.
+  """An instrument ``(params, batch, key) -> {name: scalar}`` for ``gradlab.train.fit``.
 
   Args:
     train_loss_fn: the train step's ``(params, batch, rng) -> (loss, aux)``;
@@ -60,9 +60,9 @@ def sharpness_instrument(train_loss_fn: Callable[[Any, Any, jax.Array], tuple[ja
   if not learning_rate > 0:
     raise ValueError(f"learning_rate: expected a value > 0, got {learning_rate}")
 
-  def instrument(state, batch, key):
+  def instrument(params, batch, key):
     k_loss, k_probe = jax.random.split(key)
-    s = sharpness(lambda p, b: train_loss_fn(p, b, k_loss)[0], state.params, batch, k_probe,
+    s = sharpness(lambda p, b: train_loss_fn(p, b, k_loss)[0], params, batch, k_probe,
                   learning_rate=learning_rate, num_probes=num_probes,
                   num_iterations=num_iterations, probe_batch=probe_batch)
     return dict(s._asdict())

@@ -3,9 +3,9 @@
 References: Hutchinson (1990); Meyer, Musco, Musco, Woodruff, "Hutch++:
 Optimal Stochastic Trace Estimation" (SOSA 2021).
 
-The matvec forms (``trace_estimate``, ``diagonal_estimate``, ``hutch_plus_plus``)
-take any symmetric linear map over pytrees; the loss forms
-(``hutchinson_trace``, ``hutchinson_diagonal``) build the Hessian's map with
+The matvec forms (``trace``, ``diagonal``, ``hutch_plus_plus``) take any
+symmetric linear map over pytrees; the loss forms (``hessian_trace``,
+``hessian_diagonal``) are the same estimators on the Hessian's map from
 ``make_hvp``. Probes are evaluated ``probe_batch`` at a time with ``vmap`` (a
 probe batch bounds memory: its activations are held at once) and the
 batches one after another with ``lax.map``. Nothing is jitted inside: the
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from gradlab.curvature.probes import check_sampler, sample_probe
+from gradlab.curvature.probes import Sampler, check_sampler, sampler_signs
 from gradlab.curvature.products import make_hvp
 
 Matvec = Callable[[Any], Any]
@@ -56,7 +56,7 @@ def _check_counts(num_probes: int, probe_batch: int) -> int:
 
 
 def _probe_values(fn: Callable[[Any], Any], like: Any, key: jax.Array, num_probes: int,
-                  probe_batch: int, sampler: str) -> Any:
+                  probe_batch: int, sampler: Sampler) -> Any:
   """``fn(v)`` for ``num_probes`` probes v, stacked on a leading axis."""
   check_sampler(sampler)
   pb = _check_counts(num_probes, probe_batch)
@@ -64,14 +64,14 @@ def _probe_values(fn: Callable[[Any], Any], like: Any, key: jax.Array, num_probe
   keys = jax.random.split(key, num_chunks * pb).reshape(num_chunks, pb, *key.shape)
 
   def chunk(ks):
-    return jax.vmap(lambda k: fn(sample_probe(k, like, sampler)))(ks)
+    return jax.vmap(lambda k: fn(sampler(k, like)))(ks)
   out = jax.lax.map(chunk, keys)
   # [chunks, pb, ...] -> [num_probes, ...]; a partial last chunk's extras are dropped
   return jax.tree.map(lambda x: x.reshape(num_chunks * pb, *x.shape[2:])[:num_probes], out)
 
 
-def trace_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
-                   probe_batch: int = 1, sampler: str = "rademacher") -> TraceEstimate:
+def trace(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
+          probe_batch: int = 1, sampler: Sampler = sampler_signs) -> TraceEstimate:
   """Hutchinson's ``tr A ~ mean_i v_i^T A v_i`` with its standard error."""
   values = _probe_values(lambda v: optax.tree.vdot(v, matvec(v)), like, key, num_probes, probe_batch,
                          sampler)
@@ -80,9 +80,8 @@ def trace_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int
   return TraceEstimate(jnp.mean(values), stderr, num_probes)
 
 
-def diagonal_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
-                      probe_batch: int = 1,
-                      sampler: str = "rademacher") -> DiagonalEstimate:
+def diagonal(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
+             probe_batch: int = 1, sampler: Sampler = sampler_signs) -> DiagonalEstimate:
   """``diag A ~ mean_i v_i * (A v_i)`` entrywise, with per-entry standard errors."""
   values = _probe_values(lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), like, key,
                          num_probes, probe_batch, sampler)
@@ -94,9 +93,9 @@ def diagonal_estimate(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: 
   return DiagonalEstimate(mean, stderr, num_probes)
 
 
-def hutchinson_trace(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                     key: jax.Array, *, num_probes: int, probe_batch: int = 1,
-                     sampler: str = "rademacher") -> TraceEstimate:
+def hessian_trace(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
+                  key: jax.Array, *, num_probes: int, probe_batch: int = 1,
+                  sampler: Sampler = sampler_signs) -> TraceEstimate:
   """Hutchinson estimate of ``tr H`` of ``loss_fn(., batch)`` at ``params``.
 
   Args:
@@ -110,24 +109,25 @@ def hutchinson_trace(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batc
       1.9M-parameter MLP at batch 256). The default 1 was fastest on a CPU
       for wide models (32 probes on that MLP: 607 ms at 1 against 1134 ms at
       32); on an accelerator a larger batch fills the device better.
-    sampler: ``"rademacher"`` (default) or ``"gaussian"``.
+    sampler: ``(key, like) -> probe``: ``sampler_signs`` (default) or
+      ``sampler_normal`` (see ``gradlab.curvature.probes``).
   """
   _check_counts(num_probes, probe_batch)
-  return trace_estimate(make_hvp(loss_fn, params, batch), params, key, num_probes=num_probes,
-                        probe_batch=probe_batch, sampler=sampler)
+  return trace(make_hvp(loss_fn, params, batch), params, key, num_probes=num_probes,
+               probe_batch=probe_batch, sampler=sampler)
 
 
-def hutchinson_diagonal(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                        key: jax.Array, *, num_probes: int, probe_batch: int = 1,
-                        sampler: str = "rademacher") -> DiagonalEstimate:
+def hessian_diagonal(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
+                     key: jax.Array, *, num_probes: int, probe_batch: int = 1,
+                     sampler: Sampler = sampler_signs) -> DiagonalEstimate:
   """Hutchinson estimate of ``diag H`` (a pytree like ``params``)."""
   _check_counts(num_probes, probe_batch)
-  return diagonal_estimate(make_hvp(loss_fn, params, batch), params, key,
-                           num_probes=num_probes, probe_batch=probe_batch, sampler=sampler)
+  return diagonal(make_hvp(loss_fn, params, batch), params, key,
+                  num_probes=num_probes, probe_batch=probe_batch, sampler=sampler)
 
 
 def hutch_plus_plus(matvec: Matvec, like: Any, key: jax.Array, *, num_matvecs: int,
-                    sampler: str = "rademacher") -> TraceEstimate:
+                    sampler: Sampler = sampler_signs) -> TraceEstimate:
   """Hutch++ with ``num_matvecs`` products (a multiple of 3, at least 3).
 
   A third of the products sketch the range: ``Q = orth(A S)``; a third give
@@ -146,8 +146,9 @@ def hutch_plus_plus(matvec: Matvec, like: Any, key: jax.Array, *, num_matvecs: i
   mv = lambda x: ravel_pytree(matvec(unravel(x)))[0]
   mm = jax.vmap(mv, in_axes=1, out_axes=1)  # A @ X for X of shape [n, k]
   ks, kg = jax.random.split(key)
-  draw = (lambda kk: jax.random.rademacher(kk, (n, k), flat.dtype)) if sampler == "rademacher" \
-      else (lambda kk: jax.random.normal(kk, (n, k), flat.dtype))
+  # k probes from the sampler, as the columns of an [n, k] matrix
+  draw = lambda kk: jax.vmap(lambda ki: ravel_pytree(sampler(ki, like))[0], out_axes=1)(
+      jax.random.split(kk, k))  # noqa: E731
   q, _ = jnp.linalg.qr(mm(draw(ks)))
   top = jnp.trace(q.T @ mm(q))
   g = draw(kg)

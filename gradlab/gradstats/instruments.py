@@ -23,7 +23,7 @@ from gradlab.gradstats import per_example
 def gradient_statistics_instrument(
     train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]], *,
     init_params: Any = None, chunk_size: int | None = None):
-  """``(state, batch, key) -> {name: scalar}`` for ``train.Instrument``.
+  """``(params, batch, key) -> {name: scalar}`` for ``train.Instrument``.
 
   Args:
     train_loss_fn: the train step's ``(params, batch, rng) -> (loss, aux)``.
@@ -35,19 +35,19 @@ def gradient_statistics_instrument(
     # train step donates (deletes) on its first call.
     init_params = jax.tree.map(jnp.copy, init_params)
 
-  def instrument(state, batch, key):
+  def instrument(params, batch, key):
     loss = lambda p, b: train_loss_fn(p, b, key)[0]
-    m = per_example.gradient_moments(loss, state.params, batch, chunk_size=chunk_size)
+    m = per_example.gradient_moments(loss, params, batch, chunk_size=chunk_size)
     out = {"grad_norm": jnp.sqrt(per_example.mean_sq_norm(m)),
            "norm_test": per_example.norm_test(m),
            "inner_product_test": per_example.inner_product_test(
-               loss, state.params, batch, chunk_size=chunk_size, mean=m.mean),
+               loss, params, batch, chunk_size=chunk_size, mean=m.mean),
            "mean_gsnr": per_example.mean_gsnr(m),
            "noise_scale_simple": per_example.noise_scale_simple(m),
            # unbiased components, to average over steps before dividing
            "trace_sigma": per_example.trace_covariance(m),
            "g_sq": per_example.mean_sq_norm(m) - per_example.trace_covariance(m) / m.count}
     if init_params is not None:
-      out["distance_from_init"] = optax.tree.norm(optax.tree.sub(state.params, init_params))
+      out["distance_from_init"] = optax.tree.norm(optax.tree.sub(params, init_params))
     return out
   return instrument

@@ -20,9 +20,9 @@ from gradlab.train import checkpoint as ckpt_lib
 from gradlab.train.metrics import MetricsWriter, read_metrics, to_python
 from gradlab.train.state import TrainState
 
-# An instrument measures the state every few steps: (state, batch, key) ->
-# {name: scalar}. Curvature and gradient-statistics probes plug in here.
-InstrumentFn = Callable[[TrainState, Any, jax.Array], Mapping[str, jax.Array]]
+# An instrument measures the parameters every few steps: (params, batch, key)
+# -> {name: scalar}. Curvature and gradient-statistics probes plug in here.
+InstrumentFn = Callable[[Any, Any, jax.Array], Mapping[str, jax.Array]]
 
 # Folded into the step key so that instruments never reuse the step's draws.
 _INSTRUMENT_SALT = 0x1A57
@@ -30,7 +30,7 @@ _INSTRUMENT_SALT = 0x1A57
 
 class Instrument(NamedTuple):
   """A probe of every ``every``-th step, logged as ``{name}/{key}`` in that
-  step's metrics record. It sees the state the step updates and the step's
+  step's metrics record. It sees the parameters the step updates and the step's
   batch (the point where the step's loss and gradient are measured); eval
   sees the state after the step."""
   name: str
@@ -109,7 +109,7 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
     # read there is biased, e.g. a noise scale inflated several-fold.)
     for i, inst, fn in due:
       key = jax.random.fold_in(jax.random.fold_in(state.key, _INSTRUMENT_SALT + i), s)
-      record.update({f"{inst.name}/{k}": v for k, v in fn(state, batch, key).items()})
+      record.update({f"{inst.name}/{k}": v for k, v in fn(state.params, batch, key).items()})
     state, metrics = (train_step if logged else lean_step)(state, batch)
     if logged:
       if evaluate:

@@ -29,8 +29,8 @@ def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path):
   mesh = sharding.make_mesh()
   state, step, batches, loss_fn = _setup(mesh)
 
-  def probe(st, batch, key):
-    g = jax.grad(lambda p: loss_fn(p, batch, key)[0])(st.params)
+  def probe(params, batch, key):
+    g = jax.grad(lambda p: loss_fn(p, batch, key)[0])(params)
     return {"grad_norm": optax.tree.norm(g), "u": jax.random.uniform(key)}
 
   state, last = train.fit(
