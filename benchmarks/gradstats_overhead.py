@@ -24,8 +24,8 @@ import jax
 import numpy as np
 import optax
 
-from benchmarks import problems, timing
-from gradlab import gradstats, sharding, train
+from benchmarks import timing
+from gradlab import gradstats, sharding, tasks, train
 
 _WIDTH = flags.DEFINE_integer("width", 256, "Hidden width of the MLP 784-W-W-10.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -38,7 +38,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 def main(argv):
   del argv
   w, b = _WIDTH.value, _BATCH.value
-  prob = problems.mlp_problem(w, b)
+  prob = tasks.mlp_problem(w, b)
   model, params, batch, loss, n, x, y = (prob.model, prob.params, prob.batch, prob.loss,
                                          prob.num_params, prob.x, prob.y)
   train_loss = lambda p, bt, k: (loss(p, bt), {})

@@ -14,8 +14,8 @@ from absl import app, flags
 import jax
 import optax
 
-from benchmarks import problems, timing
-from gradlab import curvature
+from benchmarks import timing
+from gradlab import curvature, tasks
 
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
@@ -25,7 +25,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 
 def main(argv):
   del argv
-  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   model, params, batch, loss, n = prob.model, prob.params, prob.batch, prob.loss, prob.num_params
   v = curvature.sampler_signs(jax.random.key(1), params)
   grad = jax.jit(jax.grad(loss))

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import timing
-from gradlab import models, policy
+from gradlab import models, policy, tasks
 
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _DIM = flags.DEFINE_integer("dim", 128, "Model width.")
@@ -90,17 +90,17 @@ def main(argv):
                 f"({b}x{g} responses x {t} tokens, dim {_DIM.value}, {_LAYERS.value} layers, "
                 f"{jax.devices()[0].platform})", rows, _JSON.value)
 
-  pop = policy.beta_population(19, 0.5, 2.0)
+  pop = tasks.bandit.beta_population(19, 0.5, 2.0)
   probs = jax.nn.softmax(pop.logits)
   gx = jnp.linalg.norm(jnp.eye(4)[0] - probs, axis=-1)
-  target = policy.raft_target(pop)
+  target = tasks.bandit.raft_target(pop)
   alloc = []
   for per in (4, 8, 16):
     budget = per * 19
     mses = {}
     for name, counts in (("uniform", np.full(19, per)),
                          ("gvm", np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1)))):
-      est = policy.raft_estimates(pop, counts, jax.random.key(per), 4000)
+      est = tasks.bandit.raft_estimates(pop, counts, jax.random.key(per), 4000)
       mses[name] = float(jnp.mean(jnp.sum((est - target) ** 2, 1)))
     alloc.append({"responses": budget, "uniform MSE": mses["uniform"], "gvm MSE": mses["gvm"],
                   "gvm / uniform": mses["gvm"] / mses["uniform"]})

@@ -13,8 +13,8 @@ from __future__ import annotations
 from absl import app, flags
 import jax
 
-from benchmarks import problems, timing
-from gradlab import curvature
+from benchmarks import timing
+from gradlab import curvature, tasks
 
 _PROBES = flags.DEFINE_integer("probes", 64, "Probes.")
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width.")
@@ -24,7 +24,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 
 def main(argv):
   del argv
-  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   params, batch, loss, n = prob.params, prob.batch, prob.loss, prob.num_params
   rows = []
   for pb in (1, 2, 4, 8, 16, 32, 64):

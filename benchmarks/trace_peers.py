@@ -18,8 +18,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from benchmarks import problems, timing
-from gradlab import curvature
+from benchmarks import timing
+from gradlab import curvature, tasks
 
 _PROBES = flags.DEFINE_integer("probes", 32, "Rademacher probes.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Hidden width.")
@@ -31,7 +31,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 def main(argv):
   del argv
   m, w = _PROBES.value, _WIDTH.value
-  prob = problems.mlp_problem(w, _BATCH.value)
+  prob = tasks.mlp_problem(w, _BATCH.value)
   params, batch, loss, n, x, y = (prob.params, prob.batch, prob.loss, prob.num_params, prob.x,
                                   prob.y)
 

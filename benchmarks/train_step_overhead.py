@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks import problems, timing
-from gradlab import sharding, train
+from benchmarks import timing
+from gradlab import sharding, tasks, train
 
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width of the 2-hidden-layer MLP.")
@@ -28,7 +28,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed repeats (medians are repor
 
 def main(argv):
   del argv
-  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   model, params, num_params = prob.model, prob.params, prob.num_params
   batch = {"x": prob.x, "y": prob.y}
   opt = optax.adam(1e-3)

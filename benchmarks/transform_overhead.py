@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from benchmarks import problems, timing
-from gradlab import transforms
+from benchmarks import timing
+from gradlab import tasks, transforms
 
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _WIDTH = flags.DEFINE_integer("width", 2800, "Hidden width (2800: 10.1M parameters).")
@@ -60,19 +60,17 @@ TRANSFORMS = {
 
 def main(argv):
   del argv
-  prob = problems.mlp_problem(_WIDTH.value, _BATCH.value)
+  prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   params, batch = prob.params, prob.batch
   grad = jax.grad(prob.loss)
   fixed_grads = grad(params, batch)
-  half = _BATCH.value // 2
+  half_batch_grads = transforms.half_batch_grads(lambda p, b, k: (prob.loss(p, b), {}))
 
   def extra_for(name, p, b):
     grad_fn = lambda q: grad(q, b)
     extra = {"grad_fn": grad_fn}
     if name.startswith("agvm"):
-      ga = grad(p, jax.tree.map(lambda x: x[:half], b))
-      gb = grad(p, jax.tree.map(lambda x: x[half:], b))
-      extra["split_grads"] = jax.tree.map(lambda a, c: jnp.stack([a, c]), ga, gb)
+      extra.update(half_batch_grads(p, b, None, grad_fn))
     if name.startswith("svrg"):
       extra["full_grad_fn"] = grad_fn
     return extra

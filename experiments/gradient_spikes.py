@@ -30,7 +30,7 @@ import optax
 from absl import app, flags
 
 from experiments import flag_checks, reporting
-from gradlab import train, transforms
+from gradlab import tasks, train, transforms
 
 OPTIMIZERS = {
     "adam": lambda lr: optax.adam(lr),
@@ -41,7 +41,7 @@ OPTIMIZERS = {
 LEARNING_RATES = {"classifier": 3e-3, "lm": 3e-3}
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/gradient_spikes", "Output directory.")
-_TASKS = flags.DEFINE_list("tasks", list(train.TOY_TASKS), "Tasks to run.")
+_TASKS = flags.DEFINE_list("tasks", list(tasks.TASKS), "Tasks to run.")
 _OPTIMIZERS = flags.DEFINE_list("optimizers", list(OPTIMIZERS), "Optimizers to compare.")
 _SEEDS = flags.DEFINE_integer("seeds", 4, "Runs per task and optimizer.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps per run.")
@@ -56,7 +56,7 @@ PROG = "gradient_spikes"
 def _check_flags():
   c = flag_checks
   for t in _TASKS.value:
-    c.one_of("tasks", t, train.TOY_TASKS)
+    c.one_of("tasks", t, tasks.TASKS)
   for o in _OPTIMIZERS.value:
     c.one_of("optimizers", o, OPTIMIZERS)
   for name, v in (("seeds", _SEEDS.value), ("num_steps", _NUM_STEPS.value),
@@ -97,7 +97,7 @@ def main(argv):
   spikes = _spike_steps(_NUM_STEPS.value, _NUM_SPIKES.value)
   rows, curves = [], {}
   for task_name in _TASKS.value:
-    task = train.make_task(task_name, _BATCH_SIZE.value)
+    task = tasks.make_task(task_name, _BATCH_SIZE.value)
     lr = LEARNING_RATES[task_name] * _LR_SCALE.value
     for opt in _OPTIMIZERS.value:
       path = os.path.join(workdir, "runs", f"{task_name}_{opt}.json")

@@ -10,7 +10,7 @@ tracks the number of classes (C - 1 for softmax cross-entropy, whose
 Hessian in the logits has rank C - 1), and growing the width changes the
 bulk, not the outliers' count.
 
-Task: C overlapping Gaussian blobs in R^20 (``gradlab.data.gaussian_blobs``,
+Task: C overlapping Gaussian blobs in R^20 (``gradlab.tasks.gaussian_blobs``,
 separation 1.5, so the loss stays away from zero), a one-hidden-layer MLP,
 full-batch gradient descent. For each (C, width): the dense Hessian's
 eigenvalues (``jax.hessian``, feasible up to a few thousand parameters),
@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import flag_checks, reporting  # noqa: E402
-from gradlab import curvature, data, models, train  # noqa: E402
+from gradlab import curvature, models, tasks, train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/hessian_spectrum", "Output directory.")
 _CLASSES = flags.DEFINE_list("classes", ["3", "5", "10"], "Numbers of classes C.")
@@ -58,7 +58,7 @@ def _param_count(dim: int, width: int, classes: int) -> int:
 
 
 def run_one(workdir: str, classes: int, width: int) -> dict:
-  ds = data.gaussian_blobs(num_classes=classes, dim=_DIM.value, num_train=_NUM_TRAIN.value,
+  ds = tasks.gaussian_blobs(num_classes=classes, dim=_DIM.value, num_train=_NUM_TRAIN.value,
                            separation=_SEPARATION.value, seed=_SEED.value)
   model = models.MLP((width, classes))
   params = model.init(jax.random.key(_SEED.value), jnp.zeros((1, _DIM.value)))

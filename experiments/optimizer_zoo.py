@@ -25,24 +25,27 @@ import optax
 from absl import app, flags
 
 from experiments import flag_checks, reporting
-from gradlab import train, transforms
+from gradlab import tasks, train, transforms
+
+# What SCALE and AGVM need to know about each task's model (the caller's, not the task's).
+LAST_LAYER = {"classifier": r"dense_2/kernel", "lm": r"head/kernel"}
+HEAD = {"classifier": "dense_2", "lm": "head"}
 
 
-def _optimizers(task: train.Task):
+def _optimizers(task: tasks.Task, task_name: str):
+  grad = jax.grad(lambda p, b, k: task.loss_fn(p, b, k)[0])
+
   def svrg_extra(params, batch, key, grad_fn):
-    del params, batch, grad_fn
+    del params, batch
     def full(p):  # the "full" gradient: 8 fixed batches
-      gs = [jax.grad(task.loss_fn)(p, task.sample_batch(jax.random.key(10_000 + i)))
-            for i in range(8)]
+      gs = [grad(p, task.sample_batch(jax.random.key(10_000 + i)), key) for i in range(8)]
       return jax.tree.map(lambda *g: sum(g) / len(g), *gs)
-    return {"full_grad_fn": full}
+    return {"full_grad_fn": full, "grad_fn": grad_fn}
 
-  def agvm_extra(params, batch, key, grad_fn):
-    del key, grad_fn
-    n = jax.tree.leaves(batch)[0].shape[0] // 2
-    first, second = (jax.tree.map(lambda x: x[:n], batch), jax.tree.map(lambda x: x[n:], batch))
-    ga, gb = jax.grad(task.loss_fn)(params, first), jax.grad(task.loss_fn)(params, second)
-    return {"split_grads": jax.tree.map(lambda a, b: jnp.stack([a, b]), ga, gb)}
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "head" if HEAD[task_name] in jax.tree_util.keystr(p) else "body", params)
+  with_grad_fn = transforms.grad_fn_extra_args
 
   return {
       "adam": (lambda lr: optax.adam(lr), 3e-3, None),
@@ -55,19 +58,19 @@ def _optimizers(task: train.Task):
           transforms.layerwise_normalize(), optax.sgd(lr, momentum=0.9)), 3e-2, None),
       "lamb (layer-wise trust ratio)": (lambda lr: optax.lamb(lr), 3e-3, None),
       "diffgrad": (lambda lr: transforms.diffgrad(lr), 3e-3, None),
-      "scale": (lambda lr: transforms.scale(lr, last_layer=task.last_layer), 3e-3, None),
+      "scale": (lambda lr: transforms.scale(lr, last_layer=LAST_LAYER[task_name]), 3e-3, None),
       "agvm+momentum": (lambda lr: optax.chain(optax.sgd(lr, momentum=0.9), transforms.agvm(
-          task.labels, "body", start=0, interval=5)), 3e-2, agvm_extra),
+          labels, "body", start=0, interval=5)), 3e-2, transforms.half_batch_grads(task.loss_fn)),
       "adam_8bit": (lambda lr: transforms.adam_8bit(lr, min_8bit_size=1024), 3e-3, None),
-      "storm": (lambda lr: transforms.storm(k=lr, w=0.1, c=100.0), 0.1, None),
+      "storm": (lambda lr: transforms.storm(k=lr, w=0.1, c=100.0), 0.1, with_grad_fn),
       "mars": (lambda lr: transforms.mars(lr), 3e-3, None),
-      "mars (exact)": (lambda lr: transforms.mars(lr, exact=True), 3e-3, None),
+      "mars (exact)": (lambda lr: transforms.mars(lr, exact=True), 3e-3, with_grad_fn),
       "svrg+sgd": (lambda lr: optax.chain(transforms.svrg(50), optax.sgd(lr)), 0.1, svrg_extra),
   }
 
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/optimizer_zoo", "Output directory.")
-_TASK = flags.DEFINE_string("task", "classifier", f"One of {', '.join(train.TOY_TASKS)}.")
+_TASK = flags.DEFINE_string("task", "classifier", f"One of {', '.join(tasks.TASKS)}.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these optimizers (default: all).")
 _SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per optimizer.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps.")
@@ -79,14 +82,14 @@ PROG = "optimizer_zoo"
 def main(argv):
   del argv
   try:
-    flag_checks.one_of("task", _TASK.value, train.TOY_TASKS)
+    flag_checks.one_of("task", _TASK.value, tasks.TASKS)
     flag_checks.positive("seeds", _SEEDS.value)
     flag_checks.positive("num_steps", _NUM_STEPS.value)
     flag_checks.positive("batch_size", _BATCH_SIZE.value)
     flag_checks.require(_BATCH_SIZE.value % 2 == 0, "batch_size", "even (AGVM halves it)",
                         _BATCH_SIZE.value)
-    task = train.make_task(_TASK.value, _BATCH_SIZE.value)
-    zoo = _optimizers(task)
+    task = tasks.make_task(_TASK.value, _BATCH_SIZE.value)
+    zoo = _optimizers(task, _TASK.value)
     for name in _ONLY.value:
       flag_checks.one_of("only", name, zoo)
     flag_checks.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
@@ -103,7 +106,7 @@ def main(argv):
 
     def run(make=make, lr=lr, extra=extra):
       losses = np.asarray(train.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value,
-                                             extra_args=extra))
+                                             extra_args_fn=extra))
       return {"lr": lr, "curve": np.median(losses, axis=0).tolist()}
     results[name], reused = reporting.cached_unit(path, run)
     if not reused:

@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import flag_checks, reporting
-from gradlab import policy
+from gradlab import policy, tasks
 
 ESTIMATORS = {
     "reinforce": functools.partial(policy.reinforce_advantages, baseline="none"),
@@ -93,10 +93,10 @@ def _allocation_rows(pop, budget_per_prompt, key, num_batches):
   gx = jnp.linalg.norm(jnp.eye(4)[0] - probs, axis=-1)
   schemes = {"uniform": np.full(num, budget_per_prompt),
              "gvm": np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1))}
-  target = policy.raft_target(pop)
+  target = tasks.bandit.raft_target(pop)
   rows = []
   for name, counts in schemes.items():
-    est = policy.raft_estimates(pop, counts, key, num_batches)
+    est = tasks.bandit.raft_estimates(pop, counts, key, num_batches)
     mse = float(jnp.mean(jnp.sum((est - target) ** 2, axis=1)))
     rows.append({"scheme": name, "responses": int(counts.sum()), "min per prompt": int(counts.min()),
                  "max per prompt": int(counts.max()), "MSE of the batch gradient": mse})
@@ -116,12 +116,12 @@ def main(argv):
   key = jax.random.key(0)
   rows, curves = [], {}
   for a, b in mixes:
-    pop = policy.beta_population(_NUM_PROMPTS.value, a, b)
-    truth = policy.bandit_gradient(pop)
+    pop = tasks.bandit.beta_population(_NUM_PROMPTS.value, a, b)
+    truth = tasks.bandit.exact_gradient(pop)
     for g in groups:
       for name, fn in ESTIMATORS.items():
-        est = policy.sample_estimates(pop, fn, g, jax.random.fold_in(key, g), _NUM_BATCHES.value)
-        stats = policy.bias_and_variance(est, truth)
+        est = tasks.bandit.sample_estimates(pop, fn, g, jax.random.fold_in(key, g), _NUM_BATCHES.value)
+        stats = tasks.bandit.bias_and_variance(est, truth)
         rows.append({"mix": f"Beta({a:g},{b:g})", "G": g, "estimator": name, **stats,
                      "variance per response": stats["trace covariance"] * g * _NUM_PROMPTS.value})
         curves.setdefault(f"Beta({a:g},{b:g})", {}).setdefault(name, ([], []))
@@ -158,7 +158,7 @@ def main(argv):
                         notes="c = 1: unbiased. Closed form over k ~ Bin(G, p) (gradlab.policy.group_scale).")
   reporting.plot_curves(os.path.join(workdir, "scale.png"), scale_curves, xlabel="success rate p",
                         ylabel=f"c(p, G={max(groups)})", title="difficulty bias of the group estimators")
-  alloc = _allocation_rows(policy.beta_population(_NUM_PROMPTS.value, *mixes[-1]), _BUDGET.value,
+  alloc = _allocation_rows(tasks.bandit.beta_population(_NUM_PROMPTS.value, *mixes[-1]), _BUDGET.value,
                            jax.random.key(1), min(_NUM_BATCHES.value, 4000))
   reporting.write_table(workdir, alloc, name="allocation",
                         title="GVM-RAFT allocation against uniform, same budget (RAFT estimator)",

@@ -32,7 +32,7 @@ from absl import app, flags
 
 from experiments import flag_checks, reporting
 from gradlab import models, policy
-from gradlab.policy import digit_sum as ds
+from gradlab.tasks import digit_sum as ds
 
 METHODS = {
     "psr": policy.psr_advantages,

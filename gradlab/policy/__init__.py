@@ -9,9 +9,11 @@ token arrays (log-probabilities, masks) are ``[batch, group, time]``.
   clip-higher and dual clip, GPPO, truncated IS weights, explicit aggregation.
 * ``allocation``: GVM-RAFT budgets, Reinforce-Ada successive elimination.
 * ``exact``: tabular sequence policies with exact objectives and gradients.
+
+The tasks these are studied on (the digit-sum task, the bandit population)
+live in ``gradlab.tasks``.
 """
 
-from gradlab.policy import digit_sum
 from gradlab.policy.advantages import (
                                        BNPOParams,
                                        SPOTracker,
@@ -36,15 +38,6 @@ from gradlab.policy.allocation import (
                                        reinforce_ada_select,
                                        round_preserving_sum,
 )
-from gradlab.policy.bandit import (
-                                       Population,
-                                       beta_population,
-                                       bias_and_variance,
-                                       raft_estimates,
-                                       raft_target,
-                                       sample_estimates,
-)
-from gradlab.policy.bandit import exact_gradient as bandit_gradient
 from gradlab.policy.exact import (
                                        all_sequences,
                                        exact_objective,
@@ -67,16 +60,11 @@ from gradlab.policy.objectives import (
 __all__ = [
                                        "AGGREGATIONS",
                                        "BNPOParams",
-                                       "Population",
                                        "SPOTracker",
                                        "aggregate",
                                        "all_sequences",
-                                       "bandit_gradient",
-                                       "beta_population",
-                                       "bias_and_variance",
                                        "bnpo_advantages",
                                        "bnpo_beta_params",
-                                       "digit_sum",
                                        "dr_grpo_advantages",
                                        "exact_objective",
                                        "expected_group_estimate",
@@ -90,15 +78,12 @@ __all__ = [
                                        "policy_gradient_loss",
                                        "ppo_clip_loss",
                                        "psr_advantages",
-                                       "raft_estimates",
-                                       "raft_target",
                                        "reinforce_ada_done",
                                        "reinforce_ada_sample",
                                        "reinforce_ada_select",
                                        "reinforce_advantages",
                                        "rloo_advantages",
                                        "round_preserving_sum",
-                                       "sample_estimates",
                                        "sample_sequences",
                                        "spo_advantages",
                                        "spo_init",

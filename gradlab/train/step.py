@@ -1,9 +1,11 @@
-"""The jitted, data-parallel train step.
+"""One pure update, and the jitted, data-parallel train step built on it.
 
-``make_train_step(loss_fn, optimizer, mesh=mesh)`` returns
-``step(state, batch) -> (state, metrics)``, jitted over ``mesh`` with the
-batch split along the data axis and the state replicated. XLA inserts the
-all-reduce of the gradient; nothing home-made sits in between.
+``make_update(loss_fn, optimizer)`` returns the pure
+``update(state, batch, key) -> (state, metrics)`` that every loop in gradlab
+runs: ``make_train_step`` jits it over ``mesh`` with the batch split along
+the data axis and the state replicated (XLA inserts the all-reduce of the
+gradient; nothing home-made sits in between), and ``train_curves`` scans it
+over steps and vmaps it over seeds.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from gradlab import sharding as sharding_lib
 from gradlab.train.state import TrainState
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
-# extra_args_fn(state, batch, key, grad_fn) -> extra keyword arguments for
-# the optimizer's update, where grad_fn(params) is the gradient of the same
-# loss on the same batch and key at other parameters (what STORM, MARS and
-# SVRG need).
-ExtraArgsFn = Callable[[TrainState, Any, jax.Array, Callable[[Any], Any]], Mapping[str, Any]]
+# extra_args_fn(params, batch, key, grad_fn) -> extra keyword arguments for
+# the optimizer's update, where grad_fn(other_params) is the gradient of the
+# same loss on the same batch and key at other parameters (what STORM, MARS
+# and SVRG need).
+ExtraArgsFn = Callable[[Any, Any, jax.Array, Callable[[Any], Any]], Mapping[str, Any]]
+UpdateFn = Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]
 
 
 def _split_microbatches(batch: Any, num_microbatches: int, mesh: Mesh | None,
@@ -87,12 +90,56 @@ def _scalar_metrics(aux: Any) -> dict[str, jax.Array]:
   return out
 
 
+def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                num_microbatches: int = 1, mesh: Mesh | None = None,
+                data_axis: str = sharding_lib.DATA_AXIS, extra_args_fn: ExtraArgsFn | None = None,
+                value_and_grad_fn: Callable | None = None,
+                norm_metrics: bool = True) -> UpdateFn:
+  """The pure update ``update(state, batch, key) -> (state, metrics)``.
+
+  Not jitted: :func:`make_train_step` jits and shards it, ``train_curves``
+  scans and vmaps it, and a user's own loop may do either. The arguments are
+  :func:`make_train_step`'s; ``key`` is the loss's and the optimizer's
+  randomness for this step.
+  """
+  if not isinstance(num_microbatches, int) or num_microbatches < 1:
+    raise ValueError(f"num_microbatches: expected an integer >= 1, got {num_microbatches}")
+  tx = optax.with_extra_args_support(optimizer)
+  if value_and_grad_fn is not None:
+    if num_microbatches != 1:
+      raise ValueError("value_and_grad_fn: cannot be combined with num_microbatches > 1")
+    value_and_grad = value_and_grad_fn
+  else:
+    value_and_grad = make_value_and_grad(loss_fn, num_microbatches=num_microbatches,
+                                         mesh=mesh, data_axis=data_axis)
+
+  def update(state: TrainState, batch: Any, key: jax.Array):
+    (loss, aux), grads = value_and_grad(state.params, batch, key)
+    grad_fn = lambda p: value_and_grad(p, batch, key)[1]  # noqa: E731
+    extra = {"value": loss, "grad": grads,
+             "value_fn": lambda p: value_and_grad(p, batch, key)[0][0]}
+    if extra_args_fn is not None:
+      extra.update(extra_args_fn(state.params, batch, key, grad_fn))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **_scalar_metrics(aux)}
+    if norm_metrics:
+      grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+      metrics.update(grad_norm=grad_norm, update_norm=update_norm,
+                     param_norm=optax.tree.norm(params),
+                     update_grad_ratio=update_norm / grad_norm)
+    return TrainState(state.step + 1, params, opt_state, state.key), metrics
+
+  return update
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     mesh: Mesh | None = None, data_axis: str = sharding_lib.DATA_AXIS,
                     num_microbatches: int = 1, extra_args_fn: ExtraArgsFn | None = None,
                     donate: bool = True, norm_metrics: bool = True,
-                    value_and_grad_fn: Callable | None = None) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-  """Builds the jitted train step.
+                    value_and_grad_fn: Callable | None = None,
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+  """Builds the jitted train step: :func:`make_update` at the state's step key.
 
   Args:
     loss_fn: pure ``loss_fn(params, batch, key) -> (loss, aux)``, the loss a
@@ -107,12 +154,14 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     data_axis: the mesh axis the batch is split along.
     num_microbatches: gradient accumulation: the batch is processed in this
       many sequential microbatches and their gradients averaged.
-    extra_args_fn: ``(state, batch, key, grad_fn) -> dict`` of further extra
-      arguments for the optimizer, where ``grad_fn(params)`` is the gradient
-      on the same batch and key at other parameters.
+    extra_args_fn: ``(params, batch, key, grad_fn) -> dict`` of further extra
+      arguments for the optimizer, where ``grad_fn(other_params)`` is the
+      gradient on the same batch and key at other parameters.
       ``gradlab.transforms.grad_fn_extra_args`` passes it on as ``grad_fn``
-      for STORM, exact MARS and SVRG. (It is not passed by default: optax's
-      line searches refuse extra arguments they do not consume.)
+      for STORM, exact MARS and SVRG; ``gradlab.transforms.half_batch_grads``
+      gives AGVM its two half-batch gradients. (``grad_fn`` is not passed by
+      default: optax's line searches refuse extra arguments they do not
+      consume.)
     donate: donate the input state's buffers to the output.
     value_and_grad_fn: replaces ``jax.value_and_grad(loss_fn)``: any
       ``(params, batch, key) -> ((loss, aux), grads)``, e.g. the noise-scale
@@ -126,39 +175,19 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   Returns:
     ``step(state, batch) -> (new_state, metrics)`` where ``metrics`` holds
     ``loss``, the scalar entries of ``aux`` and (with ``norm_metrics``)
-    ``grad_norm``, ``update_norm``, ``param_norm`` and ``update_grad_ratio``. ``step`` refuses (with a ``ValueError``) a batch whose
-    leading axis cannot be split over the devices and microbatches.
-    ``step.lean`` is the same update without the norm metrics, which ``fit``
-    runs on the steps it does not log.
+    ``grad_norm``, ``update_norm``, ``param_norm`` and ``update_grad_ratio``.
+    ``step`` refuses (with a ``ValueError``) a batch whose leading axis cannot
+    be split over the devices and microbatches. ``step.lean`` is the same
+    update without the norm metrics, which ``fit`` runs on the steps it does
+    not log.
   """
-  if num_microbatches < 1:
-    raise ValueError(f"num_microbatches: expected an integer >= 1, got {num_microbatches}")
-  tx = optax.with_extra_args_support(optimizer)
-  if value_and_grad_fn is not None:
-    if num_microbatches != 1:
-      raise ValueError("value_and_grad_fn: cannot be combined with num_microbatches > 1")
-    value_and_grad = value_and_grad_fn
-  else:
-    value_and_grad = make_value_and_grad(loss_fn, num_microbatches=num_microbatches,
-                                         mesh=mesh, data_axis=data_axis)
+  kwargs = dict(num_microbatches=num_microbatches, mesh=mesh, data_axis=data_axis,
+                extra_args_fn=extra_args_fn, value_and_grad_fn=value_and_grad_fn)
+  updates = {with_norms: make_update(loss_fn, optimizer, norm_metrics=with_norms, **kwargs)
+             for with_norms in {norm_metrics, False}}
 
   def step(state: TrainState, batch: Any, *, with_norms: bool):
-    key = state.step_key()
-    (loss, aux), grads = value_and_grad(state.params, batch, key)
-    grad_fn = lambda p: value_and_grad(p, batch, key)[1]  # noqa: E731
-    extra = {"value": loss, "grad": grads,
-             "value_fn": lambda p: value_and_grad(p, batch, key)[0][0]}
-    if extra_args_fn is not None:
-      extra.update(extra_args_fn(state, batch, key, grad_fn))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, **_scalar_metrics(aux)}
-    if with_norms:
-      grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
-      metrics.update(grad_norm=grad_norm, update_norm=update_norm,
-                     param_norm=optax.tree.norm(params),
-                     update_grad_ratio=update_norm / grad_norm)
-    return TrainState(state.step + 1, params, opt_state, state.key), metrics
+    return updates[with_norms](state, batch, state.step_key())
 
   donate_argnums = (0,) if donate else ()
   if mesh is None:

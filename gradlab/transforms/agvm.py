@@ -129,14 +129,14 @@ def half_batch_grads(loss_fn: Callable) -> Callable:
   """
   grad = jax.grad(lambda p, b, k: loss_fn(p, b, k)[0])
 
-  def extra_args_fn(state, batch, key, grad_fn):
+  def extra_args_fn(params, batch, key, grad_fn):
     del grad_fn
     n = jax.tree.leaves(batch)[0].shape[0]
     if n % 2:
       raise ValueError(f"batch: AGVM splits the batch in two halves; its size {n} is odd")
     first = jax.tree.map(lambda x: x[: n // 2], batch)
     second = jax.tree.map(lambda x: x[n // 2:], batch)
-    ga, gb = grad(state.params, first, key), grad(state.params, second, key)
+    ga, gb = grad(params, first, key), grad(params, second, key)
     return {"split_grads": jax.tree.map(lambda a, b: jnp.stack([a, b]), ga, gb)}
 
   return extra_args_fn

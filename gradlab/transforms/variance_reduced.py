@@ -29,9 +29,9 @@ from gradlab import _checks
 from gradlab.transforms import nonfinite, torch_adam
 
 
-def grad_fn_extra_args(state, batch, key, grad_fn) -> dict:
+def grad_fn_extra_args(params, batch, key, grad_fn) -> dict:
   """``extra_args_fn`` for ``make_train_step`` that hands the optimizer ``grad_fn``."""
-  del state, batch, key
+  del params, batch, key
   return {"grad_fn": grad_fn}
 
 

@@ -30,6 +30,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from gradlab import _checks
 
 
 class ZOEstimate(NamedTuple):
@@ -40,11 +43,8 @@ class ZOEstimate(NamedTuple):
 
 def perturbation(key: jax.Array, like: Any, mask: Any = None) -> Any:
   """z ~ N(0, I) shaped like ``like`` (times ``mask`` if given), from ``key``."""
-  leaves, treedef = jax.tree.flatten(like)
-  keys = jax.random.split(key, len(leaves))
-  z = [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
-  z = jax.tree.unflatten(treedef, z)
-  return z if mask is None else jax.tree.map(lambda a, m: a * m, z, mask)
+  z = optax.tree.random_like(key, like, jax.random.normal)
+  return z if mask is None else optax.tree.mul(z, mask)
 
 
 def sparse_mask(params: Any, *, fraction: float) -> Any:
@@ -70,10 +70,8 @@ def spsa_gradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: 
     num_probes: n >= 1 probes (2n loss evaluations).
     mask: optional 0/1 pytree restricting the perturbation (``sparse_mask``).
   """
-  if not epsilon > 0:
-    raise ValueError(f"epsilon: expected a value > 0, got {epsilon}")
-  if not isinstance(num_probes, int) or num_probes < 1:
-    raise ValueError(f"num_probes: expected an integer >= 1, got {num_probes!r}")
+  _checks.positive("epsilon", epsilon)
+  num_probes = _checks.integer("num_probes", num_probes, minimum=1)
   keys = jax.random.split(key, num_probes)
 
   def probe(carry, k):
@@ -88,9 +86,8 @@ def spsa_gradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: 
     k, c = kc
     return jax.tree.map(lambda a, d: a + c * d, acc, perturbation(k, params, mask)), None
 
-  zero = jax.tree.map(jnp.zeros_like, params)
-  total, _ = jax.lax.scan(accumulate, zero, (keys, projected))
-  grad = jax.tree.map(lambda x: x / num_probes, total)
+  total, _ = jax.lax.scan(accumulate, optax.tree.zeros_like(params), (keys, projected))
+  grad = optax.tree.scale(1.0 / num_probes, total)
   return ZOEstimate(grad, jnp.mean(losses), projected)
 
 

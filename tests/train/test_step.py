@@ -79,7 +79,7 @@ def test_extra_args_reach_the_optimizer():
     return jax.tree.map(lambda g: 0.0 * g, other_grad), state + check
 
   spy = optax.GradientTransformationExtraArgs(lambda p: jnp.zeros(()), update)
-  extra_fn = lambda state, b, key, grad_fn: {"other_grad": grad_fn(jax.tree.map(lambda p: 2 * p, state.params))}
+  extra_fn = lambda p, b, key, grad_fn: {"other_grad": grad_fn(jax.tree.map(lambda x: 2 * x, p))}
   step = train.make_train_step(loss_fn, optax.chain(optax.identity(), spy),
                                extra_args_fn=extra_fn, donate=False)
   state = train.TrainState.create(params, spy, jax.random.key(0))

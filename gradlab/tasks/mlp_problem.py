@@ -1,4 +1,4 @@
-"""The MLP-classification problem the benchmarks share."""
+"""The MLP-classification problem the benchmarks share: a random MNIST-shaped batch."""
 
 from __future__ import annotations
 

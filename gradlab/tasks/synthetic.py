@@ -1,4 +1,4 @@
-"""Generated tasks: deterministic in their seed, no files, no network."""
+"""Generated data: deterministic in their seed, no files, no network."""
 
 from __future__ import annotations
 
@@ -30,3 +30,20 @@ def gaussian_blobs(*, num_classes: int, dim: int = 10, num_train: int = 1000,
   x_train, y_train = draw(num_train)
   x_test, y_test = draw(num_test)
   return Dataset(x_train, y_train, x_test, y_test, num_classes, (dim, 1))
+
+
+def fibonacci_sequences(num: int, length: int, vocab: int, seed: int = 0) -> np.ndarray:
+  """``[num, length]`` int32 sequences ``x_{t+1} = (x_t + x_{t-1}) mod vocab``.
+
+  The first two tokens are uniform; every later token is determined by the
+  two before it, so a model that has learned the rule predicts positions
+  ``t >= 2`` with zero loss (and positions 0 and 1 at ``log(vocab)``).
+  """
+  if num < 1 or length < 3 or vocab < 2:
+    raise ValueError(f"num, length, vocab: expected >= 1, >= 3, >= 2, got {num}, {length}, {vocab}")
+  rng = np.random.default_rng(seed)
+  out = np.zeros((num, length), np.int32)
+  out[:, :2] = rng.integers(0, vocab, size=(num, 2))
+  for t in range(2, length):
+    out[:, t] = (out[:, t - 1] + out[:, t - 2]) % vocab
+  return out

@@ -1,0 +1,18 @@
+"""Task builders: data + model + loss that experiments, notebooks, benchmarks and tests share.
+
+* ``toy``: ``make_task("classifier" | "lm", batch_size)``, the digits MLP and a
+  tiny transformer on Fibonacci sequences, as :class:`Task` (``init``,
+  ``loss_fn(params, batch, key)``, ``sample_batch``).
+* ``synthetic``: generated data (``gaussian_blobs``, ``fibonacci_sequences``).
+* ``digit_sum``: the verifiable digit-sum task with exact pass@k.
+* ``bandit``: a population of tabular prompts with the exact policy gradient.
+* ``mlp_problem``: the MNIST-shaped MLP the benchmarks share.
+"""
+
+from gradlab.tasks import bandit, digit_sum
+from gradlab.tasks.mlp_problem import MLPProblem, mlp_problem
+from gradlab.tasks.synthetic import fibonacci_sequences, gaussian_blobs
+from gradlab.tasks.toy import TASKS, Task, make_task
+
+__all__ = ["MLPProblem", "TASKS", "Task", "bandit", "digit_sum", "fibonacci_sequences",
+           "gaussian_blobs", "make_task", "mlp_problem"]
