@@ -19,10 +19,10 @@ Three comparisons, each side by side in one process:
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
 import numpy as np
 import optax
+from absl import app, flags
 
 from benchmarks import timing
 from gradlab import gradstats, sharding, tasks, train
@@ -39,8 +39,15 @@ def main(argv):
   del argv
   w, b = _WIDTH.value, _BATCH.value
   prob = tasks.mlp_problem(w, b)
-  model, params, batch, loss, n, x, y = (prob.model, prob.params, prob.batch, prob.loss,
-                                         prob.num_params, prob.x, prob.y)
+  model, params, batch, loss, n, x, y = (
+    prob.model,
+    prob.params,
+    prob.batch,
+    prob.loss,
+    prob.num_params,
+    prob.x,
+    prob.y,
+  )
   train_loss = lambda p, bt, k: (loss(p, bt), {})
   opt = optax.sgd(0.01)
 
@@ -56,22 +63,33 @@ def main(argv):
   @jax.jit
   def dense_stats(p, bt):
     m = gradstats.dense_gradient_moments(
-        model, p, bt["x"],
-        lambda out: optax.softmax_cross_entropy_with_integer_labels(out, bt["y"]).mean())
+      model,
+      p,
+      bt["x"],
+      lambda out: optax.softmax_cross_entropy_with_integer_labels(out, bt["y"]).mean(),
+    )
     return gradstats.variance(m), gradstats.gsnr(m, eps=1e-5)
 
-  fns = {"plain train step": lambda: jax.block_until_ready(plain(state, batch)[1]["loss"]),
-         "gradlab variance + GSNR": lambda: jax.block_until_ready(dense_stats(params, batch)),
-         "gradlab, generic per-example (vmap)": lambda: jax.block_until_ready(
-             stats(params, batch))}
+  fns = {
+    "plain train step": lambda: jax.block_until_ready(plain(state, batch)[1]["loss"]),
+    "gradlab variance + GSNR": lambda: jax.block_until_ready(dense_stats(params, batch)),
+    "gradlab, generic per-example (vmap)": lambda: jax.block_until_ready(stats(params, batch)),
+  }
   threads = None
   if _TORCH.value:
     import torch
     from backpack import backpack, extend
     from backpack.extensions import Variance
-    net = extend(torch.nn.Sequential(torch.nn.Linear(784, w), torch.nn.ReLU(),
-                                     torch.nn.Linear(w, w), torch.nn.ReLU(),
-                                     torch.nn.Linear(w, 10)))
+
+    net = extend(
+      torch.nn.Sequential(
+        torch.nn.Linear(784, w),
+        torch.nn.ReLU(),
+        torch.nn.Linear(w, w),
+        torch.nn.ReLU(),
+        torch.nn.Linear(w, 10),
+      )
+    )
     crit = extend(torch.nn.CrossEntropyLoss())
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
@@ -80,11 +98,19 @@ def main(argv):
       with backpack(Variance()):
         crit(net(tx), ty).backward()
       return [p.variance for p in net.parameters()]
+
     fns["BackPACK Variance"] = run_backpack
     threads = torch.get_num_threads()
   t = timing.interleaved(fns, repeats=_REPEATS.value)
-  rows = [{"contender": k, "ms": v * 1e3, "x plain step": v / t["plain train step"],
-           "x gradlab stats": v / t["gradlab variance + GSNR"]} for k, v in t.items()]
+  rows = [
+    {
+      "contender": k,
+      "ms": v * 1e3,
+      "x plain step": v / t["plain train step"],
+      "x gradlab stats": v / t["gradlab variance + GSNR"],
+    }
+    for k, v in t.items()
+  ]
 
   # 3: the free noise scale in the sharded step, all devices
   mesh = sharding.make_mesh()
@@ -95,17 +121,36 @@ def main(argv):
     st = jax.device_put(train.TrainState.create(params, opt, jax.random.key(0)), rep)
     base = train.make_train_step(train_loss, opt, mesh=mesh, donate=False, norm_metrics=False)
     noisy = train.make_train_step(
-        train_loss, opt, mesh=mesh, donate=False, norm_metrics=False,
-        value_and_grad_fn=gradstats.noise_scale_value_and_grad(train_loss, mesh))
-    t2 = timing.interleaved({
+      train_loss,
+      opt,
+      mesh=mesh,
+      donate=False,
+      norm_metrics=False,
+      value_and_grad_fn=gradstats.noise_scale_value_and_grad(train_loss, mesh),
+    )
+    t2 = timing.interleaved(
+      {
         "sharded step": lambda: jax.block_until_ready(base(st, sb)[1]["loss"]),
         "sharded step + free noise scale": lambda: jax.block_until_ready(noisy(st, sb)[1]["loss"]),
-    }, repeats=_REPEATS.value)
-    rows += [{"contender": f"{k} ({nd} devices)", "ms": v * 1e3,
-              "x plain step": v / t2["sharded step"], "x gradlab stats": ""} for k, v in t2.items()]
-  timing.report(f"Gradient statistics, MLP 784-{w}-{w}-10 ({n:,} params), batch {b}, chunk "
-                f"{_CHUNK.value}; jax on {jax.devices()[0].platform}" +
-                (f", torch on CPU ({threads} threads)" if threads else ""), rows, _JSON.value)
+      },
+      repeats=_REPEATS.value,
+    )
+    rows += [
+      {
+        "contender": f"{k} ({nd} devices)",
+        "ms": v * 1e3,
+        "x plain step": v / t2["sharded step"],
+        "x gradlab stats": "",
+      }
+      for k, v in t2.items()
+    ]
+  timing.report(
+    f"Gradient statistics, MLP 784-{w}-{w}-10 ({n:,} params), batch {b}, chunk "
+    f"{_CHUNK.value}; jax on {jax.devices()[0].platform}"
+    + (f", torch on CPU ({threads} threads)" if threads else ""),
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

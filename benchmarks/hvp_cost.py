@@ -10,9 +10,9 @@ as the Hutchinson and Lanczos loops use it.
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
 import optax
+from absl import app, flags
 
 from benchmarks import timing
 from gradlab import curvature, tasks
@@ -31,24 +31,37 @@ def main(argv):
   grad = jax.jit(jax.grad(loss))
   hvp = jax.jit(lambda p, b, v: curvature.hvp(loss, p, b, v))
   out_loss = lambda o, b: optax.softmax_cross_entropy_with_integer_labels(o, b["y"]).mean()
-  ggn = jax.jit(lambda p, b, v: curvature.ggn_vp(lambda q, c: model.apply(q, c["x"]), out_loss,
-                                                 p, b, v))
+  ggn = jax.jit(
+    lambda p, b, v: curvature.ggn_vp(lambda q, c: model.apply(q, c["x"]), out_loss, p, b, v)
+  )
   # 8 products from one linearization, per product
   many = jax.jit(lambda p, b, vs: jax.lax.map(curvature.make_hvp(loss, p, b), vs))
-  vs = jax.vmap(lambda k: curvature.sampler_signs(k, params))(jax.random.split(jax.random.key(2), 8))
+  vs = jax.vmap(lambda k: curvature.sampler_signs(k, params))(
+    jax.random.split(jax.random.key(2), 8)
+  )
   fns = {
-      "gradient": lambda: jax.block_until_ready(grad(params, batch)),
-      "hvp": lambda: jax.block_until_ready(hvp(params, batch, v)),
-      "ggn_vp": lambda: jax.block_until_ready(ggn(params, batch, v)),
-      "8 x make_hvp (one linearization), total": lambda: jax.block_until_ready(
-          many(params, batch, vs)),
+    "gradient": lambda: jax.block_until_ready(grad(params, batch)),
+    "hvp": lambda: jax.block_until_ready(hvp(params, batch, v)),
+    "ggn_vp": lambda: jax.block_until_ready(ggn(params, batch, v)),
+    "8 x make_hvp (one linearization), total": lambda: jax.block_until_ready(
+      many(params, batch, vs)
+    ),
   }
   t = timing.interleaved(fns, repeats=_REPEATS.value)
   rows = [{"op": k, "ms": s * 1e3, "x gradient": s / t["gradient"]} for k, s in t.items()]
-  rows.append({"op": "make_hvp, per product", "ms": t[list(t)[-1]] / 8 * 1e3,
-               "x gradient": t[list(t)[-1]] / 8 / t["gradient"]})
-  timing.report(f"HVP cost, MLP 784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params), batch "
-                f"{_BATCH.value}, on {jax.devices()[0].platform}", rows, _JSON.value)
+  rows.append(
+    {
+      "op": "make_hvp, per product",
+      "ms": t[list(t)[-1]] / 8 * 1e3,
+      "x gradient": t[list(t)[-1]] / 8 / t["gradient"],
+    }
+  )
+  timing.report(
+    f"HVP cost, MLP 784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params), batch "
+    f"{_BATCH.value}, on {jax.devices()[0].platform}",
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repeats.")
 def main(argv):
   del argv
   b, g, t = _PROMPTS.value, _GROUP.value, _LENGTH.value
-  model = models.TinyTransformer(vocab=_VOCAB.value, dim=_DIM.value, heads=4, layers=_LAYERS.value,
-                                 max_len=t + 1)
+  model = models.TinyTransformer(
+    vocab=_VOCAB.value, dim=_DIM.value, heads=4, layers=_LAYERS.value, max_len=t + 1
+  )
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(0, _VOCAB.value, (b * g, t + 1)), jnp.int32)
   params = model.init(jax.random.key(0), tokens[:1, :-1])
@@ -63,17 +64,24 @@ def main(argv):
       adv = adv_fn(rewards)
       w = policy.truncated_is_weights(old, rollout, mask)
       return jax.grad(lambda q: loss(token_logp(q), adv, w))(p)
+
     return step
 
   losses = {
-      "token IS surrogate": lambda lp, a, w: policy.policy_gradient_loss(
-          lp, a, mask, behaviour_logp=rollout, is_cap=2.0),
-      "ppo clip-higher + TIS": lambda lp, a, w: policy.ppo_clip_loss(lp, old, a, mask, eps_high=0.28,
-                                                                     is_weights=w),
-      "gppo + TIS": lambda lp, a, w: policy.gppo_loss(lp, old, a, mask, eps_high=0.28, is_weights=w),
+    "token IS surrogate": lambda lp, a, w: policy.policy_gradient_loss(
+      lp, a, mask, behaviour_logp=rollout, is_cap=2.0
+    ),
+    "ppo clip-higher + TIS": lambda lp, a, w: policy.ppo_clip_loss(
+      lp, old, a, mask, eps_high=0.28, is_weights=w
+    ),
+    "gppo + TIS": lambda lp, a, w: policy.gppo_loss(lp, old, a, mask, eps_high=0.28, is_weights=w),
   }
-  advs = {"rloo": policy.rloo_advantages, "grpo": policy.grpo_advantages,
-          "bnpo": policy.bnpo_advantages, "w_reinforce": policy.weighted_reinforce_advantages}
+  advs = {
+    "rloo": policy.rloo_advantages,
+    "grpo": policy.grpo_advantages,
+    "bnpo": policy.bnpo_advantages,
+    "w_reinforce": policy.weighted_reinforce_advantages,
+  }
   rows = []
   base = make()
   for lname, lfn in losses.items():
@@ -83,12 +91,22 @@ def main(argv):
       fns[aname] = lambda step=step: jax.block_until_ready(step(params))
     times = timing.interleaved(fns, repeats=_REPEATS.value, inner=3, warmup=2)
     for aname in advs:
-      rows.append({"loss": lname, "advantage": aname,
-                   "step ms": 1e3 * times[aname], "fwd+bwd ms": 1e3 * times["forward+backward"],
-                   "overhead": times[aname] / times["forward+backward"] - 1})
-  timing.report(f"estimator + loss cost over the policy's forward+backward "
-                f"({b}x{g} responses x {t} tokens, dim {_DIM.value}, {_LAYERS.value} layers, "
-                f"{jax.devices()[0].platform})", rows, _JSON.value)
+      rows.append(
+        {
+          "loss": lname,
+          "advantage": aname,
+          "step ms": 1e3 * times[aname],
+          "fwd+bwd ms": 1e3 * times["forward+backward"],
+          "overhead": times[aname] / times["forward+backward"] - 1,
+        }
+      )
+  timing.report(
+    f"estimator + loss cost over the policy's forward+backward "
+    f"({b}x{g} responses x {t} tokens, dim {_DIM.value}, {_LAYERS.value} layers, "
+    f"{jax.devices()[0].platform})",
+    rows,
+    _JSON.value,
+  )
 
   pop = tasks.bandit.beta_population(19, 0.5, 2.0)
   probs = jax.nn.softmax(pop.logits)
@@ -98,14 +116,25 @@ def main(argv):
   for per in (4, 8, 16):
     budget = per * 19
     mses = {}
-    for name, counts in (("uniform", np.full(19, per)),
-                         ("gvm", np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1)))):
+    for name, counts in (
+      ("uniform", np.full(19, per)),
+      ("gvm", np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1))),
+    ):
       est = tasks.bandit.raft_estimates(pop, counts, jax.random.key(per), 4000)
       mses[name] = float(jnp.mean(jnp.sum((est - target) ** 2, 1)))
-    alloc.append({"responses": budget, "uniform MSE": mses["uniform"], "gvm MSE": mses["gvm"],
-                  "gvm / uniform": mses["gvm"] / mses["uniform"]})
-  timing.report("GVM-RAFT allocation against uniform at the same budget (RAFT estimator, "
-                "Beta(0.5, 2) prompts)", alloc, None)
+    alloc.append(
+      {
+        "responses": budget,
+        "uniform MSE": mses["uniform"],
+        "gvm MSE": mses["gvm"],
+        "gvm / uniform": mses["gvm"] / mses["uniform"],
+      }
+    )
+  timing.report(
+    "GVM-RAFT allocation against uniform at the same budget (RAFT estimator, Beta(0.5, 2) prompts)",
+    alloc,
+    None,
+  )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from benchmarks import timing
 from gradlab import discrete, models, train
@@ -42,8 +42,11 @@ def _gradlab_step(name, num_classes, num_latents, tau):
   params = vae.init(jax.random.key(0), jnp.zeros((1, 784)), sample_fn, jax.random.key(0))
   state = train.TrainState.create(params, opt, jax.random.key(1))
   step = train.make_train_step(
-      lambda p, b, k: models.negative_elbo(vae, p, b["x"], sample_fn, k), opt, donate=True,
-      norm_metrics=False)
+    lambda p, b, k: models.negative_elbo(vae, p, b["x"], sample_fn, k),
+    opt,
+    donate=True,
+    norm_metrics=False,
+  )
   return step, state
 
 
@@ -55,18 +58,27 @@ def _torch_step(num_classes, num_latents, tau, batch):
     def __init__(self):
       super().__init__()
       self.enc = torch.nn.Sequential(
-          torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU(),
-          torch.nn.Linear(256, num_latents * num_classes))
+        torch.nn.Linear(784, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, num_latents * num_classes),
+      )
       self.dec = torch.nn.Sequential(
-          torch.nn.Linear(num_latents * num_classes, 256), torch.nn.ReLU(),
-          torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 784))
+        torch.nn.Linear(num_latents * num_classes, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 784),
+      )
 
     def forward(self, x):
       logits = self.enc(x).view(-1, num_latents, num_classes)
       sample, q = reinmax(logits, tau)
       x_logits = self.dec(sample.view(x.shape[0], -1))
-      bce = torch.nn.functional.binary_cross_entropy_with_logits(
-          x_logits, x, reduction="none").sum(-1)
+      bce = torch.nn.functional.binary_cross_entropy_with_logits(x_logits, x, reduction="none").sum(
+        -1
+      )
       log_q = torch.log_softmax(logits, -1)
       kl = (log_q.exp() * log_q).sum((-2, -1)) + num_latents * math.log(num_classes)
       return (bce + kl).mean()
@@ -83,6 +95,7 @@ def _torch_step(num_classes, num_latents, tau, batch):
     loss.backward()
     opt.step()
     return loss.item()  # synchronizes, as block_until_ready does for jax
+
   return step, f"{_TORCH_DEVICE.value} ({torch.get_num_threads()} CPU threads)"
 
 
@@ -101,6 +114,7 @@ def main(argv):
     def run(name=name, step=step):
       boxes[name], m = step(boxes[name], dev_batch)
       jax.block_until_ready(m["loss"])
+
     fns[f"gradlab {name}"] = run
   threads = None
   if _TORCH.value:
@@ -108,12 +122,22 @@ def main(argv):
     fns["torch reinmax (official)"] = torch_step
   t = timing.interleaved(fns, repeats=_REPEATS.value)
   base = t["gradlab straight_through"]
-  rows = [{"step": k, "ms": v * 1e3, "vs gradlab ST": v / base,
-           "vs gradlab ReinMax": v / t["gradlab reinmax"]} for k, v in t.items()]
+  rows = [
+    {
+      "step": k,
+      "ms": v * 1e3,
+      "vs gradlab ST": v / base,
+      "vs gradlab ReinMax": v / t["gradlab reinmax"],
+    }
+    for k, v in t.items()
+  ]
   platform = jax.devices()[0].platform
-  timing.report(f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, "
-                f"Adam; jax on {platform}" + (f", torch on {threads}" if threads else ""),
-                rows, _JSON.value)
+  timing.report(
+    f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, "
+    f"Adam; jax on {platform}" + (f", torch on {threads}" if threads else ""),
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import time
 from typing import Callable, Mapping
 
 
-def interleaved(fns: Mapping[str, Callable[[], object]], *, repeats: int = 30,
-                inner: int = 10, warmup: int = 3) -> dict[str, float]:
+def interleaved(
+  fns: Mapping[str, Callable[[], object]], *, repeats: int = 30, inner: int = 10, warmup: int = 3
+) -> dict[str, float]:
   """Median seconds per call of each function, timed in alternation so that a
   machine-wide slowdown hits every contender alike. The order is shuffled
   every repeat (seeded): on a CPU the contender that follows another pays
@@ -41,8 +42,13 @@ def report(title: str, rows: list[dict], json_path: str | None = None) -> None:
   print("| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))
   for r in rows:
-    print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                            for c in cols) + " |")
+    print(
+      "| "
+      + " | ".join(
+        f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols
+      )
+      + " |"
+    )
   if json_path:
     with open(json_path, "w") as f:
       json.dump({"title": title, "rows": rows}, f, indent=2)

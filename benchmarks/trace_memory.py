@@ -10,8 +10,8 @@ MLP 784-1024-1024-10 (1.86M parameters), batch 256; probe_batch from 1 to 64.
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
+from absl import app, flags
 
 from benchmarks import timing
 from gradlab import curvature, tasks
@@ -28,16 +28,22 @@ def main(argv):
   params, batch, loss, n = prob.params, prob.batch, prob.loss, prob.num_params
   rows = []
   for pb in (1, 2, 4, 8, 16, 32, 64):
-    fn = jax.jit(lambda p, b, k, pb=pb: curvature.hessian_trace(
-        loss, p, b, k, num_probes=_PROBES.value, probe_batch=pb).estimate)
+    fn = jax.jit(
+      lambda p, b, k, pb=pb: (
+        curvature.hessian_trace(loss, p, b, k, num_probes=_PROBES.value, probe_batch=pb).estimate
+      )
+    )
     mem = fn.lower(params, batch, jax.random.key(0)).compile().memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", float("nan"))
-    rows.append({"probe_batch": pb, "temp MiB": temp / 2**20,
-                 "x params' size": temp / (4 * n)})
-  timing.report(f"Peak temporary memory of hessian_trace ({_PROBES.value} probes), MLP "
-                f"784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params, "
-                f"{4 * n / 2**20:.1f} MiB), batch {_BATCH.value}, on "
-                f"{jax.devices()[0].platform}", rows, _JSON.value)
+    rows.append({"probe_batch": pb, "temp MiB": temp / 2**20, "x params' size": temp / (4 * n)})
+  timing.report(
+    f"Peak temporary memory of hessian_trace ({_PROBES.value} probes), MLP "
+    f"784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params, "
+    f"{4 * n / 2**20:.1f} MiB), batch {_BATCH.value}, on "
+    f"{jax.devices()[0].platform}",
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

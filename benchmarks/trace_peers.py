@@ -14,9 +14,9 @@ Goals: >= 2x faster than PyHessian; parity or better with matfree.
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
 import numpy as np
+from absl import app, flags
 
 from benchmarks import timing
 from gradlab import curvature, tasks
@@ -32,21 +32,35 @@ def main(argv):
   del argv
   m, w = _PROBES.value, _WIDTH.value
   prob = tasks.mlp_problem(w, _BATCH.value)
-  params, batch, loss, n, x, y = (prob.params, prob.batch, prob.loss, prob.num_params, prob.x,
-                                  prob.y)
+  params, batch, loss, n, x, y = (
+    prob.params,
+    prob.batch,
+    prob.loss,
+    prob.num_params,
+    prob.x,
+    prob.y,
+  )
 
   ours = jax.jit(lambda p, b, k: curvature.hessian_trace(loss, p, b, k, num_probes=m))
 
   from matfree import stochtrace
+
   estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
-      stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(params, num=m))
+    stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(params, num=m)
+  )
   theirs = jax.jit(lambda p, b, k: estimate(curvature.make_hvp(loss, p, b), k))
 
   import torch
   from pyhessian import hessian as pyhessian
+
   torch.manual_seed(0)
-  net = torch.nn.Sequential(torch.nn.Linear(784, w), torch.nn.ReLU(), torch.nn.Linear(w, w),
-                            torch.nn.ReLU(), torch.nn.Linear(w, 10))
+  net = torch.nn.Sequential(
+    torch.nn.Linear(784, w),
+    torch.nn.ReLU(),
+    torch.nn.Linear(w, w),
+    torch.nn.ReLU(),
+    torch.nn.Linear(w, 10),
+  )
   with torch.no_grad():  # identical weights: flax Dense kernels are [in, out]
     for i, layer in enumerate((net[0], net[2], net[4])):
       p = params["params"][f"dense_{i}"]
@@ -71,13 +85,29 @@ def main(argv):
     r = theirs(params, batch, next(keys))
     results["matfree"] = tuple(map(float, jax.block_until_ready(r)))
 
-  t = timing.interleaved({"gradlab": run_ours, "matfree": run_matfree, "PyHessian": run_pyhessian},
-                         repeats=_REPEATS.value, inner=1, warmup=1)
-  rows = [{"implementation": k, "ms": v * 1e3, "x gradlab": v / t["gradlab"],
-           "last estimate": results[k][0], "its stderr": results[k][1]} for k, v in t.items()]
-  timing.report(f"Hutchinson trace, {m} Rademacher probes, MLP 784-{w}-{w}-10 ({n:,} params), "
-                f"batch {_BATCH.value}; jax on {jax.devices()[0].platform}, torch on CPU "
-                f"({torch.get_num_threads()} threads)", rows, _JSON.value)
+  t = timing.interleaved(
+    {"gradlab": run_ours, "matfree": run_matfree, "PyHessian": run_pyhessian},
+    repeats=_REPEATS.value,
+    inner=1,
+    warmup=1,
+  )
+  rows = [
+    {
+      "implementation": k,
+      "ms": v * 1e3,
+      "x gradlab": v / t["gradlab"],
+      "last estimate": results[k][0],
+      "its stderr": results[k][1],
+    }
+    for k, v in t.items()
+  ]
+  timing.report(
+    f"Hutchinson trace, {m} Rademacher probes, MLP 784-{w}-{w}-10 ({n:,} params), "
+    f"batch {_BATCH.value}; jax on {jax.devices()[0].platform}, torch on CPU "
+    f"({torch.get_num_threads()} threads)",
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ the steps it does not log, which the last row reproduces. Goal: ratio <= 1.05.
 
 from __future__ import annotations
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import optax
+from absl import app, flags
 
 from benchmarks import timing
 from gradlab import sharding, tasks, train
@@ -37,7 +37,8 @@ def main(argv):
     del key
     logits = model.apply(p, b["x"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean(), {
-        "accuracy": jnp.mean(logits.argmax(-1) == b["y"])}
+      "accuracy": jnp.mean(logits.argmax(-1) == b["y"])
+    }
 
   @jax.jit
   def baseline(params, opt_state, b):
@@ -49,8 +50,9 @@ def main(argv):
   ours = train.make_train_step(loss_fn, opt, mesh=mesh, donate=False)
   ours_lean = train.make_train_step(loss_fn, opt, mesh=mesh, donate=False, norm_metrics=False)
   dev_batch = sharding.shard_batch(batch, mesh)
-  state = jax.device_put(train.TrainState.create(params, opt, jax.random.key(0)),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    train.TrainState.create(params, opt, jax.random.key(0)), sharding.replicated(mesh)
+  )
   opt_state = opt.init(params)
   box = {"ours": state, "lean": state, "fit": state, "base": (params, opt_state)}
 
@@ -75,12 +77,22 @@ def main(argv):
     box["base"] = (p, s)
     jax.block_until_ready(loss)
 
-  t = timing.interleaved({"hand-written": run_base, "gradlab (mesh)": run_ours,
-                          "gradlab, norm_metrics=False": run_lean,
-                          "gradlab as fit runs it (log_every=10)": run_as_fit}, repeats=_REPEATS.value)
+  t = timing.interleaved(
+    {
+      "hand-written": run_base,
+      "gradlab (mesh)": run_ours,
+      "gradlab, norm_metrics=False": run_lean,
+      "gradlab as fit runs it (log_every=10)": run_as_fit,
+    },
+    repeats=_REPEATS.value,
+  )
   rows = [{"step": k, "ms": v * 1e3, "ratio": v / t["hand-written"]} for k, v in t.items()]
-  timing.report(f"Train step, MLP 784-{_WIDTH.value}-{_WIDTH.value}-10 ({num_params:,} params), "
-                f"batch {_BATCH.value}, adam, on {jax.devices()[0].platform}", rows, _JSON.value)
+  timing.report(
+    f"Train step, MLP 784-{_WIDTH.value}-{_WIDTH.value}-10 ({num_params:,} params), "
+    f"batch {_BATCH.value}, adam, on {jax.devices()[0].platform}",
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

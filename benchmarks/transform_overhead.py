@@ -20,7 +20,6 @@ that extra backward pass too. Also reports the optimizer-state bytes of
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 from absl import app, flags
 
@@ -37,24 +36,27 @@ _ONLY = flags.DEFINE_list("only", [], "Only these transforms (default: all).")
 
 def _labels(params):
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: "head" if "dense_2" in jax.tree_util.keystr(p) else "body", params)
+    lambda p, _: "head" if "dense_2" in jax.tree_util.keystr(p) else "body", params
+  )
 
 
 TRANSFORMS = {
-    "spam": lambda: transforms.spam(1e-3),
-    "spike_clip + adam": lambda: optax.chain(transforms.spike_clip(), optax.adam(1e-3)),
-    "per_layer_clip + adam": lambda: optax.chain(transforms.per_layer_clip(1.0), optax.adam(1e-3)),
-    "layerwise_normalize + sgd": lambda: optax.chain(transforms.layerwise_normalize(),
-                                                     optax.sgd(1e-3)),
-    "diffgrad": lambda: transforms.diffgrad(1e-3),
-    "scale": lambda: transforms.scale(1e-3, last_layer="dense_2/kernel"),
-    "agvm + momentum": lambda: optax.chain(optax.sgd(1e-3, momentum=0.9),
-                                           transforms.agvm(_labels, "body", start=0)),
-    "adam_8bit": lambda: transforms.adam_8bit(1e-3),
-    "mars": lambda: transforms.mars(1e-3),
-    "mars (exact)": lambda: transforms.mars(1e-3, exact=True),
-    "storm": lambda: transforms.storm(),
-    "svrg + sgd": lambda: optax.chain(transforms.svrg(100), optax.sgd(1e-3)),
+  "spam": lambda: transforms.spam(1e-3),
+  "spike_clip + adam": lambda: optax.chain(transforms.spike_clip(), optax.adam(1e-3)),
+  "per_layer_clip + adam": lambda: optax.chain(transforms.per_layer_clip(1.0), optax.adam(1e-3)),
+  "layerwise_normalize + sgd": lambda: optax.chain(
+    transforms.layerwise_normalize(), optax.sgd(1e-3)
+  ),
+  "diffgrad": lambda: transforms.diffgrad(1e-3),
+  "scale": lambda: transforms.scale(1e-3, last_layer="dense_2/kernel"),
+  "agvm + momentum": lambda: optax.chain(
+    optax.sgd(1e-3, momentum=0.9), transforms.agvm(_labels, "body", start=0)
+  ),
+  "adam_8bit": lambda: transforms.adam_8bit(1e-3),
+  "mars": lambda: transforms.mars(1e-3),
+  "mars (exact)": lambda: transforms.mars(1e-3, exact=True),
+  "storm": lambda: transforms.storm(),
+  "svrg + sgd": lambda: optax.chain(transforms.svrg(100), optax.sgd(1e-3)),
 }
 
 
@@ -86,9 +88,13 @@ def main(argv):
 
     @jax.jit
     def update_only(p, s, g, b):
-      u, s = tx.update(g, s, p, **extra_for(name, p, b)) if name.startswith(
-          ("agvm", "svrg", "storm", "mars (exact)")) else tx.update(g, s, p)
+      u, s = (
+        tx.update(g, s, p, **extra_for(name, p, b))
+        if name.startswith(("agvm", "svrg", "storm", "mars (exact)"))
+        else tx.update(g, s, p)
+      )
       return optax.apply_updates(p, u), s
+
     return step, update_only
 
   names = _ONLY.value or list(TRANSFORMS)
@@ -109,19 +115,33 @@ def main(argv):
         p, s = update_only(*box["upd"], fixed_grads, batch)
         box["upd"] = (p, s)
         jax.block_until_ready(p)
+
       fns_step[label], fns_update[label] = run_step, run_update
     ts = timing.interleaved(fns_step, repeats=_REPEATS.value, inner=_INNER.value, warmup=2)
     tu = timing.interleaved(fns_update, repeats=_REPEATS.value, inner=_INNER.value, warmup=2)
-    rows.append({"transform": name, "step ms": 1e3 * ts[name], "adam step ms": 1e3 * ts["adam"],
-                 "step ratio": ts[name] / ts["adam"], "update ms": 1e3 * tu[name],
-                 "adam update ms": 1e3 * tu["adam"], "update ratio": tu[name] / tu["adam"]})
+    rows.append(
+      {
+        "transform": name,
+        "step ms": 1e3 * ts[name],
+        "adam step ms": 1e3 * ts["adam"],
+        "step ratio": ts[name] / ts["adam"],
+        "update ms": 1e3 * tu[name],
+        "adam update ms": 1e3 * tu["adam"],
+        "update ratio": tu[name] / tu["adam"],
+      }
+    )
     print(rows[-1], flush=True)
   state8 = transforms.state_bytes(transforms.adam_8bit(1e-3).init(params))
   state32 = transforms.state_bytes(optax.adam(1e-3).init(params))
-  rows.append({"transform": "adam_8bit state bytes / adam state bytes",
-               "step ratio": state8 / state32})
-  timing.report(f"gradlab transforms against optax.adam, MLP with {prob.num_params / 1e6:.1f}M "
-                f"parameters, batch {_BATCH.value}, {jax.devices()[0].platform}", rows, _JSON.value)
+  rows.append(
+    {"transform": "adam_8bit state bytes / adam state bytes", "step ratio": state8 / state32}
+  )
+  timing.report(
+    f"gradlab transforms against optax.adam, MLP with {prob.num_params / 1e6:.1f}M "
+    f"parameters, batch {_BATCH.value}, {jax.devices()[0].platform}",
+    rows,
+    _JSON.value,
+  )
 
 
 if __name__ == "__main__":

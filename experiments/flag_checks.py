@@ -34,8 +34,15 @@ def one_of(flag: str, value: Any, choices: Iterable[Any]) -> None:
   require(value in choices, flag, f"one of {', '.join(map(str, choices))}", value)
 
 
-def number_list(flag: str, values: Iterable[str], *, expected: str, kind: type = float,
-                valid: Any = None, min_count: int = 1) -> list:
+def number_list(
+  flag: str,
+  values: Iterable[str],
+  *,
+  expected: str,
+  kind: type = float,
+  valid: Any = None,
+  min_count: int = 1,
+) -> list:
   """Parses a comma-separated list flag; ``expected`` describes a valid one."""
   values = list(values)
   try:
@@ -47,7 +54,9 @@ def number_list(flag: str, values: Iterable[str], *, expected: str, kind: type =
   return out
 
 
-def check_same_run(workdir: str, config: Mapping[str, Any], *, may_change: Iterable[str] = ()) -> None:
+def check_same_run(
+  workdir: str, config: Mapping[str, Any], *, may_change: Iterable[str] = ()
+) -> None:
   """Records ``config`` in ``workdir/config.json``, or, when a run is already
   there, refuses flags that would make resuming it meaningless."""
   path = os.path.join(workdir, "config.json")
@@ -55,12 +64,15 @@ def check_same_run(workdir: str, config: Mapping[str, Any], *, may_change: Itera
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    changed = sorted(k for k in set(old) | set(config)
-                     if k not in may_change and old.get(k) != config.get(k))
+    changed = sorted(
+      k for k in set(old) | set(config) if k not in may_change and old.get(k) != config.get(k)
+    )
     if changed:
       k = changed[0]
-      raise FlagError(f"--{k} is {config.get(k)!r} but the run in --workdir={workdir} used "
-                      f"{old.get(k)!r}; use a new --workdir")
+      raise FlagError(
+        f"--{k} is {config.get(k)!r} but the run in --workdir={workdir} used "
+        f"{old.get(k)!r}; use a new --workdir"
+      )
   os.makedirs(workdir, exist_ok=True)
   with open(path, "w") as f:
     json.dump(dict(config), f, indent=2, sort_keys=True)

@@ -33,10 +33,10 @@ from experiments import flag_checks, reporting
 from gradlab import tasks, train, transforms
 
 OPTIMIZERS = {
-    "adam": lambda lr: optax.adam(lr),
-    "adam_clip": lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)),
-    "spike_clip": lambda lr: optax.chain(transforms.spike_clip(), optax.adam(lr)),
-    "spam": lambda lr: transforms.spam(lr, reset_interval=100, warmup_steps=20, clip_after=10),
+  "adam": lambda lr: optax.adam(lr),
+  "adam_clip": lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)),
+  "spike_clip": lambda lr: optax.chain(transforms.spike_clip(), optax.adam(lr)),
+  "spam": lambda lr: transforms.spam(lr, reset_interval=100, warmup_steps=20, clip_after=10),
 }
 LEARNING_RATES = {"classifier": 3e-3, "lm": 3e-3}
 
@@ -59,13 +59,21 @@ def _check_flags():
     c.one_of("tasks", t, tasks.TASKS)
   for o in _OPTIMIZERS.value:
     c.one_of("optimizers", o, OPTIMIZERS)
-  for name, v in (("seeds", _SEEDS.value), ("num_steps", _NUM_STEPS.value),
-                  ("batch_size", _BATCH_SIZE.value), ("spike_scale", _SPIKE_SCALE.value),
-                  ("lr_scale", _LR_SCALE.value)):
+  for name, v in (
+    ("seeds", _SEEDS.value),
+    ("num_steps", _NUM_STEPS.value),
+    ("batch_size", _BATCH_SIZE.value),
+    ("spike_scale", _SPIKE_SCALE.value),
+    ("lr_scale", _LR_SCALE.value),
+  ):
     c.positive(name, v)
   c.non_negative("num_spikes", _NUM_SPIKES.value)
-  c.require(_NUM_SPIKES.value <= _NUM_STEPS.value - _NUM_STEPS.value // 10, "num_spikes",
-            "at most 90% of num_steps", _NUM_SPIKES.value)
+  c.require(
+    _NUM_SPIKES.value <= _NUM_STEPS.value - _NUM_STEPS.value // 10,
+    "num_spikes",
+    "at most 90% of num_steps",
+    _NUM_SPIKES.value,
+  )
 
 
 def _spike_steps(num_steps: int, num_spikes: int) -> list[int]:
@@ -76,20 +84,29 @@ def _spike_steps(num_steps: int, num_spikes: int) -> list[int]:
 
 def _summarize(losses: np.ndarray) -> dict:
   first = losses[:, 0]
-  tail = losses[:, -max(1, losses.shape[1] // 20):].mean(axis=1)
+  tail = losses[:, -max(1, losses.shape[1] // 20) :].mean(axis=1)
   diverged = ~np.isfinite(tail) | (tail > first)
-  return {"diverged": float(diverged.mean()), "final": float(np.nanmedian(np.where(
-      np.isfinite(tail), tail, np.nan))) if np.isfinite(tail).any() else float("nan"),
-          "curve": np.nanmedian(np.where(np.isfinite(losses), losses, np.nan), axis=0).tolist()}
+  return {
+    "diverged": float(diverged.mean()),
+    "final": float(np.nanmedian(np.where(np.isfinite(tail), tail, np.nan)))
+    if np.isfinite(tail).any()
+    else float("nan"),
+    "curve": np.nanmedian(np.where(np.isfinite(losses), losses, np.nan), axis=0).tolist(),
+  }
 
 
 def main(argv):
   del argv
   try:
     _check_flags()
-    flag_checks.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
-        "seeds", "num_steps", "batch_size", "num_spikes", "spike_scale", "lr_scale")},
-        may_change=())
+    flag_checks.check_same_run(
+      _WORKDIR.value,
+      {
+        k: flags.FLAGS[k].value
+        for k in ("seeds", "num_steps", "batch_size", "num_spikes", "spike_scale", "lr_scale")
+      },
+      may_change=(),
+    )
   except flag_checks.FlagError as e:
     flag_checks.exit_on_flag_error(PROG, e)
   workdir = _WORKDIR.value
@@ -103,36 +120,61 @@ def main(argv):
       path = os.path.join(workdir, "runs", f"{task_name}_{opt}.json")
 
       def run(task=task, lr=lr, opt=opt):
-        spiked = np.asarray(train.train_curves(
-            task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value,
-            spike_steps=spikes, spike_scale=_SPIKE_SCALE.value))
-        clean = np.asarray(train.train_curves(task, OPTIMIZERS[opt](lr), _SEEDS.value,
-                                              _NUM_STEPS.value))
+        spiked = np.asarray(
+          train.train_curves(
+            task,
+            OPTIMIZERS[opt](lr),
+            _SEEDS.value,
+            _NUM_STEPS.value,
+            spike_steps=spikes,
+            spike_scale=_SPIKE_SCALE.value,
+          )
+        )
+        clean = np.asarray(
+          train.train_curves(task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value)
+        )
         return {"spiked": _summarize(spiked), "clean": _summarize(clean)}
+
       unit, reused = reporting.cached_unit(path, run)
       if not reused:
-        print(f"{task_name} {opt}: diverged {unit['spiked']['diverged']:.2f}, "
-              f"final {unit['spiked']['final']:.4g} (no spikes {unit['clean']['final']:.4g})",
-              flush=True)
-      rows.append({"task": task_name, "optimizer": opt, "learning rate": lr,
-                   "diverged (spikes)": unit["spiked"]["diverged"],
-                   "final loss (spikes)": unit["spiked"]["final"],
-                   "final loss (no spikes)": unit["clean"]["final"],
-                   "diverged (no spikes)": unit["clean"]["diverged"]})
+        print(
+          f"{task_name} {opt}: diverged {unit['spiked']['diverged']:.2f}, "
+          f"final {unit['spiked']['final']:.4g} (no spikes {unit['clean']['final']:.4g})",
+          flush=True,
+        )
+      rows.append(
+        {
+          "task": task_name,
+          "optimizer": opt,
+          "learning rate": lr,
+          "diverged (spikes)": unit["spiked"]["diverged"],
+          "final loss (spikes)": unit["spiked"]["final"],
+          "final loss (no spikes)": unit["clean"]["final"],
+          "diverged (no spikes)": unit["clean"]["diverged"],
+        }
+      )
       curves.setdefault(task_name, {})[opt] = unit["spiked"]["curve"]
   for task_name, by_opt in curves.items():
     reporting.plot_curves(
-        os.path.join(workdir, f"loss_{task_name}.png"),
-        {o: (list(range(len(c))), c) for o, c in by_opt.items()},
-        xlabel="step", ylabel="training loss (median over seeds)", logy=True,
-        title=f"{task_name}: x{_SPIKE_SCALE.value:g} gradient spikes at steps {spikes}")
+      os.path.join(workdir, f"loss_{task_name}.png"),
+      {o: (list(range(len(c))), c) for o, c in by_opt.items()},
+      xlabel="step",
+      ylabel="training loss (median over seeds)",
+      logy=True,
+      title=f"{task_name}: x{_SPIKE_SCALE.value:g} gradient spikes at steps {spikes}",
+    )
   reporting.write_table(
-      workdir, rows, title="Gradient spikes: divergence and final loss",
-      notes=(f"{_SEEDS.value} seeds, {_NUM_STEPS.value} steps, batch {_BATCH_SIZE.value}; "
-             f"gradients x{_SPIKE_SCALE.value:g} at steps {spikes}. Diverged: final loss "
-             "(mean of the last 5% of steps) non-finite or above the first step's. "
-             "The SPAM paper reports no such table for these toy tasks; its claim is "
-             "qualitative (spike-aware clipping and momentum reset keep Adam stable)."))
+    workdir,
+    rows,
+    title="Gradient spikes: divergence and final loss",
+    notes=(
+      f"{_SEEDS.value} seeds, {_NUM_STEPS.value} steps, batch {_BATCH_SIZE.value}; "
+      f"gradients x{_SPIKE_SCALE.value:g} at steps {spikes}. Diverged: final loss "
+      "(mean of the last 5% of steps) non-finite or above the first step's. "
+      "The SPAM paper reports no such table for these toy tasks; its claim is "
+      "qualitative (spike-aware clipping and momentum reset keep Adam stable)."
+    ),
+  )
   print(f"results in {workdir}")
 
 

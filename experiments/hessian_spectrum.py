@@ -23,12 +23,12 @@ from __future__ import annotations
 import itertools
 import os
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from absl import app, flags, logging
 from jax.flatten_util import ravel_pytree
 
 matplotlib.use("Agg")
@@ -58,8 +58,13 @@ def _param_count(dim: int, width: int, classes: int) -> int:
 
 
 def run_one(workdir: str, classes: int, width: int) -> dict:
-  ds = tasks.gaussian_blobs(num_classes=classes, dim=_DIM.value, num_train=_NUM_TRAIN.value,
-                           separation=_SEPARATION.value, seed=_SEED.value)
+  ds = tasks.gaussian_blobs(
+    num_classes=classes,
+    dim=_DIM.value,
+    num_train=_NUM_TRAIN.value,
+    separation=_SEPARATION.value,
+    seed=_SEED.value,
+  )
   model = models.MLP((width, classes))
   params = model.init(jax.random.key(_SEED.value), jnp.zeros((1, _DIM.value)))
   batch = {"x": ds.x_train, "y": ds.y_train}
@@ -69,51 +74,93 @@ def run_one(workdir: str, classes: int, width: int) -> dict:
 
   opt = optax.sgd(_LEARNING_RATE.value)
   step = train.make_train_step(lambda p, b, k: (loss(p, b), {}), opt)
-  state, last = train.fit(train.TrainState.create(params, opt, jax.random.key(1)), step,
-                          lambda s: itertools.repeat(batch), num_steps=_NUM_STEPS.value,
-                          workdir=workdir, checkpoint_every=_NUM_STEPS.value, log_every=100,
-                          progress_every=_NUM_STEPS.value)
+  state, last = train.fit(
+    train.TrainState.create(params, opt, jax.random.key(1)),
+    step,
+    lambda s: itertools.repeat(batch),
+    num_steps=_NUM_STEPS.value,
+    workdir=workdir,
+    checkpoint_every=_NUM_STEPS.value,
+    log_every=100,
+    progress_every=_NUM_STEPS.value,
+  )
   flat, unravel = ravel_pytree(state.params)
   h = jax.jit(jax.hessian(lambda x: loss(unravel(x), batch)))(flat)
   ev = np.sort(np.linalg.eigvalsh(np.asarray(h, np.float64)))[::-1]
   outliers = int(curvature.count_outliers(ev, max_outliers=2 * classes))
-  density = jax.jit(lambda p, k: curvature.hessian_spectral_density(
-      loss, p, batch, k, num_iterations=_SLQ_ITERATIONS.value, num_runs=_SLQ_RUNS.value))(
-          state.params, jax.random.key(2))
+  density = jax.jit(
+    lambda p, k: curvature.hessian_spectral_density(
+      loss, p, batch, k, num_iterations=_SLQ_ITERATIONS.value, num_runs=_SLQ_RUNS.value
+    )
+  )(state.params, jax.random.key(2))
   bulk = ev[outliers:]
   np.save(os.path.join(workdir, "eigenvalues.npy"), ev)
-  return {"C": classes, "width": width, "params": len(flat), "final loss": last["loss"],
-          "outliers": outliers, "C - 1": classes - 1, "lambda_max": float(ev[0]),
-          "bulk edge": float(bulk[0]), "bulk std": float(bulk.std()),
-          "bulk |lambda| < 1e-3 lambda_max (%)": float(100 * np.mean(np.abs(bulk) < 1e-3 * ev[0])),
-          "negative (%)": float(100 * np.mean(ev < 0))}, ev, density
+  return (
+    {
+      "C": classes,
+      "width": width,
+      "params": len(flat),
+      "final loss": last["loss"],
+      "outliers": outliers,
+      "C - 1": classes - 1,
+      "lambda_max": float(ev[0]),
+      "bulk edge": float(bulk[0]),
+      "bulk std": float(bulk.std()),
+      "bulk |lambda| < 1e-3 lambda_max (%)": float(100 * np.mean(np.abs(bulk) < 1e-3 * ev[0])),
+      "negative (%)": float(100 * np.mean(ev < 0)),
+    },
+    ev,
+    density,
+  )
 
 
 def main(argv):
   del argv
   try:
-    classes = flag_checks.number_list("classes", _CLASSES.value, kind=int, valid=lambda v: v >= 2,
-                                      expected="a comma-separated list of integers >= 2")
-    widths = flag_checks.number_list("widths", _WIDTHS.value, kind=int, valid=lambda v: v >= 1,
-                                     expected="a comma-separated list of integers >= 1")
+    classes = flag_checks.number_list(
+      "classes",
+      _CLASSES.value,
+      kind=int,
+      valid=lambda v: v >= 2,
+      expected="a comma-separated list of integers >= 2",
+    )
+    widths = flag_checks.number_list(
+      "widths",
+      _WIDTHS.value,
+      kind=int,
+      valid=lambda v: v >= 1,
+      expected="a comma-separated list of integers >= 1",
+    )
     for name in ("dim", "num_train", "num_steps", "max_params", "slq_iterations", "slq_runs"):
       flag_checks.positive(name, flags.FLAGS[name].value)
     flag_checks.positive("learning_rate", _LEARNING_RATE.value)
     flag_checks.positive("separation", _SEPARATION.value)
     biggest = max(_param_count(_DIM.value, w, c) for w in widths for c in classes)
-    flag_checks.require(biggest <= _MAX_PARAMS.value, "widths",
-                        f"small enough for a dense Hessian (<= --max_params={_MAX_PARAMS.value} "
-                        "parameters)", f"{','.join(_WIDTHS.value)} ({biggest} parameters)")
-    flag_checks.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
-        "dim", "num_train", "separation", "num_steps", "learning_rate", "seed")})
+    flag_checks.require(
+      biggest <= _MAX_PARAMS.value,
+      "widths",
+      f"small enough for a dense Hessian (<= --max_params={_MAX_PARAMS.value} parameters)",
+      f"{','.join(_WIDTHS.value)} ({biggest} parameters)",
+    )
+    flag_checks.check_same_run(
+      _WORKDIR.value,
+      {
+        k: flags.FLAGS[k].value
+        for k in ("dim", "num_train", "separation", "num_steps", "learning_rate", "seed")
+      },
+    )
   except flag_checks.FlagError as e:
     flag_checks.exit_on_flag_error(PROG, e)
 
   workdir = _WORKDIR.value
   rows = []
-  fig, axes = plt.subplots(len(classes), len(widths), figsize=(4.5 * len(widths),
-                                                               3.2 * len(classes)),
-                           squeeze=False, dpi=110)
+  fig, axes = plt.subplots(
+    len(classes),
+    len(widths),
+    figsize=(4.5 * len(widths), 3.2 * len(classes)),
+    squeeze=False,
+    dpi=110,
+  )
   for i, c in enumerate(classes):
     for j, w in enumerate(widths):
       row, ev, density = run_one(os.path.join(workdir, f"C{c}_w{w}"), c, w)
@@ -130,14 +177,15 @@ def main(argv):
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "spectra.png"))
   plt.close(fig)
-  notes = (f"Gaussian blobs in R^{_DIM.value}, separation {_SEPARATION.value}, {_NUM_TRAIN.value} "
-           f"examples; MLP (width, C); {_NUM_STEPS.value} full-batch GD steps at lr "
-           f"{_LEARNING_RATE.value}. Outliers: the eigenvalues above the largest relative gap among "
-           "the top 2C+1. Sagun et al. report the outliers' count tracking the number of classes; "
-           "Papyan (2020) refines it to C-1 for cross-entropy, the column beside ours. Bulk "
-           "statistics exclude the outliers.")
-  reporting.write_table(workdir, rows, title="Hessian spectrum at the end of training",
-                        notes=notes)
+  notes = (
+    f"Gaussian blobs in R^{_DIM.value}, separation {_SEPARATION.value}, {_NUM_TRAIN.value} "
+    f"examples; MLP (width, C); {_NUM_STEPS.value} full-batch GD steps at lr "
+    f"{_LEARNING_RATE.value}. Outliers: the eigenvalues above the largest relative gap among "
+    "the top 2C+1. Sagun et al. report the outliers' count tracking the number of classes; "
+    "Papyan (2020) refines it to C-1 for cross-entropy, the column beside ours. Bulk "
+    "statistics exclude the outliers."
+  )
+  reporting.write_table(workdir, rows, title="Hessian spectrum at the end of training", notes=notes)
   print(open(os.path.join(workdir, "results.md")).read())
 
 

@@ -24,23 +24,29 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags, logging
 
 from experiments import flag_checks, reporting
 from gradlab import data, gradstats, models, sharding, train
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/noise_scale", "Output directory.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Reference run's batch size.")
-_SWEEP = flags.DEFINE_list("sweep", ["8", "16", "32", "64", "128", "256", "512"],
-                           "Batch sizes of the steps-vs-batch-size sweep.")
+_SWEEP = flags.DEFINE_list(
+  "sweep",
+  ["8", "16", "32", "64", "128", "256", "512"],
+  "Batch sizes of the steps-vs-batch-size sweep.",
+)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.5, "Reference run's SGD learning rate.")
-_LR_GRID = flags.DEFINE_list("lr_grid", ["0.05", "0.1", "0.2", "0.5", "1", "2"],
-                             "SGD learning rates tried at each batch size of the sweep (the "
-                             "trade-off assumes the learning rate tuned per batch size).")
+_LR_GRID = flags.DEFINE_list(
+  "lr_grid",
+  ["0.05", "0.1", "0.2", "0.5", "1", "2"],
+  "SGD learning rates tried at each batch size of the sweep (the "
+  "trade-off assumes the learning rate tuned per batch size).",
+)
 _TARGET = flags.DEFINE_float("target_loss", 0.15, "Training-loss target of the sweep.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 20000, "Cap on steps per sweep run.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 600, "Reference run's steps.")
@@ -58,6 +64,7 @@ def _setup():
 
   def loss(p, b):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, b["x"]), b["y"]).mean()
+
   return ds, params, loss
 
 
@@ -70,16 +77,28 @@ def reference_run(workdir, ds, params, loss):
   step = train.make_train_step(train_loss, opt, mesh=mesh, value_and_grad_fn=vg)
   full = {"x": jnp.asarray(ds.x_train), "y": jnp.asarray(ds.y_train)}
   probe = gradstats.gradient_statistics_instrument(train_loss)
-  state = jax.device_put(train.TrainState.create(params, opt, jax.random.key(1)),
-                         sharding.replicated(mesh))
-  train.fit(state, step,
-            lambda s: data.iterate_batches({"x": ds.x_train, "y": ds.y_train},
-                                           batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-                                           start_step=s, mesh=mesh),
-            num_steps=_NUM_STEPS.value, workdir=workdir, checkpoint_every=_NUM_STEPS.value // 2,
-            log_every=_PROBE_EVERY.value, eval_fn=lambda p: {"train_loss": loss(p, full)},
-            eval_every=_PROBE_EVERY.value, progress_every=_NUM_STEPS.value,
-            instruments=[train.Instrument("gs", probe, _PROBE_EVERY.value)])
+  state = jax.device_put(
+    train.TrainState.create(params, opt, jax.random.key(1)), sharding.replicated(mesh)
+  )
+  train.fit(
+    state,
+    step,
+    lambda s: data.iterate_batches(
+      {"x": ds.x_train, "y": ds.y_train},
+      batch_size=_BATCH_SIZE.value,
+      seed=_SEED.value,
+      start_step=s,
+      mesh=mesh,
+    ),
+    num_steps=_NUM_STEPS.value,
+    workdir=workdir,
+    checkpoint_every=_NUM_STEPS.value // 2,
+    log_every=_PROBE_EVERY.value,
+    eval_fn=lambda p: {"train_loss": loss(p, full)},
+    eval_every=_PROBE_EVERY.value,
+    progress_every=_NUM_STEPS.value,
+    instruments=[train.Instrument("gs", probe, _PROBE_EVERY.value)],
+  )
   return train.read_metrics(os.path.join(workdir, "metrics.jsonl")), n_dev
 
 
@@ -96,8 +115,9 @@ def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str) ->
     return optax.apply_updates(p, u), s
 
   full_loss = jax.jit(lambda p: loss(p, {"x": ds.x_train, "y": ds.y_train}))
-  it = data.iterate_batches({"x": ds.x_train, "y": ds.y_train}, batch_size=batch_size,
-                            seed=_SEED.value)
+  it = data.iterate_batches(
+    {"x": ds.x_train, "y": ds.y_train}, batch_size=batch_size, seed=_SEED.value
+  )
   p, s, found = params, opt.init(params), None
   for i in range(1, _MAX_STEPS.value + 1):
     p, s = step(p, s, next(it))
@@ -115,23 +135,48 @@ def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str) ->
 def main(argv):
   del argv
   try:
-    sweep = flag_checks.number_list("sweep", _SWEEP.value, kind=int, valid=lambda b: b >= 1,
-                                    min_count=3,
-                                    expected="at least 3 comma-separated positive batch sizes")
-    flag_checks.require(max(sweep) <= 1437, "sweep", "batch sizes <= the 1437 training digits",
-                        max(sweep))
+    sweep = flag_checks.number_list(
+      "sweep",
+      _SWEEP.value,
+      kind=int,
+      valid=lambda b: b >= 1,
+      min_count=3,
+      expected="at least 3 comma-separated positive batch sizes",
+    )
+    flag_checks.require(
+      max(sweep) <= 1437, "sweep", "batch sizes <= the 1437 training digits", max(sweep)
+    )
     for name in ("batch_size", "max_steps", "num_steps", "probe_every", "hidden"):
       flag_checks.positive(name, flags.FLAGS[name].value)
-    flag_checks.require(_BATCH_SIZE.value >= 2 and _BATCH_SIZE.value % jax.device_count() == 0,
-                        "batch_size", f">= 2 and divisible by {jax.device_count()} devices",
-                        _BATCH_SIZE.value)
+    flag_checks.require(
+      _BATCH_SIZE.value >= 2 and _BATCH_SIZE.value % jax.device_count() == 0,
+      "batch_size",
+      f">= 2 and divisible by {jax.device_count()} devices",
+      _BATCH_SIZE.value,
+    )
     flag_checks.positive("learning_rate", _LEARNING_RATE.value)
-    flag_checks.number_list("lr_grid", _LR_GRID.value, valid=lambda v: v > 0,
-                            expected="a comma-separated list of positive numbers")
+    flag_checks.number_list(
+      "lr_grid",
+      _LR_GRID.value,
+      valid=lambda v: v > 0,
+      expected="a comma-separated list of positive numbers",
+    )
     flag_checks.positive("target_loss", _TARGET.value)
-    flag_checks.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
-        "batch_size", "learning_rate", "target_loss", "num_steps", "probe_every", "hidden",
-        "seed")})
+    flag_checks.check_same_run(
+      _WORKDIR.value,
+      {
+        k: flags.FLAGS[k].value
+        for k in (
+          "batch_size",
+          "learning_rate",
+          "target_loss",
+          "num_steps",
+          "probe_every",
+          "hidden",
+          "seed",
+        )
+      },
+    )
   except flag_checks.FlagError as e:
     flag_checks.exit_on_flag_error(PROG, e)
 
@@ -142,64 +187,109 @@ def main(argv):
   reached = [r["step"] for r in records if r.get("eval/train_loss", 1e9) <= _TARGET.value]
   horizon = reached[0] if reached else _NUM_STEPS.value
   before = [r for r in probes if r["step"] <= horizon]
-  b_simple = float(gradstats.ratio_of_means([r["gs/g_sq"] for r in before],
-                                            [r["gs/trace_sigma"] for r in before]))
+  b_simple = float(
+    gradstats.ratio_of_means([r["gs/g_sq"] for r in before], [r["gs/trace_sigma"] for r in before])
+  )
   window = 4
-  curve = [(probes[i]["step"], float(gradstats.ratio_of_means(
-      [r["gs/g_sq"] for r in probes[max(0, i - window):i + window + 1]],
-      [r["gs/trace_sigma"] for r in probes[max(0, i - window):i + window + 1]])))
-      for i in range(len(probes))]
+  curve = [
+    (
+      probes[i]["step"],
+      float(
+        gradstats.ratio_of_means(
+          [r["gs/g_sq"] for r in probes[max(0, i - window) : i + window + 1]],
+          [r["gs/trace_sigma"] for r in probes[max(0, i - window) : i + window + 1]],
+        )
+      ),
+    )
+    for i in range(len(probes))
+  ]
   curves = {"per-example (window of 9 probes)": tuple(map(list, zip(*curve)))}
   free = None
   if n_dev >= 2:
     with_noise = [r for r in records if "noise/g_sq" in r and r["step"] <= horizon]
-    free = float(gradstats.ratio_of_means([r["noise/g_sq"] for r in with_noise],
-                                          [r["noise/trace_sigma"] for r in with_noise]))
+    free = float(
+      gradstats.ratio_of_means(
+        [r["noise/g_sq"] for r in with_noise], [r["noise/trace_sigma"] for r in with_noise]
+      )
+    )
     allr = [r for r in records if "noise/g_sq" in r]
     curves[f"free, {n_dev} devices (window)"] = (
-        [r["step"] for r in allr],
-        [float(gradstats.ratio_of_means([q["noise/g_sq"] for q in allr[max(0, i - 4):i + 5]],
-                                        [q["noise/trace_sigma"] for q in allr[max(0, i - 4):i + 5]]))
-         for i, r in enumerate(allr)])
-  reporting.plot_curves(os.path.join(workdir, "noise_scale.png"), curves, xlabel="step",
-                        ylabel="B_simple", logy=True,
-                        title=f"Gradient noise scale, reference run (batch {_BATCH_SIZE.value})")
+      [r["step"] for r in allr],
+      [
+        float(
+          gradstats.ratio_of_means(
+            [q["noise/g_sq"] for q in allr[max(0, i - 4) : i + 5]],
+            [q["noise/trace_sigma"] for q in allr[max(0, i - 4) : i + 5]],
+          )
+        )
+        for i, r in enumerate(allr)
+      ],
+    )
+  reporting.plot_curves(
+    os.path.join(workdir, "noise_scale.png"),
+    curves,
+    xlabel="step",
+    ylabel="B_simple",
+    logy=True,
+    title=f"Gradient noise scale, reference run (batch {_BATCH_SIZE.value})",
+  )
 
   rows = []
   lrs = [float(v) for v in _LR_GRID.value]
   for b in sweep:
-    tried = {lr: steps_to_target(ds, params, loss, b, lr,
-                                 os.path.join(workdir, f"sweep_B{b}_lr{lr:g}.json")) for lr in lrs}
+    tried = {
+      lr: steps_to_target(
+        ds, params, loss, b, lr, os.path.join(workdir, f"sweep_B{b}_lr{lr:g}.json")
+      )
+      for lr in lrs
+    }
     ok = {lr: st for lr, st in tried.items() if st is not None}
     best = min(ok, key=ok.get) if ok else None
     s = ok.get(best)
-    rows.append({"batch size": b, "steps to target": s if s is not None else "not reached",
-                 "best lr": best if best is not None else "", "examples": b * s if s else ""})
+    rows.append(
+      {
+        "batch size": b,
+        "steps to target": s if s is not None else "not reached",
+        "best lr": best if best is not None else "",
+        "examples": b * s if s else "",
+      }
+    )
     logging.info("batch %d: %s steps to loss %.3f (lr %s)", b, s, _TARGET.value, best)
-  done = [(r["batch size"], r["steps to target"]) for r in rows
-          if isinstance(r["steps to target"], int)]
+  done = [
+    (r["batch size"], r["steps to target"]) for r in rows if isinstance(r["steps to target"], int)
+  ]
   bs, ss = np.array([d[0] for d in done], float), np.array([d[1] for d in done], float)
   slope, s_min = np.polyfit(1.0 / bs, ss, 1)  # S = S_min + S_min B_crit / B
   b_crit = slope / s_min
   fit = s_min * (1 + b_crit / bs)
-  reporting.plot_curves(os.path.join(workdir, "steps_vs_batch.png"),
-                        {"measured": (list(bs), list(ss)), "S_min (1 + B_crit/B) fit": (list(bs), list(fit))},
-                        xlabel="batch size", ylabel=f"steps to train loss {_TARGET.value}",
-                        logy=True, title=f"B_crit = {b_crit:.0f}, B_simple = {b_simple:.0f}")
-  summary = [{"quantity": "B_crit (fit of S = S_min (1 + B_crit/B))", "value": b_crit},
-             {"quantity": "S_min (steps)", "value": s_min},
-             {"quantity": "B_simple, per-example, ratio of means before the target", "value": b_simple}]
+  reporting.plot_curves(
+    os.path.join(workdir, "steps_vs_batch.png"),
+    {"measured": (list(bs), list(ss)), "S_min (1 + B_crit/B) fit": (list(bs), list(fit))},
+    xlabel="batch size",
+    ylabel=f"steps to train loss {_TARGET.value}",
+    logy=True,
+    title=f"B_crit = {b_crit:.0f}, B_simple = {b_simple:.0f}",
+  )
+  summary = [
+    {"quantity": "B_crit (fit of S = S_min (1 + B_crit/B))", "value": b_crit},
+    {"quantity": "S_min (steps)", "value": s_min},
+    {"quantity": "B_simple, per-example, ratio of means before the target", "value": b_simple},
+  ]
   if free is not None:
     summary.append({"quantity": f"B_simple, free ({n_dev} devices), same stretch", "value": free})
-  reporting.write_table(workdir, rows, title="Steps to the loss target against batch size",
-                        name="sweep")
-  notes = (f"Digits MLP (64-{_HIDDEN.value}-10). Reference run: SGD lr {_LEARNING_RATE.value}, "
-           f"batch {_BATCH_SIZE.value}. Sweep: SGD, the best of lr in {{{', '.join(_LR_GRID.value)}}} "
-           f"at each batch size, training-loss target {_TARGET.value}. The paper predicts B_crit ~ "
-           "B_noise, of which B_simple is the simpler proxy (exact for a well-conditioned Hessian); compare the two rows above. "
-           "The sweep's table is sweep.md.")
-  reporting.write_table(workdir, summary, title="Gradient noise scale and critical batch size",
-                        notes=notes)
+  reporting.write_table(
+    workdir, rows, title="Steps to the loss target against batch size", name="sweep"
+  )
+  notes = (
+    f"Digits MLP (64-{_HIDDEN.value}-10). Reference run: SGD lr {_LEARNING_RATE.value}, "
+    f"batch {_BATCH_SIZE.value}. Sweep: SGD, the best of lr in {{{', '.join(_LR_GRID.value)}}} "
+    f"at each batch size, training-loss target {_TARGET.value}. The paper predicts B_crit ~ "
+    "B_noise, of which B_simple is the simpler proxy (exact for a well-conditioned Hessian); compare the two rows above. "
+    "The sweep's table is sweep.md."
+  )
+  reporting.write_table(
+    workdir, summary, title="Gradient noise scale and critical batch size", notes=notes
+  )
   print(open(os.path.join(workdir, "results.md")).read())
   print(open(os.path.join(workdir, "sweep.md")).read())
 

@@ -36,19 +36,19 @@ from experiments import flag_checks, reporting
 from gradlab import policy, tasks
 
 ESTIMATORS = {
-    "reinforce": functools.partial(policy.reinforce_advantages, baseline="none"),
-    "reinforce (batch LOO)": policy.reinforce_advantages,
-    "rloo": policy.rloo_advantages,
-    "dr_grpo": policy.dr_grpo_advantages,
-    "grpo": policy.grpo_advantages,
-    "bnpo": policy.bnpo_advantages,
-    "w_reinforce": policy.weighted_reinforce_advantages,
-    "nsr": policy.nsr_advantages,
+  "reinforce": functools.partial(policy.reinforce_advantages, baseline="none"),
+  "reinforce (batch LOO)": policy.reinforce_advantages,
+  "rloo": policy.rloo_advantages,
+  "dr_grpo": policy.dr_grpo_advantages,
+  "grpo": policy.grpo_advantages,
+  "bnpo": policy.bnpo_advantages,
+  "w_reinforce": policy.weighted_reinforce_advantages,
+  "nsr": policy.nsr_advantages,
 }
 H = {  # h(k) with A = h(k)(r - mean) for the group-centred ones
-    "rloo": lambda g: (lambda k: g / (g - 1)),
-    "dr_grpo": lambda g: (lambda k: 1.0),
-    "grpo": lambda g: policy.grpo_h(g),
+  "rloo": lambda g: lambda k: g / (g - 1),
+  "dr_grpo": lambda g: lambda k: 1.0,
+  "grpo": lambda g: policy.grpo_h(g),
 }
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/policy_gradient_variance", "Output directory.")
@@ -63,8 +63,13 @@ PROG = "policy_gradient_variance"
 
 def _parse():
   c = flag_checks
-  groups = c.number_list("groups", _GROUPS.value, kind=int, valid=lambda g: g >= 2,
-                         expected="a comma-separated list of group sizes >= 2")
+  groups = c.number_list(
+    "groups",
+    _GROUPS.value,
+    kind=int,
+    valid=lambda g: g >= 2,
+    expected="a comma-separated list of group sizes >= 2",
+  )
   mixes = []
   for m in _MIXES.value:
     parts = m.split(":")
@@ -75,8 +80,9 @@ def _parse():
       ok, a, b = False, 0, 0
     c.require(ok and a > 0 and b > 0, "mixes", "a list of a:b with a, b > 0", m)
     mixes.append((a, b))
-  c.require(_NUM_PROMPTS.value >= 2, "num_prompts", ">= 2 (BNPO fits across prompts)",
-            _NUM_PROMPTS.value)
+  c.require(
+    _NUM_PROMPTS.value >= 2, "num_prompts", ">= 2 (BNPO fits across prompts)", _NUM_PROMPTS.value
+  )
   c.positive("num_batches", _NUM_BATCHES.value)
   c.require(_BUDGET.value >= 2, "budget_per_prompt", ">= 2", _BUDGET.value)
   return groups, mixes
@@ -91,17 +97,28 @@ def _allocation_rows(pop, budget_per_prompt, key, num_batches):
   probs = jax.nn.softmax(pop.logits)
   # G_x: the mean norm of grad log pi over accepted (correct) answers, as GVM measures it
   gx = jnp.linalg.norm(jnp.eye(4)[0] - probs, axis=-1)
-  schemes = {"uniform": np.full(num, budget_per_prompt),
-             "gvm": np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1))}
+  schemes = {
+    "uniform": np.full(num, budget_per_prompt),
+    "gvm": np.asarray(policy.gvm_allocation(pop.p, gx, budget, minimum=1)),
+  }
   target = tasks.bandit.raft_target(pop)
   rows = []
   for name, counts in schemes.items():
     est = tasks.bandit.raft_estimates(pop, counts, key, num_batches)
     mse = float(jnp.mean(jnp.sum((est - target) ** 2, axis=1)))
-    rows.append({"scheme": name, "responses": int(counts.sum()), "min per prompt": int(counts.min()),
-                 "max per prompt": int(counts.max()), "MSE of the batch gradient": mse})
+    rows.append(
+      {
+        "scheme": name,
+        "responses": int(counts.sum()),
+        "min per prompt": int(counts.min()),
+        "max per prompt": int(counts.max()),
+        "MSE of the batch gradient": mse,
+      }
+    )
   for r in rows:
-    r["ratio vs uniform (same budget)"] = r["MSE of the batch gradient"] / rows[0]["MSE of the batch gradient"]
+    r["ratio vs uniform (same budget)"] = (
+      r["MSE of the batch gradient"] / rows[0]["MSE of the batch gradient"]
+    )
   return rows
 
 
@@ -120,31 +137,55 @@ def main(argv):
     truth = tasks.bandit.exact_gradient(pop)
     for g in groups:
       for name, fn in ESTIMATORS.items():
-        est = tasks.bandit.sample_estimates(pop, fn, g, jax.random.fold_in(key, g), _NUM_BATCHES.value)
+        est = tasks.bandit.sample_estimates(
+          pop, fn, g, jax.random.fold_in(key, g), _NUM_BATCHES.value
+        )
         stats = tasks.bandit.bias_and_variance(est, truth)
-        rows.append({"mix": f"Beta({a:g},{b:g})", "G": g, "estimator": name, **stats,
-                     "variance per response": stats["trace covariance"] * g * _NUM_PROMPTS.value})
+        rows.append(
+          {
+            "mix": f"Beta({a:g},{b:g})",
+            "G": g,
+            "estimator": name,
+            **stats,
+            "variance per response": stats["trace covariance"] * g * _NUM_PROMPTS.value,
+          }
+        )
         curves.setdefault(f"Beta({a:g},{b:g})", {}).setdefault(name, ([], []))
         curves[f"Beta({a:g},{b:g})"][name][0].append(g)
         curves[f"Beta({a:g},{b:g})"][name][1].append(stats["relative variance"])
-      print(f"Beta({a:g},{b:g}) G={g}: " + ", ".join(
-          f"{r['estimator']} {r['relative variance']:.3f}" for r in rows[-len(ESTIMATORS):]),
-          flush=True)
-  reporting.write_table(workdir, rows, title="Group policy-gradient estimators: bias and variance",
-                        notes=(f"{_NUM_PROMPTS.value} tabular prompts (4 answers, 2 correct) at "
-                               f"Beta quantiles; {_NUM_BATCHES.value} Monte Carlo batches per cell. "
-                               "Bias against the exact gradient of the mean success rate; 'scale' is "
-                               "the projection of E g on grad J (1 = unbiased in magnitude). "
-                               "Reference (research notes, exact, idealized BNPO): G=8, "
-                               "Beta(0.5,2): REINFORCE 0.783, RLOO 0.537, GRPO 0.559, BNPO 0.504."))
+      print(
+        f"Beta({a:g},{b:g}) G={g}: "
+        + ", ".join(
+          f"{r['estimator']} {r['relative variance']:.3f}" for r in rows[-len(ESTIMATORS) :]
+        ),
+        flush=True,
+      )
+  reporting.write_table(
+    workdir,
+    rows,
+    title="Group policy-gradient estimators: bias and variance",
+    notes=(
+      f"{_NUM_PROMPTS.value} tabular prompts (4 answers, 2 correct) at "
+      f"Beta quantiles; {_NUM_BATCHES.value} Monte Carlo batches per cell. "
+      "Bias against the exact gradient of the mean success rate; 'scale' is "
+      "the projection of E g on grad J (1 = unbiased in magnitude). "
+      "Reference (research notes, exact, idealized BNPO): G=8, "
+      "Beta(0.5,2): REINFORCE 0.783, RLOO 0.537, GRPO 0.559, BNPO 0.504."
+    ),
+  )
   for mix, by_name in curves.items():
-    reporting.plot_curves(os.path.join(workdir, f"relative_variance_{mix}.png".replace(",", "_")),
-                          by_name, xlabel="group size G", ylabel="tr Cov / ||E g||^2", logy=True,
-                          title=f"relative variance, prompts ~ {mix}")
+    reporting.plot_curves(
+      os.path.join(workdir, f"relative_variance_{mix}.png".replace(",", "_")),
+      by_name,
+      xlabel="group size G",
+      ylabel="tr Cov / ||E g||^2",
+      logy=True,
+      title=f"relative variance, prompts ~ {mix}",
+    )
   scale_rows, scale_curves = [], {}
   for p in (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95):
     for g in groups:
-      row = {"p": p, "G": g, "P(no signal)": p ** g + (1 - p) ** g}
+      row = {"p": p, "G": g, "P(no signal)": p**g + (1 - p) ** g}
       for name, h in H.items():
         row[f"c {name}"] = policy.group_scale(h(g), p, g)
       scale_rows.append(row)
@@ -153,20 +194,39 @@ def main(argv):
           scale_curves.setdefault(name, ([], []))
           scale_curves[name][0].append(p)
           scale_curves[name][1].append(row[f"c {name}"])
-  reporting.write_table(workdir, scale_rows, name="scale",
-                        title="Exact per-prompt scale c(p, G) of E[g] along grad p",
-                        notes="c = 1: unbiased. Closed form over k ~ Bin(G, p) (gradlab.policy.group_scale).")
-  reporting.plot_curves(os.path.join(workdir, "scale.png"), scale_curves, xlabel="success rate p",
-                        ylabel=f"c(p, G={max(groups)})", title="difficulty bias of the group estimators")
-  alloc = _allocation_rows(tasks.bandit.beta_population(_NUM_PROMPTS.value, *mixes[-1]), _BUDGET.value,
-                           jax.random.key(1), min(_NUM_BATCHES.value, 4000))
-  reporting.write_table(workdir, alloc, name="allocation",
-                        title="GVM-RAFT allocation against uniform, same budget (RAFT estimator)",
-                        notes=("Monte Carlo MSE of the estimate of (1/P) sum_x grad log p_x (the EM "
-                               "objective GVM-RAFT allocates for) against its exact value. For a "
-                               "group-baselined estimator such as RLOO the Neyman rule is instead "
-                               "n_x ~ sqrt(p(1-p)) ||score||, and GVM's 1/sqrt(p) allocation is worse "
-                               "than uniform (1.4x MSE in our check): allocate for the estimator used."))
+  reporting.write_table(
+    workdir,
+    scale_rows,
+    name="scale",
+    title="Exact per-prompt scale c(p, G) of E[g] along grad p",
+    notes="c = 1: unbiased. Closed form over k ~ Bin(G, p) (gradlab.policy.group_scale).",
+  )
+  reporting.plot_curves(
+    os.path.join(workdir, "scale.png"),
+    scale_curves,
+    xlabel="success rate p",
+    ylabel=f"c(p, G={max(groups)})",
+    title="difficulty bias of the group estimators",
+  )
+  alloc = _allocation_rows(
+    tasks.bandit.beta_population(_NUM_PROMPTS.value, *mixes[-1]),
+    _BUDGET.value,
+    jax.random.key(1),
+    min(_NUM_BATCHES.value, 4000),
+  )
+  reporting.write_table(
+    workdir,
+    alloc,
+    name="allocation",
+    title="GVM-RAFT allocation against uniform, same budget (RAFT estimator)",
+    notes=(
+      "Monte Carlo MSE of the estimate of (1/P) sum_x grad log p_x (the EM "
+      "objective GVM-RAFT allocates for) against its exact value. For a "
+      "group-baselined estimator such as RLOO the Neyman rule is instead "
+      "n_x ~ sqrt(p(1-p)) ||score||, and GVM's 1/sqrt(p) allocation is worse "
+      "than uniform (1.4x MSE in our check): allocate for the estimator used."
+    ),
+  )
   print(f"results in {workdir}")
 
 

@@ -21,17 +21,23 @@ from __future__ import annotations
 import itertools
 import os
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags, logging
 
 from experiments import flag_checks, reporting
 from gradlab import discrete, train
 
-ESTIMATORS = ("exact", "straight_through", "reinmax", "straight_through_gumbel", "gumbel_rao",
-              "reinforce")
+ESTIMATORS = (
+  "exact",
+  "straight_through",
+  "reinmax",
+  "straight_through_gumbel",
+  "gumbel_rao",
+  "reinforce",
+)
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/reinmax_polynomial", "Output directory.")
 _POWERS = flags.DEFINE_list("powers", ["1.5", "2", "3"], "Exponents p of the objective.")
@@ -54,19 +60,36 @@ PROG = "reinmax_polynomial"
 
 def _check_flags() -> list[float]:
   c = flag_checks
-  powers = c.number_list("powers", _POWERS.value, valid=lambda p: p >= 1,
-                         expected="a comma-separated list of numbers >= 1")
+  powers = c.number_list(
+    "powers",
+    _POWERS.value,
+    valid=lambda p: p >= 1,
+    expected="a comma-separated list of numbers >= 1",
+  )
   for e in _ESTIMATORS.value:
     c.one_of("estimators", e, ESTIMATORS)
   c.positive("temperature", _TEMPERATURE.value)
-  for name in ("num_latents", "batch_size", "num_steps", "seeds", "gumbel_rao_samples",
-               "log_every", "probe_every", "probe_draws", "checkpoint_every"):
+  for name in (
+    "num_latents",
+    "batch_size",
+    "num_steps",
+    "seeds",
+    "gumbel_rao_samples",
+    "log_every",
+    "probe_every",
+    "probe_draws",
+    "checkpoint_every",
+  ):
     c.positive(name, flags.FLAGS[name].value)
   c.positive("learning_rate", _LEARNING_RATE.value)
   c.require(0 < _C.value < 1, "c", "in (0, 1)", _C.value)
   if "reinforce" in _ESTIMATORS.value:
-    c.require(_BATCH_SIZE.value >= 2, "batch_size", ">= 2 for REINFORCE's leave-one-out baseline",
-              _BATCH_SIZE.value)
+    c.require(
+      _BATCH_SIZE.value >= 2,
+      "batch_size",
+      ">= 2 for REINFORCE's leave-one-out baseline",
+      _BATCH_SIZE.value,
+    )
   return powers
 
 
@@ -76,7 +99,8 @@ def _objective(p: float, c: float):
 
   def expected(theta):  # exact E f, separable over latents
     q = jax.nn.softmax(theta, axis=-1)[..., 0]
-    return jnp.mean(q * abs(1 - c) ** p + (1 - q) * c ** p)
+    return jnp.mean(q * abs(1 - c) ** p + (1 - q) * c**p)
+
   return f, expected
 
 
@@ -84,23 +108,29 @@ def _make_loss(name: str, f, expected):
   if name == "exact":
     return lambda theta, batch, key: (expected(theta), {"expected_loss": expected(theta)})
   if name == "reinforce":
+
     def loss(theta, batch, key):
-      out = discrete.reinforce(key, theta, f, num_samples=_BATCH_SIZE.value,
-                               baseline="leave_one_out")
+      out = discrete.reinforce(
+        key, theta, f, num_samples=_BATCH_SIZE.value, baseline="leave_one_out"
+      )
       return out.loss, {"expected_loss": expected(theta)}
+
     return loss
-  sample = discrete.make_estimator(name, temperature=_TEMPERATURE.value,
-                                   num_samples=_GR_SAMPLES.value)
+  sample = discrete.make_estimator(
+    name, temperature=_TEMPERATURE.value, num_samples=_GR_SAMPLES.value
+  )
 
   def loss(theta, batch, key):
     keys = jax.random.split(key, _BATCH_SIZE.value)
     values = jax.vmap(lambda k: f(sample(k, theta)))(keys)
     return jnp.mean(values), {"expected_loss": expected(theta)}
+
   return loss
 
 
 def _gradient_probe(loss_fn, expected):
   """Cosine and relative bias of the estimator against the exact gradient."""
+
   def probe(theta, batch, key):
     exact = jax.grad(expected)(theta)
     keys = jax.random.split(key, _PROBE_DRAWS.value)
@@ -112,6 +142,7 @@ def _gradient_probe(loss_fn, expected):
     # the Monte Carlo floor of `bias`: sqrt(tr Cov / draws) / |g|
     floor = jnp.sqrt(jnp.sum(jnp.var(flat, 0)) / flat.shape[0]) / norm
     return {"cosine": jnp.mean(cos), "relative_bias": bias, "bias_noise_floor": floor}
+
   return probe
 
 
@@ -125,11 +156,16 @@ def run_one(workdir: str, p: float, name: str, seed: int) -> dict:
   step = train.make_train_step(loss_fn, optimizer, norm_metrics=False)
   dummy = {"unused": np.zeros((1,), np.float32)}
   _, last = train.fit(
-      state, step, lambda start: itertools.repeat(dummy), num_steps=_NUM_STEPS.value,
-      workdir=workdir, checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value,
-      progress_every=_NUM_STEPS.value,
-      instruments=[train.Instrument("grad", _gradient_probe(loss_fn, expected),
-                                    _PROBE_EVERY.value)])
+    state,
+    step,
+    lambda start: itertools.repeat(dummy),
+    num_steps=_NUM_STEPS.value,
+    workdir=workdir,
+    checkpoint_every=_CHECKPOINT_EVERY.value,
+    log_every=_LOG_EVERY.value,
+    progress_every=_NUM_STEPS.value,
+    instruments=[train.Instrument("grad", _gradient_probe(loss_fn, expected), _PROBE_EVERY.value)],
+  )
   return last
 
 
@@ -137,9 +173,18 @@ def main(argv):
   del argv
   try:
     powers = _check_flags()
-    config = {k: flags.FLAGS[k].value for k in (
-        "temperature", "num_latents", "batch_size", "learning_rate", "c", "gumbel_rao_samples",
-        "num_steps")}
+    config = {
+      k: flags.FLAGS[k].value
+      for k in (
+        "temperature",
+        "num_latents",
+        "batch_size",
+        "learning_rate",
+        "c",
+        "gumbel_rao_samples",
+        "num_steps",
+      )
+    }
     flag_checks.check_same_run(_WORKDIR.value, config)
   except flag_checks.FlagError as e:
     flag_checks.exit_on_flag_error(PROG, e)
@@ -155,37 +200,59 @@ def main(argv):
         finals.append(last["expected_loss"])
         records = train.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         if seed == 0:
-          curves.setdefault(p, {})[name] = ([r["step"] for r in records],
-                                            [r["expected_loss"] for r in records])
+          curves.setdefault(p, {})[name] = (
+            [r["step"] for r in records],
+            [r["expected_loss"] for r in records],
+          )
           probes = [r for r in records if "grad/cosine" in r]
           quality.setdefault(p, {})[name] = probes
       logging.info("p=%g %s: final expected loss %.4f", p, name, np.mean(finals))
       probes = quality[p][name]
-      rows.append({"p": p, "estimator": name, "final loss (mean)": float(np.mean(finals)),
-                   "final loss (sd)": float(np.std(finals)),
-                   "optimum c^p": _C.value ** p,
-                   f"cosine at step {_PROBE_EVERY.value}":
-                       probes[0]["grad/cosine"] if probes else float("nan"),
-                   f"relative bias at step {_PROBE_EVERY.value}":
-                       probes[0]["grad/relative_bias"] if probes else float("nan")})
+      rows.append(
+        {
+          "p": p,
+          "estimator": name,
+          "final loss (mean)": float(np.mean(finals)),
+          "final loss (sd)": float(np.std(finals)),
+          "optimum c^p": _C.value**p,
+          f"cosine at step {_PROBE_EVERY.value}": probes[0]["grad/cosine"]
+          if probes
+          else float("nan"),
+          f"relative bias at step {_PROBE_EVERY.value}": probes[0]["grad/relative_bias"]
+          if probes
+          else float("nan"),
+        }
+      )
   for p in powers:
-    reporting.plot_curves(os.path.join(workdir, f"curves_p{p:g}.png"), curves[p], xlabel="step",
-                          ylabel="exact E[f]", title=f"Polynomial programming, p={p:g}")
     reporting.plot_curves(
-        os.path.join(workdir, f"gradient_quality_p{p:g}.png"),
-        {n: ([r["step"] for r in q], [r["grad/cosine"] for r in q])
-         for n, q in quality[p].items() if n != "exact"},
-        xlabel="step", ylabel="mean cosine with the exact gradient",
-        title=f"Gradient quality along seed 0's trajectory, p={p:g}")
-  notes = (f"E_D[sum_i |z_i - {_C.value}|^p / {_NUM_LATENTS.value}], Adam lr "
-           f"{_LEARNING_RATE.value:g}, {_BATCH_SIZE.value} samples/step, {_NUM_STEPS.value} steps, "
-           f"tau={_TEMPERATURE.value:g}, {_SEEDS.value} seeds; `final loss` is the exact expected "
-           "loss at the last step. The paper reports this study as training curves only, so no "
-           "paper number stands beside ours; its claim is the ordering: ReinMax reaches c^p while "
-           f"ST stalls (for p=2 at c(1-c) = {_C.value * (1 - _C.value):.4f}). Cosine and relative "
-           "bias are measured at the first probe (seed 0) over "
-           f"{_PROBE_DRAWS.value} draws; the bias includes a Monte Carlo floor logged as "
-           "grad/bias_noise_floor in each run's metrics.jsonl.")
+      os.path.join(workdir, f"curves_p{p:g}.png"),
+      curves[p],
+      xlabel="step",
+      ylabel="exact E[f]",
+      title=f"Polynomial programming, p={p:g}",
+    )
+    reporting.plot_curves(
+      os.path.join(workdir, f"gradient_quality_p{p:g}.png"),
+      {
+        n: ([r["step"] for r in q], [r["grad/cosine"] for r in q])
+        for n, q in quality[p].items()
+        if n != "exact"
+      },
+      xlabel="step",
+      ylabel="mean cosine with the exact gradient",
+      title=f"Gradient quality along seed 0's trajectory, p={p:g}",
+    )
+  notes = (
+    f"E_D[sum_i |z_i - {_C.value}|^p / {_NUM_LATENTS.value}], Adam lr "
+    f"{_LEARNING_RATE.value:g}, {_BATCH_SIZE.value} samples/step, {_NUM_STEPS.value} steps, "
+    f"tau={_TEMPERATURE.value:g}, {_SEEDS.value} seeds; `final loss` is the exact expected "
+    "loss at the last step. The paper reports this study as training curves only, so no "
+    "paper number stands beside ours; its claim is the ordering: ReinMax reaches c^p while "
+    f"ST stalls (for p=2 at c(1-c) = {_C.value * (1 - _C.value):.4f}). Cosine and relative "
+    "bias are measured at the first probe (seed 0) over "
+    f"{_PROBE_DRAWS.value} draws; the bias includes a Monte Carlo floor logged as "
+    "grad/bias_noise_floor in each run's metrics.jsonl."
+  )
   reporting.write_table(workdir, rows, title="ReinMax polynomial programming", notes=notes)
   print(open(os.path.join(workdir, "results.md")).read())
 

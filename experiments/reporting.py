@@ -19,8 +19,14 @@ def _fmt(v: Any) -> str:
   return str(v)
 
 
-def write_table(workdir: str, rows: Sequence[Mapping[str, Any]], *, title: str,
-                notes: str = "", name: str = "results") -> None:
+def write_table(
+  workdir: str,
+  rows: Sequence[Mapping[str, Any]],
+  *,
+  title: str,
+  notes: str = "",
+  name: str = "results",
+) -> None:
   """Writes ``rows`` as ``{name}.md`` (with a title and notes) and ``{name}.csv``."""
   columns = list(dict.fromkeys(k for row in rows for k in row))
   lines = [f"# {title}", ""]
@@ -38,8 +44,15 @@ def write_table(workdir: str, rows: Sequence[Mapping[str, Any]], *, title: str,
     writer.writerows(rows)
 
 
-def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
-                xlabel: str, ylabel: str, title: str = "", logy: bool = False) -> None:
+def plot_curves(
+  path: str,
+  curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+  *,
+  xlabel: str,
+  ylabel: str,
+  title: str = "",
+  logy: bool = False,
+) -> None:
   """One line per ``name: (xs, ys)``, saved as a PNG."""
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   for name, (xs, ys) in curves.items():

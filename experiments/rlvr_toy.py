@@ -31,15 +31,15 @@ import optax
 from absl import app, flags
 
 from experiments import flag_checks, reporting
-from gradlab import models, policy
+from gradlab import models, policy, train
 from gradlab.tasks import digit_sum as ds
 
 METHODS = {
-    "psr": policy.psr_advantages,
-    "nsr": policy.nsr_advantages,
-    "w_reinforce": policy.weighted_reinforce_advantages,
-    "grpo": policy.grpo_advantages,
-    "rloo": policy.rloo_advantages,
+  "psr": policy.psr_advantages,
+  "nsr": policy.nsr_advantages,
+  "w_reinforce": policy.weighted_reinforce_advantages,
+  "grpo": policy.grpo_advantages,
+  "rloo": policy.rloo_advantages,
 }
 KS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -54,7 +54,9 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 25, "Steps between exact pass@k
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 PROG = "rlvr_toy"
-MODEL = models.TinyTransformer(vocab=ds.VOCAB, dim=32, heads=2, layers=2, max_len=ds.RESPONSE_LEN + 1)
+MODEL = models.TinyTransformer(
+  vocab=ds.VOCAB, dim=32, heads=2, layers=2, max_len=ds.RESPONSE_LEN + 1
+)
 
 
 def _sft_data(noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,19 +79,18 @@ def _base_model(seed: int, steps: int, noise: float):
   targets, answers = _sft_data(noise, seed)
   params = MODEL.init(jax.random.key(seed), jnp.zeros((1, ds.RESPONSE_LEN), jnp.int32))
   opt = optax.adam(3e-3)
-  state = opt.init(params)
   t_all, a_all = jnp.asarray(targets), jnp.asarray(answers)
 
-  @jax.jit
-  def step(params, state, key):
+  def sft_loss(p, batch, key):  # the batch is drawn from the key
+    del batch
     idx = jax.random.randint(key, (256,), 0, t_all.shape[0])
-    loss, g = jax.value_and_grad(
-        lambda p: -ds.response_logp(MODEL.apply, p, t_all[idx], a_all[idx]).sum(-1).mean())(params)
-    u, state = opt.update(g, state)
-    return optax.apply_updates(params, u), state, loss
+    return -ds.response_logp(MODEL.apply, p, t_all[idx], a_all[idx]).sum(-1).mean(), {}
+
+  update = jax.jit(train.make_update(sft_loss, opt, norm_metrics=False))
+  state = train.TrainState.create(params, opt, jax.random.key(seed))
   for i in range(steps):
-    params, state, _ = step(params, state, jax.random.key(10_000 + i))
-  return params
+    state, _ = update(state, None, jax.random.key(10_000 + i))
+  return state.params
 
 
 def _train(method: str, base, steps: int, group: int, lr: float, eval_every: int, seed: int):
@@ -97,28 +98,26 @@ def _train(method: str, base, steps: int, group: int, lr: float, eval_every: int
   opt = optax.adam(lr)
   targets = jnp.arange(ds.NUM_TARGETS)
 
-  @jax.jit
-  def step(params, state, key):
-    responses = ds.sample(MODEL.apply, params, key, targets, group)          # [28, G, 3]
-    r = ds.rewards(targets[:, None], responses)                               # [28, G]
-    adv = adv_fn(r)
+  def rl_loss(p, batch, key):  # on-policy: the responses are drawn from the key
+    del batch
+    responses = ds.sample(MODEL.apply, jax.lax.stop_gradient(p), key, targets, group)  # [28, G, 3]
+    r = ds.rewards(targets[:, None], responses)  # [28, G]
     mask = jnp.ones(responses.shape, jnp.float32)
+    logp = ds.response_logp(MODEL.apply, p, jnp.broadcast_to(targets[:, None], r.shape), responses)
+    loss = policy.policy_gradient_loss(logp, adv_fn(r), mask, aggregation="token_mean")
+    return loss, {"reward": jnp.mean(r)}
 
-    def loss_fn(p):
-      logp = ds.response_logp(MODEL.apply, p, jnp.broadcast_to(targets[:, None], r.shape), responses)
-      return policy.policy_gradient_loss(logp, adv, mask, aggregation="token_mean")
-    g = jax.grad(loss_fn)(params)
-    u, state = opt.update(g, state, params)
-    return optax.apply_updates(params, u), state, jnp.mean(r)
-
+  update = jax.jit(train.make_update(rl_loss, opt, norm_metrics=False))
   success = jax.jit(lambda p: ds.success_rates(MODEL.apply, p))
-  params, state = base, opt.init(base)
+  state = train.TrainState.create(base, opt, jax.random.key(seed + 1))
   history = []
   for i in range(steps + 1):
     if i % eval_every == 0 or i == steps:
-      history.append({"step": i, **{f"pass@{k}": v for k, v in ds.pass_at_k(success(params), KS).items()}})
+      history.append(
+        {"step": i, **{f"pass@{k}": v for k, v in ds.pass_at_k(success(state.params), KS).items()}}
+      )
     if i < steps:
-      params, state, _ = step(params, state, jax.random.fold_in(jax.random.key(seed + 1), i))
+      state, _ = update(state, None, jax.random.fold_in(jax.random.key(seed + 1), i))
   return history
 
 
@@ -133,8 +132,21 @@ def main(argv):
       c.positive(name, flags.FLAGS[name].value)
     c.non_negative("sft_steps", _SFT_STEPS.value)
     c.require(0 <= _SFT_NOISE.value <= 1, "sft_noise", "in [0, 1]", _SFT_NOISE.value)
-    c.check_same_run(_WORKDIR.value, {k: flags.FLAGS[k].value for k in (
-        "group", "rl_steps", "sft_steps", "sft_noise", "learning_rate", "eval_every", "seed")})
+    c.check_same_run(
+      _WORKDIR.value,
+      {
+        k: flags.FLAGS[k].value
+        for k in (
+          "group",
+          "rl_steps",
+          "sft_steps",
+          "sft_noise",
+          "learning_rate",
+          "eval_every",
+          "seed",
+        )
+      },
+    )
   except flag_checks.FlagError as e:
     flag_checks.exit_on_flag_error(PROG, e)
   workdir = _WORKDIR.value
@@ -145,26 +157,48 @@ def main(argv):
   results = {}
   for method in _METHODS.value:
     path = os.path.join(workdir, "runs", f"{method}.json")
-    results[method], reused = reporting.cached_unit(path, lambda method=method: _train(
-        method, base, _RL_STEPS.value, _GROUP.value, _LR.value, _EVAL_EVERY.value, _SEED.value))
+    results[method], reused = reporting.cached_unit(
+      path,
+      lambda method=method: _train(
+        method, base, _RL_STEPS.value, _GROUP.value, _LR.value, _EVAL_EVERY.value, _SEED.value
+      ),
+    )
     if not reused:
       last = results[method][-1]
       print(f"{method}: " + ", ".join(f"pass@{k} {last[f'pass@{k}']:.3f}" for k in KS), flush=True)
   rows = [{"method": "base (SFT)", **{f"pass@{k}": v for k, v in base_pass.items()}}]
-  rows += [{"method": m, **{f"pass@{k}": h[-1][f"pass@{k}"] for k in KS}} for m, h in results.items()]
-  reporting.write_table(workdir, rows, title="RLVR toy: exact pass@k after RL",
-                        notes=(f"Digit-sum task, 28 prompts x G={_GROUP.value}, {_RL_STEPS.value} "
-                               f"on-policy steps, Adam lr {_LR.value:g}; base SFT on sorted correct "
-                               f"answers + {_SFT_NOISE.value:.0%} noise. Paper (Zhu et al. 2025, "
-                               "Qwen2.5-Math-7B on MATH): PSR best at pass@1 and worst at large k; "
-                               "NSR and W-REINFORCE keep pass@k at large k."))
-  reporting.plot_curves(os.path.join(workdir, "pass_at_k.png"),
-                        {"base": (list(KS), [base_pass[k] for k in KS]),
-                         **{m: (list(KS), [h[-1][f"pass@{k}"] for k in KS]) for m, h in results.items()}},
-                        xlabel="k", ylabel="pass@k (exact)", title="pass@k after RL")
-  reporting.plot_curves(os.path.join(workdir, "pass1.png"),
-                        {m: ([e["step"] for e in h], [e["pass@1"] for e in h]) for m, h in results.items()},
-                        xlabel="RL step", ylabel="pass@1 (exact)", title="pass@1 over training")
+  rows += [
+    {"method": m, **{f"pass@{k}": h[-1][f"pass@{k}"] for k in KS}} for m, h in results.items()
+  ]
+  reporting.write_table(
+    workdir,
+    rows,
+    title="RLVR toy: exact pass@k after RL",
+    notes=(
+      f"Digit-sum task, 28 prompts x G={_GROUP.value}, {_RL_STEPS.value} "
+      f"on-policy steps, Adam lr {_LR.value:g}; base SFT on sorted correct "
+      f"answers + {_SFT_NOISE.value:.0%} noise. Paper (Zhu et al. 2025, "
+      "Qwen2.5-Math-7B on MATH): PSR best at pass@1 and worst at large k; "
+      "NSR and W-REINFORCE keep pass@k at large k."
+    ),
+  )
+  reporting.plot_curves(
+    os.path.join(workdir, "pass_at_k.png"),
+    {
+      "base": (list(KS), [base_pass[k] for k in KS]),
+      **{m: (list(KS), [h[-1][f"pass@{k}"] for k in KS]) for m, h in results.items()},
+    },
+    xlabel="k",
+    ylabel="pass@k (exact)",
+    title="pass@k after RL",
+  )
+  reporting.plot_curves(
+    os.path.join(workdir, "pass1.png"),
+    {m: ([e["step"] for e in h], [e["pass@1"] for e in h]) for m, h in results.items()},
+    xlabel="RL step",
+    ylabel="pass@1 (exact)",
+    title="pass@1 over training",
+  )
   print(f"results in {workdir}")
 
 

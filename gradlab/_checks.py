@@ -64,10 +64,15 @@ def unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
 def integer(name: str, value: Any, *, minimum: int = 0) -> int:
   """A static integer count ``>= minimum`` (NumPy integers too); returns it as ``int``."""
   if isinstance(value, jax.core.Tracer):
-    raise ValueError(f"{name}: expected a static integer >= {minimum}, got a traced value "
-                     "(with optax.inject_hyperparams, list it in static_args)")
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-      or value < minimum:
+    raise ValueError(
+      f"{name}: expected a static integer >= {minimum}, got a traced value "
+      "(with optax.inject_hyperparams, list it in static_args)"
+    )
+  if (
+    isinstance(value, (bool, np.bool_))
+    or not isinstance(value, (int, np.integer))
+    or value < minimum
+  ):
     _fail(name, f"an integer >= {minimum}", value)
   return int(value)
 
@@ -97,8 +102,10 @@ def finite(name: str, x: Any) -> None:
   """Every entry finite, when concrete."""
   v = concrete(x)
   if v is not None and not np.all(np.isfinite(v)):
-    raise ValueError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(v)))} "
-                     "non-finite entries (NaN or Inf)")
+    raise ValueError(
+      f"{name}: expected finite values, got {int(np.sum(~np.isfinite(v)))} "
+      "non-finite entries (NaN or Inf)"
+    )
 
 
 def probabilities(name: str, x: Any) -> None:
@@ -106,8 +113,9 @@ def probabilities(name: str, x: Any) -> None:
   v = concrete(x)
   if v is not None and not np.all((v >= 0) & (v <= 1)):
     bad = int(np.sum(~((v >= 0) & (v <= 1))))
-    raise ValueError(f"{name}: expected probabilities in [0, 1], got {bad} entries outside "
-                     "(or NaN)")
+    raise ValueError(
+      f"{name}: expected probabilities in [0, 1], got {bad} entries outside (or NaN)"
+    )
 
 
 def logits(name: str, x: Any) -> jax.Array:
@@ -116,16 +124,18 @@ def logits(name: str, x: Any) -> jax.Array:
   if x.ndim == 0:
     raise ValueError(f"{name}: expected shape [..., K] with a category axis last, got a scalar")
   if x.shape[-1] < 2:
-    raise ValueError(f"{name}: expected at least 2 categories on the last axis, got shape "
-                     f"{x.shape}")
+    raise ValueError(
+      f"{name}: expected at least 2 categories on the last axis, got shape {x.shape}"
+    )
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
   finite(name, x)
   return x
 
 
-def rewards(name: str, x: Any, *, reward_range: tuple[float, float] | None = None,
-            min_group: int = 1) -> jax.Array:
+def rewards(
+  name: str, x: Any, *, reward_range: tuple[float, float] | None = None, min_group: int = 1
+) -> jax.Array:
   """Rewards ``[batch, group]`` with ``group >= min_group``, finite, within ``reward_range``."""
   r = jnp.asarray(x)
   if r.ndim != 2:
@@ -133,8 +143,10 @@ def rewards(name: str, x: Any, *, reward_range: tuple[float, float] | None = Non
   if r.shape[0] == 0:
     raise ValueError(f"{name}: the batch is empty (shape {r.shape})")
   if r.shape[1] < min_group:
-    raise ValueError(f"{name}: expected groups of at least {min_group} responses, got shape "
-                     f"{r.shape}" + (" (an empty group)" if r.shape[1] == 0 else ""))
+    raise ValueError(
+      f"{name}: expected groups of at least {min_group} responses, got shape "
+      f"{r.shape}" + (" (an empty group)" if r.shape[1] == 0 else "")
+    )
   if not jnp.issubdtype(r.dtype, jnp.floating):
     r = r.astype(jnp.float32)
   finite(name, r)
@@ -143,8 +155,10 @@ def rewards(name: str, x: Any, *, reward_range: tuple[float, float] | None = Non
     lo, hi = reward_range
     bad = (v < lo) | (v > hi)
     if np.any(bad):
-      raise ValueError(f"{name}: expected rewards in the declared range [{lo}, {hi}], got "
-                       f"{int(np.sum(bad))} outside it (min {v.min():g}, max {v.max():g})")
+      raise ValueError(
+        f"{name}: expected rewards in the declared range [{lo}, {hi}], got "
+        f"{int(np.sum(bad))} outside it (min {v.min():g}, max {v.max():g})"
+      )
   return r
 
 
@@ -169,5 +183,7 @@ def advantages(name: str, x: Any, mask: jax.Array) -> jax.Array:
     return a[..., None]
   if a.shape == mask.shape:
     return a
-  raise ValueError(f"{name}: expected shape {mask.shape[:2]} (per response) or {mask.shape} "
-                   f"(per token), got {a.shape}")
+  raise ValueError(
+    f"{name}: expected shape {mask.shape[:2]} (per response) or {mask.shape} "
+    f"(per token), got {a.shape}"
+  )

@@ -13,13 +13,13 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None, *,
-              data_axis: str = DATA_AXIS) -> Mesh:
+def make_mesh(devices: Sequence[jax.Device] | None = None, *, data_axis: str = DATA_AXIS) -> Mesh:
   """A one-axis mesh over ``devices`` (all devices of all processes by default)."""
   devices = list(jax.devices() if devices is None else devices)
   if not devices:
@@ -54,8 +54,9 @@ def check_shardable(batch: Any, num_shards: int, *, name: str = "batch") -> int:
       raise ValueError(f"{where}: expected a leading batch axis, got a scalar")
     if shape[0] % num_shards:
       raise ValueError(
-          f"{where}: leading axis of size {shape[0]} cannot be sharded over "
-          f"{num_shards} devices; use a batch size divisible by {num_shards}")
+        f"{where}: leading axis of size {shape[0]} cannot be sharded over "
+        f"{num_shards} devices; use a batch size divisible by {num_shards}"
+      )
     sizes.add(shape[0])
   if len(sizes) > 1:
     raise ValueError(f"{name}: leaves disagree on the batch size: {sorted(sizes)}")
@@ -81,7 +82,7 @@ def shard_batch(batch: Any, mesh: Mesh, *, data_axis: str = DATA_AXIS) -> Any:
     if nproc == 1:
       return jax.device_put(x, sharding)
     per = x.shape[0] // nproc
-    local = x[pid * per:(pid + 1) * per]
+    local = x[pid * per : (pid + 1) * per]
     return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
   return jax.tree.map(put, batch)

@@ -12,8 +12,16 @@ def test_readme_python_blocks_run(tmp_path):
   assert len(blocks) >= 2
   namespace: dict = {}
   for block in blocks:
-    exec(compile(block.replace('"/tmp/run"', repr(str(tmp_path / "run"))), "README.md", "exec"),
-         namespace)
+    exec(
+      compile(
+        re.sub(r'"/tmp/(run\w*)"', lambda m: repr(str(tmp_path / m.group(1))), block),
+        "README.md",
+        "exec",
+      ),
+      namespace,
+    )
   assert namespace["last"]["step"] == 1500  # the second block resumed the first's run
   assert namespace["last"]["curvature/lambda_max"] > 0
   assert (tmp_path / "run" / "metrics.jsonl").exists()
+  assert namespace["nnx_last"]["step"] == 200  # the Flax NNX block
+  assert (tmp_path / "run_nnx" / "metrics.jsonl").exists()

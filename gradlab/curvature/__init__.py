@@ -13,22 +13,62 @@ inside. Wrap in ``jax.jit`` with the batch sharded as ``gradlab.train`` has
 it to reduce across devices.
 """
 
-from gradlab.curvature.density import (SpectralDensity, count_outliers, hessian_spectral_density,
-                                       quadrature, spectral_density)
-from gradlab.curvature.lanczos import (EigenResult, Tridiagonal, hessian_top_eigenvalues,
-                                       lanczos_tridiagonal, power_iteration, top_eigenvalues)
+from gradlab.curvature.density import (
+  SpectralDensity,
+  count_outliers,
+  hessian_spectral_density,
+  quadrature,
+  spectral_density,
+)
+from gradlab.curvature.lanczos import (
+  EigenResult,
+  Tridiagonal,
+  hessian_top_eigenvalues,
+  lanczos_tridiagonal,
+  power_iteration,
+  top_eigenvalues,
+)
 from gradlab.curvature.probes import Sampler, sampler_normal, sampler_signs
-from gradlab.curvature.products import (check_scalar_loss, empirical_fisher_vp, ggn_vp, hvp,
-                                        make_hvp)
+from gradlab.curvature.products import check_scalar_loss, empirical_fisher_vp, ggn_vp, hvp, make_hvp
 from gradlab.curvature.sharpness import Sharpness, sharpness, sharpness_instrument
-from gradlab.curvature.trace import (DiagonalEstimate, TraceEstimate, diagonal, hessian_diagonal,
-                                     hessian_trace, hutch_plus_plus, trace)
+from gradlab.curvature.trace import (
+  DiagonalEstimate,
+  TraceEstimate,
+  diagonal,
+  hessian_diagonal,
+  hessian_trace,
+  hutch_plus_plus,
+  trace,
+)
 
 __all__ = [
-    "DiagonalEstimate", "EigenResult", "Sampler", "Sharpness", "SpectralDensity",
-    "TraceEstimate", "Tridiagonal", "check_scalar_loss", "count_outliers", "diagonal",
-    "empirical_fisher_vp", "ggn_vp", "hessian_diagonal", "hessian_spectral_density",
-    "hessian_top_eigenvalues", "hessian_trace", "hutch_plus_plus", "hvp", "lanczos_tridiagonal",
-    "make_hvp", "power_iteration", "quadrature", "sampler_normal", "sampler_signs", "sharpness",
-    "sharpness_instrument", "spectral_density", "top_eigenvalues", "trace",
+  "DiagonalEstimate",
+  "EigenResult",
+  "Sampler",
+  "Sharpness",
+  "SpectralDensity",
+  "TraceEstimate",
+  "Tridiagonal",
+  "check_scalar_loss",
+  "count_outliers",
+  "diagonal",
+  "empirical_fisher_vp",
+  "ggn_vp",
+  "hessian_diagonal",
+  "hessian_spectral_density",
+  "hessian_top_eigenvalues",
+  "hessian_trace",
+  "hutch_plus_plus",
+  "hvp",
+  "lanczos_tridiagonal",
+  "make_hvp",
+  "power_iteration",
+  "quadrature",
+  "sampler_normal",
+  "sampler_signs",
+  "sharpness",
+  "sharpness_instrument",
+  "spectral_density",
+  "top_eigenvalues",
+  "trace",
 ]

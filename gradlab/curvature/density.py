@@ -27,15 +27,16 @@ from gradlab.curvature.products import make_hvp
 
 
 class SpectralDensity(NamedTuple):
-  grid: jax.Array     # [grid_size] eigenvalue axis
+  grid: jax.Array  # [grid_size] eigenvalue axis
   density: jax.Array  # [grid_size] smoothed density on the grid
-  nodes: jax.Array    # [num_runs, m] quadrature nodes (Ritz values)
+  nodes: jax.Array  # [num_runs, m] quadrature nodes (Ritz values)
   weights: jax.Array  # [num_runs, m] quadrature weights (each run's sum to 1)
-  sigma: jax.Array    # the Gaussian smoothing width
+  sigma: jax.Array  # the Gaussian smoothing width
 
 
-def quadrature(matvec: Callable[[Any], Any], like: Any, key: jax.Array, *, num_iterations: int,
-               num_runs: int) -> tuple[jax.Array, jax.Array]:
+def quadrature(
+  matvec: Callable[[Any], Any], like: Any, key: jax.Array, *, num_iterations: int, num_runs: int
+) -> tuple[jax.Array, jax.Array]:
   """SLQ nodes and weights, [num_runs, num_iterations] each."""
   if not isinstance(num_runs, int) or num_runs < 1:
     raise ValueError(f"num_runs: expected an integer >= 1, got {num_runs!r}")
@@ -44,12 +45,20 @@ def quadrature(matvec: Callable[[Any], Any], like: Any, key: jax.Array, *, num_i
     t = lanczos_tridiagonal(matvec, like, k, num_iterations=num_iterations)
     theta, u = jnp.linalg.eigh(tridiagonal_matrix(t))
     return theta, u[0] ** 2
+
   return jax.lax.map(one, jax.random.split(key, num_runs))
 
 
-def spectral_density(matvec: Callable[[Any], Any], like: Any, key: jax.Array, *,
-                     num_iterations: int = 64, num_runs: int = 4, grid_size: int = 1000,
-                     sigma: float | None = None) -> SpectralDensity:
+def spectral_density(
+  matvec: Callable[[Any], Any],
+  like: Any,
+  key: jax.Array,
+  *,
+  num_iterations: int = 64,
+  num_runs: int = 4,
+  grid_size: int = 1000,
+  sigma: float | None = None,
+) -> SpectralDensity:
   """The smoothed SLQ eigenvalue density of a symmetric map.
 
   Args:
@@ -61,16 +70,20 @@ def spectral_density(matvec: Callable[[Any], Any], like: Any, key: jax.Array, *,
   m = min(num_iterations, dimension(like))
   nodes, weights = quadrature(matvec, like, key, num_iterations=m, num_runs=num_runs)
   lo, hi = jnp.min(nodes), jnp.max(nodes)
-  s = jnp.maximum(0.01 * (hi - lo), 1e-6 * jnp.maximum(jnp.abs(hi), 1.0)) if sigma is None \
-      else jnp.asarray(sigma, nodes.dtype)
+  s = (
+    jnp.maximum(0.01 * (hi - lo), 1e-6 * jnp.maximum(jnp.abs(hi), 1.0))
+    if sigma is None
+    else jnp.asarray(sigma, nodes.dtype)
+  )
   grid = jnp.linspace(lo - 6 * s, hi + 6 * s, grid_size)
   kern = jnp.exp(-0.5 * ((grid[:, None, None] - nodes[None]) / s) ** 2) / (s * jnp.sqrt(2 * jnp.pi))
   density = jnp.mean(jnp.sum(kern * weights[None], axis=-1), axis=-1)
   return SpectralDensity(grid, density, nodes, weights, s)
 
 
-def hessian_spectral_density(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                             key: jax.Array, **kwargs) -> SpectralDensity:
+def hessian_spectral_density(
+  loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any, key: jax.Array, **kwargs
+) -> SpectralDensity:
   """``spectral_density`` of the Hessian of ``loss_fn(., batch)`` at ``params``."""
   return spectral_density(make_hvp(loss_fn, params, batch), params, key, **kwargs)
 
@@ -87,7 +100,7 @@ def count_outliers(eigenvalues: jax.Array, *, max_outliers: int) -> jax.Array:
   ev = jnp.sort(jnp.asarray(eigenvalues))[::-1]
   if ev.shape[0] <= max_outliers:
     raise ValueError(f"eigenvalues: need more than max_outliers={max_outliers}, got {ev.shape[0]}")
-  top = ev[:max_outliers + 1]
+  top = ev[: max_outliers + 1]
   tiny = jnp.finfo(top.dtype).tiny
   ratios = jnp.maximum(top[:-1], tiny) / jnp.maximum(top[1:], tiny)
   return jnp.argmax(ratios) + 1

@@ -32,14 +32,14 @@ Matvec = Callable[[Any], Any]
 
 class Tridiagonal(NamedTuple):
   alphas: jax.Array  # [m] diagonal of T
-  betas: jax.Array   # [m - 1] off-diagonal of T
-  basis: jax.Array   # [m, n] the orthonormal Lanczos vectors (flattened)
+  betas: jax.Array  # [m - 1] off-diagonal of T
+  basis: jax.Array  # [m, n] the orthonormal Lanczos vectors (flattened)
 
 
 class EigenResult(NamedTuple):
   eigenvalues: jax.Array  # [k], descending
-  eigenvectors: Any       # pytree like params with a leading axis of size k
-  residuals: jax.Array    # [k] |A x - lambda x| of each Ritz pair (the error bound)
+  eigenvectors: Any  # pytree like params with a leading axis of size k
+  residuals: jax.Array  # [k] |A x - lambda x| of each Ritz pair (the error bound)
 
 
 def _check_iterations(num_iterations: int, n: int) -> None:
@@ -49,8 +49,9 @@ def _check_iterations(num_iterations: int, n: int) -> None:
     raise ValueError(f"num_iterations: {num_iterations} exceeds the dimension {n}")
 
 
-def lanczos_tridiagonal(matvec: Matvec, like: Any, key: jax.Array, *, num_iterations: int,
-                        start: Any = None) -> Tridiagonal:
+def lanczos_tridiagonal(
+  matvec: Matvec, like: Any, key: jax.Array, *, num_iterations: int, start: Any = None
+) -> Tridiagonal:
   """``num_iterations`` Lanczos steps from ``start`` (default: a Rademacher probe)."""
   flat, unravel = ravel_pytree(like)
   n, m = flat.shape[0], num_iterations
@@ -91,8 +92,9 @@ def tridiagonal_matrix(t: Tridiagonal) -> jax.Array:
   return jnp.diag(t.alphas) + jnp.diag(t.betas, 1) + jnp.diag(t.betas, -1)
 
 
-def top_eigenvalues(matvec: Matvec, like: Any, key: jax.Array, *, k: int = 1,
-                    num_iterations: int | None = None) -> EigenResult:
+def top_eigenvalues(
+  matvec: Matvec, like: Any, key: jax.Array, *, k: int = 1, num_iterations: int | None = None
+) -> EigenResult:
   """The top ``k`` eigenpairs of the symmetric map ``matvec``, by Lanczos.
 
   Args:
@@ -123,20 +125,34 @@ def top_eigenvalues(matvec: Matvec, like: Any, key: jax.Array, *, k: int = 1,
   return EigenResult(values, jax.vmap(unravel)(vectors), residuals)
 
 
-def hessian_top_eigenvalues(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                            key: jax.Array, *, k: int = 1,
-                            num_iterations: int | None = None) -> EigenResult:
+def hessian_top_eigenvalues(
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batch: Any,
+  key: jax.Array,
+  *,
+  k: int = 1,
+  num_iterations: int | None = None,
+) -> EigenResult:
   """:func:`top_eigenvalues` of the Hessian of ``loss_fn(., batch)`` at ``params``."""
-  return top_eigenvalues(make_hvp(loss_fn, params, batch), params, key, k=k,
-                         num_iterations=num_iterations)
+  return top_eigenvalues(
+    make_hvp(loss_fn, params, batch), params, key, k=k, num_iterations=num_iterations
+  )
 
 
-def power_iteration(matvec: Matvec, like: Any, key: jax.Array, *, num_iterations: int = 100,
-                    tol: float = 1e-6,
-                    sampler: Sampler = sampler_signs) -> tuple[jax.Array, Any]:
+def power_iteration(
+  matvec: Matvec,
+  like: Any,
+  key: jax.Array,
+  *,
+  num_iterations: int = 100,
+  tol: float = 1e-6,
+  sampler: Sampler = sampler_signs,
+) -> tuple[jax.Array, Any]:
   """Dominant (largest-magnitude) eigenpair by ``optax.power_iteration``."""
   if not isinstance(num_iterations, int) or num_iterations < 1:
     raise ValueError(f"num_iterations: expected an integer >= 1, got {num_iterations!r}")
   check_sampler(sampler)
-  return optax.power_iteration(matvec, v0=sampler(key, like), num_iters=num_iterations,
-                               error_tolerance=tol)
+  return optax.power_iteration(
+    matvec, v0=sampler(key, like), num_iters=num_iterations, error_tolerance=tol
+  )

@@ -33,8 +33,10 @@ def sampler_normal(key: jax.Array, like: Any) -> Any:
 
 def check_sampler(sampler: Any) -> None:
   if not callable(sampler):
-    raise ValueError(f"sampler: expected a function (key, like) -> probe such as "
-                     f"curvature.sampler_signs, got {sampler!r}")
+    raise ValueError(
+      f"sampler: expected a function (key, like) -> probe such as "
+      f"curvature.sampler_signs, got {sampler!r}"
+    )
 
 
 def dimension(like: Any) -> int:

@@ -31,8 +31,9 @@ def check_scalar_loss(loss_fn: LossFn, params: Any, batch: Any, *, name: str = "
   out = jax.eval_shape(loss_fn, params, batch)
   if not hasattr(out, "shape") or out.shape != ():
     shape = getattr(out, "shape", type(out).__name__)
-    raise ValueError(f"{name}: expected a scalar loss, got {shape}; "
-                     "reduce over the batch (e.g. a mean) first")
+    raise ValueError(
+      f"{name}: expected a scalar loss, got {shape}; reduce over the batch (e.g. a mean) first"
+    )
   if not jnp.issubdtype(out.dtype, jnp.floating):
     raise ValueError(f"{name}: expected a floating loss, got dtype {out.dtype}")
 
@@ -54,8 +55,13 @@ def make_hvp(loss_fn: LossFn, params: Any, batch: Any) -> Callable[[Any], Any]:
   return matvec
 
 
-def ggn_vp(model_fn: Callable[[Any, Any], Any], output_loss_fn: Callable[[Any, Any], jax.Array],
-           params: Any, batch: Any, v: Any) -> Any:
+def ggn_vp(
+  model_fn: Callable[[Any, Any], Any],
+  output_loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batch: Any,
+  v: Any,
+) -> Any:
   """Generalized Gauss-Newton product ``J^T H_l J v``.
 
   Args:
@@ -71,8 +77,9 @@ def ggn_vp(model_fn: Callable[[Any, Any], Any], output_loss_fn: Callable[[Any, A
   return vjp(hjv)[0]
 
 
-def empirical_fisher_vp(per_example_loss_fn: Callable[[Any, Any], jax.Array], params: Any,
-                        batch: Any, v: Any) -> Any:
+def empirical_fisher_vp(
+  per_example_loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any, v: Any
+) -> Any:
   """Empirical Fisher product ``(1/N) sum_i g_i (g_i^T v)``, g_i the per-example gradients.
 
   Args:
@@ -80,9 +87,10 @@ def empirical_fisher_vp(per_example_loss_fn: Callable[[Any, Any], jax.Array], pa
   """
   out = jax.eval_shape(per_example_loss_fn, params, batch)
   if len(out.shape) != 1:
-    raise ValueError(f"per_example_loss_fn: expected a vector of per-example losses [N], "
-                     f"got shape {out.shape}")
+    raise ValueError(
+      f"per_example_loss_fn: expected a vector of per-example losses [N], got shape {out.shape}"
+    )
   f = lambda p: per_example_loss_fn(p, batch)
-  _, gv = jax.jvp(f, (params,), (v,))          # g_i^T v for every i
+  _, gv = jax.jvp(f, (params,), (v,))  # g_i^T v for every i
   _, vjp = jax.vjp(f, params)
   return vjp(gv / out.shape[0])[0]

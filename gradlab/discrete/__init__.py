@@ -19,13 +19,34 @@ from gradlab.discrete.registry import NAMES, make_estimator
 from gradlab.discrete.reinforce import BASELINES, ReinforceOutput, reinforce, update_moving_average
 from gradlab.discrete.reinmax import reinmax, reinmax_from_sample
 from gradlab.discrete.straight_through import (
-    gumbel_softmax, sample_one_hot, straight_through, straight_through_from_sample,
-    straight_through_gumbel)
+  gumbel_softmax,
+  sample_one_hot,
+  straight_through,
+  straight_through_from_sample,
+  straight_through_gumbel,
+)
 
 __all__ = [
-    "BASELINES", "NAMES", "ReinforceOutput", "make_estimator", "conditional_gumbel_logits",
-    "exact_expectation", "exact_gradient", "expected_estimate", "gumbel_rao", "gumbel_softmax",
-    "reinforce", "reinmax", "reinmax_from_sample", "reste_power", "reste_sign", "reste_slope",
-    "sample_one_hot", "straight_through", "straight_through_from_sample",
-    "straight_through_gumbel", "straight_through_sign", "update_moving_average",
+  "BASELINES",
+  "NAMES",
+  "ReinforceOutput",
+  "make_estimator",
+  "conditional_gumbel_logits",
+  "exact_expectation",
+  "exact_gradient",
+  "expected_estimate",
+  "gumbel_rao",
+  "gumbel_softmax",
+  "reinforce",
+  "reinmax",
+  "reinmax_from_sample",
+  "reste_power",
+  "reste_sign",
+  "reste_slope",
+  "sample_one_hot",
+  "straight_through",
+  "straight_through_from_sample",
+  "straight_through_gumbel",
+  "straight_through_sign",
+  "update_moving_average",
 ]

@@ -62,8 +62,9 @@ def reste_slope(x: jax.Array, power: jax.Array, threshold: jax.Array) -> jax.Arr
   safe = jnp.maximum(ax, _INTERVAL)  # keeps the unused branch finite
   power_slope = (1.0 / power) * safe ** ((1.0 - power) / power)
   linear_slope = _INTERVAL ** (1.0 / power) / _INTERVAL
-  return jnp.where(ax <= _INTERVAL, linear_slope,
-                   jnp.where(ax <= threshold, power_slope, 0.0)).astype(x.dtype)
+  return jnp.where(
+    ax <= _INTERVAL, linear_slope, jnp.where(ax <= threshold, power_slope, 0.0)
+  ).astype(x.dtype)
 
 
 @jax.custom_vjp

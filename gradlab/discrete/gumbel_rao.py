@@ -21,12 +21,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import draw_one_hot, straight_through_surrogate
 from gradlab import _checks
+from gradlab.discrete.straight_through import draw_one_hot, straight_through_surrogate
 
 
-def conditional_gumbel_logits(key: jax.Array, logits: jax.Array, sample: jax.Array,
-                              num_samples: int) -> jax.Array:
+def conditional_gumbel_logits(
+  key: jax.Array, logits: jax.Array, sample: jax.Array, num_samples: int
+) -> jax.Array:
   """``num_samples`` perturbed logits ``theta + G`` with ``argmax = sample``.
 
   Returns:
@@ -51,8 +52,9 @@ def _race_logits(theta: jax.Array, sample: jax.Array, e: jax.Array) -> jax.Array
   return jnp.where(sample > 0, top, others)
 
 
-def gumbel_rao(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0,
-               num_samples: int = 10) -> jax.Array:
+def gumbel_rao(
+  key: jax.Array, logits: jax.Array, *, temperature: float = 1.0, num_samples: int = 10
+) -> jax.Array:
   """GR-MCk: a one-hot sample with the Rao-Blackwellized ST-Gumbel gradient.
 
   Args:

@@ -12,8 +12,11 @@ import jax
 
 from gradlab.discrete.gumbel_rao import gumbel_rao
 from gradlab.discrete.reinmax import reinmax
-from gradlab.discrete.straight_through import (gumbel_softmax, straight_through,
-                                               straight_through_gumbel)
+from gradlab.discrete.straight_through import (
+  gumbel_softmax,
+  straight_through,
+  straight_through_gumbel,
+)
 
 SampleFn = Callable[[jax.Array, jax.Array], jax.Array]
 NAMES = ("straight_through", "gumbel_softmax", "straight_through_gumbel", "gumbel_rao", "reinmax")
@@ -35,8 +38,9 @@ def make_estimator(name: str, *, temperature: float = 1.0, num_samples: int = 10
   if name == "straight_through_gumbel":
     return lambda key, logits: straight_through_gumbel(key, logits, temperature=temperature)
   if name == "gumbel_rao":
-    return lambda key, logits: gumbel_rao(key, logits, temperature=temperature,
-                                          num_samples=num_samples)
+    return lambda key, logits: gumbel_rao(
+      key, logits, temperature=temperature, num_samples=num_samples
+    )
   if name == "reinmax":
     return lambda key, logits: reinmax(key, logits, temperature=temperature)
   raise ValueError(f"name: expected one of {NAMES}, got {name!r}")

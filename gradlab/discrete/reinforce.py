@@ -24,21 +24,27 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import draw_one_hot
 from gradlab import _checks
+from gradlab.discrete.straight_through import draw_one_hot
 
 BASELINES = ("none", "moving_average", "leave_one_out")
 
 
 class ReinforceOutput(NamedTuple):
-  loss: jax.Array      # scalar surrogate: value mean_s f(D_s), gradient the estimator
-  samples: jax.Array   # [S, ..., K] one-hot samples
-  values: jax.Array    # [S] f(D_s)
+  loss: jax.Array  # scalar surrogate: value mean_s f(D_s), gradient the estimator
+  samples: jax.Array  # [S, ..., K] one-hot samples
+  values: jax.Array  # [S] f(D_s)
 
 
-def reinforce(key: jax.Array, logits: jax.Array, f: Callable[[jax.Array], jax.Array], *,
-              num_samples: int = 1, baseline: str = "none",
-              baseline_value: jax.Array | float | None = None) -> ReinforceOutput:
+def reinforce(
+  key: jax.Array,
+  logits: jax.Array,
+  f: Callable[[jax.Array], jax.Array],
+  *,
+  num_samples: int = 1,
+  baseline: str = "none",
+  baseline_value: jax.Array | float | None = None,
+) -> ReinforceOutput:
   """REINFORCE for ``E[f(D)]`` with ``D`` one-hot of shape ``logits.shape``.
 
   Args:
@@ -80,7 +86,9 @@ def reinforce(key: jax.Array, logits: jax.Array, f: Callable[[jax.Array], jax.Ar
   return ReinforceOutput(jnp.mean(values + score_term), samples, values)
 
 
-def update_moving_average(average: jax.Array, values: jax.Array, *, decay: float = 0.9) -> jax.Array:
+def update_moving_average(
+  average: jax.Array, values: jax.Array, *, decay: float = 0.9
+) -> jax.Array:
   """``decay * average + (1 - decay) * mean(values)``: the next step's baseline."""
   _checks.unit_interval("decay", decay)
   return decay * average + (1.0 - decay) * jnp.mean(jax.lax.stop_gradient(values))

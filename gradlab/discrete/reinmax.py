@@ -26,8 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradlab.discrete.straight_through import draw_one_hot
 from gradlab import _checks
+from gradlab.discrete.straight_through import draw_one_hot
 
 
 @jax.custom_vjp
@@ -56,8 +56,9 @@ def _reinmax_bwd(res, grad_at_sample):
 _reinmax.defvjp(_reinmax_fwd, _reinmax_bwd)
 
 
-def reinmax_from_sample(sample: jax.Array, logits: jax.Array, *,
-                        temperature: float = 1.0) -> jax.Array:
+def reinmax_from_sample(
+  sample: jax.Array, logits: jax.Array, *, temperature: float = 1.0
+) -> jax.Array:
   """ReinMax's output for a given one-hot ``sample`` of ``softmax(logits)``."""
   logits = _checks.logits("logits", logits)
   _checks.positive("temperature", temperature)

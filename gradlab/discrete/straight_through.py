@@ -51,8 +51,9 @@ def straight_through_surrogate(hard: jax.Array, soft: jax.Array) -> jax.Array:
   return hard + (soft - jax.lax.stop_gradient(soft))
 
 
-def straight_through_from_sample(sample: jax.Array, logits: jax.Array, *,
-                                 temperature: float = 1.0) -> jax.Array:
+def straight_through_from_sample(
+  sample: jax.Array, logits: jax.Array, *, temperature: float = 1.0
+) -> jax.Array:
   """ST's output for a given one-hot ``sample`` (value ``sample``)."""
   logits = _checks.logits("logits", logits)
   _checks.positive("temperature", temperature)
@@ -94,8 +95,9 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, *, temperature: float = 1.
   return jax.nn.softmax(_gumbel_perturbed(key, logits) / temperature, axis=-1)
 
 
-def straight_through_gumbel(key: jax.Array, logits: jax.Array, *,
-                            temperature: float = 1.0) -> jax.Array:
+def straight_through_gumbel(
+  key: jax.Array, logits: jax.Array, *, temperature: float = 1.0
+) -> jax.Array:
   """ST-Gumbel-Softmax: the hard Gumbel-max sample forward, the relaxed one backward."""
   logits = _checks.logits("logits", logits)
   _checks.positive("temperature", temperature)

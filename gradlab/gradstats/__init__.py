@@ -4,18 +4,46 @@ alignment, and Cockpit-style instruments for the training loop."""
 from gradlab.gradstats.alignment import Alignment, gradient_alignment
 from gradlab.gradstats.dense_moments import dense_gradient_moments
 from gradlab.gradstats.instruments import gradient_statistics_instrument
-from gradlab.gradstats.noise_scale import (NoiseScaleEstimate, noise_scale_value_and_grad,
-                                           ratio_of_means, two_batch_estimate)
-from gradlab.gradstats.per_example import (GradientMoments, gradient_moments, gsnr,
-                                           inner_product_test, mean_gsnr, mean_sq_norm,
-                                           noise_scale_simple, norm_test, per_example_grads,
-                                           per_layer_norms, trace_covariance, variance)
+from gradlab.gradstats.noise_scale import (
+  NoiseScaleEstimate,
+  noise_scale_value_and_grad,
+  ratio_of_means,
+  two_batch_estimate,
+)
+from gradlab.gradstats.per_example import (
+  GradientMoments,
+  gradient_moments,
+  gsnr,
+  inner_product_test,
+  mean_gsnr,
+  mean_sq_norm,
+  noise_scale_simple,
+  norm_test,
+  per_example_grads,
+  per_layer_norms,
+  trace_covariance,
+  variance,
+)
 
 __all__ = [
-    "Alignment", "GradientMoments", "NoiseScaleEstimate", "dense_gradient_moments",
-    "gradient_alignment",
-    "gradient_moments", "gradient_statistics_instrument", "gsnr", "inner_product_test",
-    "mean_gsnr", "mean_sq_norm", "noise_scale_simple", "noise_scale_value_and_grad", "norm_test",
-    "per_example_grads", "per_layer_norms", "ratio_of_means", "trace_covariance",
-    "two_batch_estimate", "variance",
+  "Alignment",
+  "GradientMoments",
+  "NoiseScaleEstimate",
+  "dense_gradient_moments",
+  "gradient_alignment",
+  "gradient_moments",
+  "gradient_statistics_instrument",
+  "gsnr",
+  "inner_product_test",
+  "mean_gsnr",
+  "mean_sq_norm",
+  "noise_scale_simple",
+  "noise_scale_value_and_grad",
+  "norm_test",
+  "per_example_grads",
+  "per_layer_norms",
+  "ratio_of_means",
+  "trace_covariance",
+  "two_batch_estimate",
+  "variance",
 ]

@@ -33,15 +33,21 @@ def _interceptor(next_fun, args, kwargs, context):
   if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
     x = args[0]
     if x.ndim != 2:
-      raise ValueError(f"model: Dense layer {context.module.name!r} sees input of shape "
-                       f"{x.shape}; dense_gradient_moments needs [B, features] inputs")
+      raise ValueError(
+        f"model: Dense layer {context.module.name!r} sees input of shape "
+        f"{x.shape}; dense_gradient_moments needs [B, features] inputs"
+      )
     context.module.sow("intermediates", "dense_input", x)
     return context.module.perturb("dense_output", next_fun(*args, **kwargs))
   return next_fun(*args, **kwargs)
 
 
-def dense_gradient_moments(module: nn.Module, params: Any, inputs: jax.Array,
-                           loss_of_outputs: Callable[[jax.Array], jax.Array]) -> GradientMoments:
+def dense_gradient_moments(
+  module: nn.Module,
+  params: Any,
+  inputs: jax.Array,
+  loss_of_outputs: Callable[[jax.Array], jax.Array],
+) -> GradientMoments:
   """``GradientMoments`` of the per-example gradients of an all-Dense flax model.
 
   Args:
@@ -59,8 +65,9 @@ def dense_gradient_moments(module: nn.Module, params: Any, inputs: jax.Array,
 
   def loss(perturbations):
     with nn.intercept_methods(_interceptor):
-      out, _ = module.apply({**params, "perturbations": perturbations}, inputs,
-                            mutable=["intermediates"])
+      out, _ = module.apply(
+        {**params, "perturbations": perturbations}, inputs, mutable=["intermediates"]
+      )
     return loss_of_outputs(out)
 
   deltas = jax.grad(loss)(perturbations)  # Delta / B per layer
@@ -83,21 +90,26 @@ def dense_gradient_moments(module: nn.Module, params: Any, inputs: jax.Array,
 
   def walk(p_sub, x_sub, d_sub, m_out, s_out, n_out):
     for name, sub in p_sub.items():
-      if isinstance(sub, dict) and "kernel" in sub and not any(isinstance(v, dict) for v in sub.values()):
+      if (
+        isinstance(sub, dict)
+        and "kernel" in sub
+        and not any(isinstance(v, dict) for v in sub.values())
+      ):
         if name not in x_sub or name not in d_sub:
           raise ValueError(f"model: parameters {name!r} are not a Dense layer's")
         extra = set(sub) - {"kernel", "bias"}
         if extra:
-          raise ValueError(f"model: layer {name!r} has parameters {sorted(extra)} "
-                           "beyond a Dense layer's kernel and bias")
+          raise ValueError(
+            f"model: layer {name!r} has parameters {sorted(extra)} "
+            "beyond a Dense layer's kernel and bias"
+          )
         out, norms = layer(sub, x_sub[name]["dense_input"][0], d_sub[name]["dense_output"])
         m_out[name] = {k: v[0] for k, v in out.items()}
         s_out[name] = {k: v[1] for k, v in out.items()}
         n_out[name] = norms
       elif isinstance(sub, dict):
         m_out[name], s_out[name], n_out[name] = {}, {}, {}
-        walk(sub, x_sub.get(name, {}), d_sub.get(name, {}), m_out[name], s_out[name],
-             n_out[name])
+        walk(sub, x_sub.get(name, {}), d_sub.get(name, {}), m_out[name], s_out[name], n_out[name])
       else:
         raise ValueError(f"model: parameter {name!r} is not inside a Dense layer")
 

@@ -21,8 +21,11 @@ from gradlab.gradstats import per_example
 
 
 def gradient_statistics_instrument(
-    train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]], *,
-    init_params: Any = None, chunk_size: int | None = None):
+  train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
+  *,
+  init_params: Any = None,
+  chunk_size: int | None = None,
+):
   """``(params, batch, key) -> {name: scalar}`` for ``train.Instrument``.
 
   Args:
@@ -38,16 +41,20 @@ def gradient_statistics_instrument(
   def instrument(params, batch, key):
     loss = lambda p, b: train_loss_fn(p, b, key)[0]
     m = per_example.gradient_moments(loss, params, batch, chunk_size=chunk_size)
-    out = {"grad_norm": jnp.sqrt(per_example.mean_sq_norm(m)),
-           "norm_test": per_example.norm_test(m),
-           "inner_product_test": per_example.inner_product_test(
-               loss, params, batch, chunk_size=chunk_size, mean=m.mean),
-           "mean_gsnr": per_example.mean_gsnr(m),
-           "noise_scale_simple": per_example.noise_scale_simple(m),
-           # unbiased components, to average over steps before dividing
-           "trace_sigma": per_example.trace_covariance(m),
-           "g_sq": per_example.mean_sq_norm(m) - per_example.trace_covariance(m) / m.count}
+    out = {
+      "grad_norm": jnp.sqrt(per_example.mean_sq_norm(m)),
+      "norm_test": per_example.norm_test(m),
+      "inner_product_test": per_example.inner_product_test(
+        loss, params, batch, chunk_size=chunk_size, mean=m.mean
+      ),
+      "mean_gsnr": per_example.mean_gsnr(m),
+      "noise_scale_simple": per_example.noise_scale_simple(m),
+      # unbiased components, to average over steps before dividing
+      "trace_sigma": per_example.trace_covariance(m),
+      "g_sq": per_example.mean_sq_norm(m) - per_example.trace_covariance(m) / m.count,
+    }
     if init_params is not None:
       out["distance_from_init"] = optax.tree.norm(optax.tree.sub(params, init_params))
     return out
+
   return instrument

@@ -25,19 +25,21 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from gradlab import sharding as sharding_lib
 
 
 class NoiseScaleEstimate(NamedTuple):
-  g_sq: jax.Array          # unbiased |G|^2
-  trace_sigma: jax.Array   # unbiased tr Sigma
-  b_simple: jax.Array      # trace_sigma / g_sq
+  g_sq: jax.Array  # unbiased |G|^2
+  trace_sigma: jax.Array  # unbiased tr Sigma
+  b_simple: jax.Array  # trace_sigma / g_sq
 
 
-def two_batch_estimate(g_small_sq: jax.Array, g_big_sq: jax.Array, b_small: float,
-                       b_big: float) -> NoiseScaleEstimate:
+def two_batch_estimate(
+  g_small_sq: jax.Array, g_big_sq: jax.Array, b_small: float, b_big: float
+) -> NoiseScaleEstimate:
   """The unbiased |G|^2 and tr Sigma from squared gradient norms at two batch sizes.
 
   Args:
@@ -52,8 +54,12 @@ def two_batch_estimate(g_small_sq: jax.Array, g_big_sq: jax.Array, b_small: floa
   return NoiseScaleEstimate(g_sq, s, s / g_sq)
 
 
-def noise_scale_value_and_grad(loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
-                               mesh: Mesh, *, data_axis: str = sharding_lib.DATA_AXIS):
+def noise_scale_value_and_grad(
+  loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
+  mesh: Mesh,
+  *,
+  data_axis: str = sharding_lib.DATA_AXIS,
+):
   """A ``value_and_grad`` for ``make_train_step(value_and_grad_fn=...)`` that
   also measures the noise scale from per-device and all-reduced gradients.
 
@@ -80,8 +86,13 @@ def noise_scale_value_and_grad(loss_fn: Callable[[Any, Any, jax.Array], tuple[ja
     loss, aux = jax.lax.pmean((loss, aux), data_axis)
     return (loss, aux, g_small_sq), grads
 
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(data_axis), P()),
-                          out_specs=((P(), P(), P()), P()), check_vma=False)
+  sharded = jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(P(), P(data_axis), P()),
+    out_specs=((P(), P(), P()), P()),
+    check_vma=False,
+  )
 
   def value_and_grad(params, batch, key):
     (loss, aux, g_small_sq), grads = sharded(params, batch, key)
@@ -89,9 +100,15 @@ def noise_scale_value_and_grad(loss_fn: Callable[[Any, Any, jax.Array], tuple[ja
     g_big_sq = optax.tree.norm(grads, squared=True)
     est = two_batch_estimate(g_small_sq, g_big_sq, b_big // n, b_big)
     aux = dict(aux or {})
-    aux.update({"noise/g_small_sq": g_small_sq, "noise/g_big_sq": g_big_sq,
-                "noise/g_sq": est.g_sq, "noise/trace_sigma": est.trace_sigma,
-                "noise/b_simple": est.b_simple})
+    aux.update(
+      {
+        "noise/g_small_sq": g_small_sq,
+        "noise/g_big_sq": g_big_sq,
+        "noise/g_sq": est.g_sq,
+        "noise/trace_sigma": est.trace_sigma,
+        "noise/b_simple": est.b_simple,
+      }
+    )
     return (loss, aux), grads
 
   return value_and_grad

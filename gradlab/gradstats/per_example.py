@@ -51,8 +51,9 @@ def _example_grad_fn(loss_fn: LossFn):
   return lambda params, example: grad(params, jax.tree.map(lambda x: x[None], example))
 
 
-def per_example_grads(loss_fn: LossFn, params: Any, batch: Any, *,
-                      chunk_size: int | None = None) -> Any:
+def per_example_grads(
+  loss_fn: LossFn, params: Any, batch: Any, *, chunk_size: int | None = None
+) -> Any:
   """Per-example gradients: a pytree like ``params`` with a leading axis B.
 
   Args:
@@ -67,15 +68,16 @@ def per_example_grads(loss_fn: LossFn, params: Any, batch: Any, *,
 
 
 class GradientMoments(NamedTuple):
-  mean: Any        # (1/B) sum_i g_i, pytree like params
-  sq_mean: Any     # (1/B) sum_i g_i^2 (elementwise)
-  count: int       # B
+  mean: Any  # (1/B) sum_i g_i, pytree like params
+  sq_mean: Any  # (1/B) sum_i g_i^2 (elementwise)
+  count: int  # B
   # [B] per-example squared norms, per leaf (a pytree like params of [B] vectors)
   sq_norms: Any
 
 
-def gradient_moments(loss_fn: LossFn, params: Any, batch: Any, *,
-                     chunk_size: int | None = None) -> GradientMoments:
+def gradient_moments(
+  loss_fn: LossFn, params: Any, batch: Any, *, chunk_size: int | None = None
+) -> GradientMoments:
   """First and second moments of the per-example gradients, chunk by chunk.
 
   Holds one chunk of per-example gradients at a time; the per-example,
@@ -97,8 +99,9 @@ def gradient_moments(loss_fn: LossFn, params: Any, batch: Any, *,
   zeros = jax.tree.map(jnp.zeros_like, params)
   (s1, s2), norms = jax.lax.scan(body, (zeros, zeros), _chunks(batch, c))
   norms = jax.tree.map(lambda x: x.reshape(b), norms)
-  return GradientMoments(jax.tree.map(lambda x: x / b, s1), jax.tree.map(lambda x: x / b, s2),
-                         b, norms)
+  return GradientMoments(
+    jax.tree.map(lambda x: x / b, s1), jax.tree.map(lambda x: x / b, s2), b, norms
+  )
 
 
 def _need_two(count: int, what: str) -> None:
@@ -110,8 +113,9 @@ def variance(moments: GradientMoments) -> Any:
   """Per-parameter unbiased variance of the per-example gradients."""
   _need_two(moments.count, "a variance")
   b = moments.count
-  return jax.tree.map(lambda m, s: jnp.maximum(s - m * m, 0.0) * b / (b - 1),
-                      moments.mean, moments.sq_mean)
+  return jax.tree.map(
+    lambda m, s: jnp.maximum(s - m * m, 0.0) * b / (b - 1), moments.mean, moments.sq_mean
+  )
 
 
 def gsnr(moments: GradientMoments, *, eps: float = 0.0) -> Any:
@@ -157,8 +161,9 @@ def noise_scale_simple(moments: GradientMoments) -> jax.Array:
   return tr / (mean_sq_norm(moments) - tr / moments.count)
 
 
-def inner_product_test(loss_fn: LossFn, params: Any, batch: Any, *,
-                       chunk_size: int | None = None, mean: Any = None) -> jax.Array:
+def inner_product_test(
+  loss_fn: LossFn, params: Any, batch: Any, *, chunk_size: int | None = None, mean: Any = None
+) -> jax.Array:
   """Bollapragada et al. (2018) inner-product test, as Cockpit's ``InnerTest``:
   ``sqrt( Var_i(g_i^T g) / B ) / |g|^2`` with the unbiased variance.
 
@@ -171,7 +176,8 @@ def inner_product_test(loss_fn: LossFn, params: Any, batch: Any, *,
   if mean is None:
     mean = jax.grad(loss_fn)(params, batch)
   g = jax.vmap(_example_grad_fn(loss_fn), in_axes=(None, 0))
-  dots = jax.lax.map(lambda chunk: jax.vmap(lambda gi: optax.tree.vdot(gi, mean))(
-      g(params, chunk)), _chunks(batch, c)).reshape(b)
+  dots = jax.lax.map(
+    lambda chunk: jax.vmap(lambda gi: optax.tree.vdot(gi, mean))(g(params, chunk)),
+    _chunks(batch, c),
+  ).reshape(b)
   return jnp.sqrt(jnp.var(dots, ddof=1) / b) / optax.tree.norm(mean, squared=True)
-

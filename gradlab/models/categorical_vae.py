@@ -23,6 +23,7 @@ import optax
 
 class CategoricalVAE(nn.Module):
   """Attributes: ``num_latents`` (L), ``num_classes`` (C), ``features`` (784)."""
+
   num_latents: int
   num_classes: int
   features: int = 784
@@ -52,8 +53,9 @@ class CategoricalVAE(nn.Module):
     return logits, self.decode(d)
 
 
-def negative_elbo(vae: CategoricalVAE, params, x: jax.Array, sample_fn: Callable,
-                  key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def negative_elbo(
+  vae: CategoricalVAE, params, x: jax.Array, sample_fn: Callable, key: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean over the batch of the single-sample negative ELBO, in nats."""
   logits, x_logits = vae.apply(params, x, sample_fn, key)
   bce = jnp.sum(optax.sigmoid_binary_cross_entropy(x_logits, x), axis=-1)

@@ -16,6 +16,7 @@ class MLP(nn.Module):
       (e.g. ``(256, 256, 10)``).
     activation: ``"relu"`` or ``"tanh"`` (the edge-of-stability studies use tanh).
   """
+
   features: Sequence[int]
   activation: str = "relu"
 

@@ -25,6 +25,7 @@ class TinyTransformer(nn.Module):
   blocks of causal self-attention and MLP, a final LayerNorm and an
   untied output head ``head``. Maps int tokens ``[B, T]`` to logits ``[B, T, vocab]``.
   """
+
   vocab: int
   dim: int = 64
   heads: int = 4

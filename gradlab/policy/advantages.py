@@ -18,8 +18,9 @@ import jax.numpy as jnp
 from gradlab import _checks
 
 
-def reinforce_advantages(rewards, *, baseline: str = "batch_loo", constant: float = 0.0,
-                         reward_range=None) -> jax.Array:
+def reinforce_advantages(
+  rewards, *, baseline: str = "batch_loo", constant: float = 0.0, reward_range=None
+) -> jax.Array:
   """REINFORCE: ``A_i = r_i - b_i``.
 
   ``baseline``: ``"none"`` (``b = 0``), ``"constant"`` (``b = constant``), or
@@ -100,8 +101,13 @@ def bnpo_beta_params(p_hat: jax.Array) -> BNPOParams:
   return BNPOParams(alpha, beta)
 
 
-def bnpo_advantages(rewards, *, reward_range=(0.0, 1.0), params: BNPOParams | None = None,
-                    max_inverse_density: float = 1e6) -> jax.Array:
+def bnpo_advantages(
+  rewards,
+  *,
+  reward_range=(0.0, 1.0),
+  params: BNPOParams | None = None,
+  max_inverse_density: float = 1e6,
+) -> jax.Array:
   r"""BNPO (Xiao et al. 2025): ``A_i = (r_i - \hat p) / f_{Beta}(\hat p; \alpha, \beta)``.
 
   Rewards are rescaled to ``[0, 1]`` by the declared ``reward_range`` (the
@@ -126,8 +132,9 @@ def bnpo_advantages(rewards, *, reward_range=(0.0, 1.0), params: BNPOParams | No
   return (r - p_hat[:, None]) * inv[:, None]
 
 
-def weighted_reinforce_advantages(rewards, *, positive_weight: float = 0.1,
-                                  negative_weight: float = 1.0) -> jax.Array:
+def weighted_reinforce_advantages(
+  rewards, *, positive_weight: float = 0.1, negative_weight: float = 1.0
+) -> jax.Array:
   r"""W-REINFORCE (Zhu et al. 2025): ``A = \lambda`` for a correct response, ``-1`` for a wrong one.
 
   Binary rewards in {0, 1}; no group baseline. ``positive_weight=1,
@@ -152,6 +159,7 @@ def nsr_advantages(rewards) -> jax.Array:
 
 class SPOTracker(NamedTuple):
   """SPO's persistent per-prompt Beta tracker (one entry per prompt id)."""
+
   alpha: jax.Array  # [num_prompts]
   beta: jax.Array
 
@@ -161,7 +169,9 @@ def spo_init(successes, num_samples: int, *, rho_min: float = 0.875) -> SPOTrack
   ``\alpha = N_0 (s + 1/2)/(N + 1)``, ``\beta = N_0 (N - s + 1/2)/(N + 1)``, ``N_0 = 1/(1-\rho_{min})``."""
   s = jnp.asarray(successes, jnp.float32)
   n0 = 1.0 / (1.0 - rho_min)
-  return SPOTracker(n0 * (s + 0.5) / (num_samples + 1), n0 * (num_samples - s + 0.5) / (num_samples + 1))
+  return SPOTracker(
+    n0 * (s + 0.5) / (num_samples + 1), n0 * (num_samples - s + 0.5) / (num_samples + 1)
+  )
 
 
 def spo_advantages(tracker: SPOTracker, prompt_ids, rewards, *, eps: float = 1e-8) -> jax.Array:
@@ -181,8 +191,16 @@ def spo_advantages(tracker: SPOTracker, prompt_ids, rewards, *, eps: float = 1e-
   return (a - jnp.mean(a)) / (jnp.std(a, ddof=1) + eps)
 
 
-def spo_update(tracker: SPOTracker, prompt_ids, rewards, kl=None, *, rho_min: float = 0.875,
-               rho_max: float = 0.96, d_half: float = 0.06) -> SPOTracker:
+def spo_update(
+  tracker: SPOTracker,
+  prompt_ids,
+  rewards,
+  kl=None,
+  *,
+  rho_min: float = 0.875,
+  rho_max: float = 0.96,
+  d_half: float = 0.06,
+) -> SPOTracker:
   r"""``\alpha \leftarrow \rho\alpha + r``, ``\beta \leftarrow \rho\beta + (1 - r)`` with
   ``\rho = clip(2^{-D/D_{half}}, \rho_{min}, \rho_{max})`` and ``D`` the per-prompt
   policy change ``kl [batch]`` (the masked mean of ``|log pi_old - log pi|``

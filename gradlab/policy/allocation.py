@@ -29,8 +29,9 @@ def round_preserving_sum(shares, budget: int, *, minimum: int = 0) -> jax.Array:
   return base + bonus + minimum
 
 
-def gvm_allocation(accept_rates, grad_norms, budget: int, *, alpha: float = 1e-3,
-                   beta: float = 2.0, minimum: int = 0) -> jax.Array:
+def gvm_allocation(
+  accept_rates, grad_norms, budget: int, *, alpha: float = 1e-3, beta: float = 2.0, minimum: int = 0
+) -> jax.Array:
   r"""GVM-RAFT's variance-minimizing budgets: ``n_x \propto G_x / \sqrt{p_x + \alpha / p_x^{\beta-1}}``.
 
   ``accept_rates [P]``: each prompt's success rate ``p_x`` from a first,
@@ -44,8 +45,9 @@ def gvm_allocation(accept_rates, grad_norms, budget: int, *, alpha: float = 1e-3
   p = jnp.asarray(accept_rates, jnp.float32)
   g = jnp.asarray(grad_norms, jnp.float32)
   if p.shape != g.shape or p.ndim != 1:
-    raise ValueError(f"accept_rates, grad_norms: expected two [num_prompts] arrays, got "
-                     f"{p.shape}, {g.shape}")
+    raise ValueError(
+      f"accept_rates, grad_norms: expected two [num_prompts] arrays, got {p.shape}, {g.shape}"
+    )
   _checks.probabilities("accept_rates", p)
   _checks.positive("grad_norms", g, allow_zero=True)
   safe_p = jnp.maximum(p, 1e-12)
@@ -81,7 +83,9 @@ def reinforce_ada_select(rewards, valid, *, keep: int, threshold: float = 0.7) -
   """
   r, v = jnp.asarray(rewards), jnp.asarray(valid, bool)
   if r.shape != v.shape or r.ndim != 2:
-    raise ValueError(f"rewards, valid: expected two [prompts, responses] arrays, got {r.shape}, {v.shape}")
+    raise ValueError(
+      f"rewards, valid: expected two [prompts, responses] arrays, got {r.shape}, {v.shape}"
+    )
   pos = (r > threshold) & v
   neg = (~(r > threshold)) & v
   n_pos, n_neg = pos.sum(1), neg.sum(1)
@@ -93,9 +97,17 @@ def reinforce_ada_select(rewards, valid, *, keep: int, threshold: float = 0.7) -
   return (pos & (rank_pos < want_pos[:, None])) | (neg & (rank_neg < want_neg[:, None]))
 
 
-def reinforce_ada_sample(key, sample_rewards, num_prompts: int, *, round_size: int = 8,
-                         max_rounds: int = 4, keep: int = 4, mode: str = "balanced",
-                         threshold: float = 0.7):
+def reinforce_ada_sample(
+  key,
+  sample_rewards,
+  num_prompts: int,
+  *,
+  round_size: int = 8,
+  max_rounds: int = 4,
+  keep: int = 4,
+  mode: str = "balanced",
+  threshold: float = 0.7,
+):
   """The successive-elimination loop: rounds of ``round_size`` samples for every
   prompt not yet done, at most ``max_rounds``; then :func:`reinforce_ada_select`.
 

@@ -28,7 +28,7 @@ def all_sequences(vocab: int, length: int) -> np.ndarray:
 def init_tabular(key: jax.Array, vocab: int, length: int, scale: float = 1.0) -> list[jax.Array]:
   """Logit tables ``theta_t`` of shape ``[vocab ** t, vocab]``."""
   keys = jax.random.split(key, length)
-  return [scale * jax.random.normal(k, (vocab ** t, vocab)) for t, k in enumerate(keys)]
+  return [scale * jax.random.normal(k, (vocab**t, vocab)) for t, k in enumerate(keys)]
 
 
 def tabular_token_logp(params: list[jax.Array], seqs: jax.Array) -> jax.Array:
@@ -38,7 +38,7 @@ def tabular_token_logp(params: list[jax.Array], seqs: jax.Array) -> jax.Array:
   prefix = jnp.zeros(seqs.shape[:-1], jnp.int32)
   for t, theta in enumerate(params):
     logp = jax.nn.log_softmax(theta[prefix], axis=-1)
-    out.append(jnp.take_along_axis(logp, seqs[..., t:t + 1], axis=-1)[..., 0])
+    out.append(jnp.take_along_axis(logp, seqs[..., t : t + 1], axis=-1)[..., 0])
     prefix = prefix * vocab + seqs[..., t]
   return jnp.stack(out, -1)
 
@@ -60,11 +60,17 @@ def sample_sequences(key, params, shape) -> jax.Array:
   return jnp.stack(toks, -1)
 
 
-def expected_group_estimate(estimate: Callable[[jax.Array], object], num_seqs: int, probs,
-                            group: int, *, max_groups: int = 200_000):
+def expected_group_estimate(
+  estimate: Callable[[jax.Array], object],
+  num_seqs: int,
+  probs,
+  group: int,
+  *,
+  max_groups: int = 200_000,
+):
   """``E[estimate(idx)]`` over ordered groups ``idx [group]`` of i.i.d. sequence
   indices with probabilities ``probs [num_seqs]``, by enumeration."""
-  total = num_seqs ** group
+  total = num_seqs**group
   if total > max_groups:
     raise ValueError(f"group: {num_seqs}^{group} = {total} groups exceed max_groups={max_groups}")
   idx = jnp.asarray(np.array(list(itertools.product(range(num_seqs), repeat=group)), np.int32))
@@ -84,14 +90,16 @@ def group_scale(h: Callable[[int], float], p: float, group: int) -> float:
     raise ValueError(f"p: expected a success rate in (0, 1), got {p}")
   total = 0.0
   for k in range(group + 1):
-    total += math.comb(group, k) * p ** k * (1 - p) ** (group - k) * h(k) * k * (group - k)
-  return total / (group ** 2 * p * (1 - p))
+    total += math.comb(group, k) * p**k * (1 - p) ** (group - k) * h(k) * k * (group - k)
+  return total / (group**2 * p * (1 - p))
 
 
 def grpo_h(group: int, eps: float = 1e-6) -> Callable[[int], float]:
   """GRPO's ``h(k) = 1 / (std + eps)``, Bessel's std of ``k`` ones among ``group``."""
+
   def h(k):
     if group < 2:
       return 0.0
     return 1.0 / (math.sqrt(k * (group - k) / (group * (group - 1))) + eps)
+
   return h

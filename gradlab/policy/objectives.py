@@ -47,8 +47,9 @@ def aggregate(token_loss, mask, *, mode: str, constant: float | None = None) -> 
   raise ValueError(f"mode: expected one of {AGGREGATIONS}, got {mode!r}")
 
 
-def truncated_is_weights(old_logp, rollout_logp, mask, *, cap: float = 2.0, level: str = "token",
-                         mode: str = "truncate") -> jax.Array:
+def truncated_is_weights(
+  old_logp, rollout_logp, mask, *, cap: float = 2.0, level: str = "token", mode: str = "truncate"
+) -> jax.Array:
   r"""Importance weights for a training/inference mismatch, ``w = \pi_{old}/\mu``, without gradient.
 
   ``level="token"``: ``w_t = \pi_{old}(y_t)/\mu(y_t)`` per token;
@@ -78,9 +79,16 @@ def truncated_is_weights(old_logp, rollout_logp, mask, *, cap: float = 2.0, leve
   return jax.lax.stop_gradient(w * m)
 
 
-def policy_gradient_loss(logp, advantages, mask, *, aggregation: str = "seq_mean_token_sum",
-                         behaviour_logp=None, is_cap: float | None = None,
-                         constant: float | None = None) -> jax.Array:
+def policy_gradient_loss(
+  logp,
+  advantages,
+  mask,
+  *,
+  aggregation: str = "seq_mean_token_sum",
+  behaviour_logp=None,
+  is_cap: float | None = None,
+  constant: float | None = None,
+) -> jax.Array:
   r"""The token-level surrogate ``-\sum_t w_t A \rho_t`` whose gradient is ``-w_t A \nabla\log\pi``.
 
   On-policy (``behaviour_logp=None``) this is REINFORCE: ``\ell_t = -A\log\pi_t``.
@@ -109,12 +117,25 @@ def _ratio(logp, old_logp, log_ratio_clamp):
   return jnp.exp(log_ratio)
 
 
-def _clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low, eps_high, dual_clip,
-                       aggregation, is_weights, constant, log_ratio_clamp,
-                       keep_clipped_gradient: bool) -> jax.Array:
+def _clipped_surrogate(
+  logp,
+  old_logp,
+  advantages,
+  mask,
+  *,
+  eps_low,
+  eps_high,
+  dual_clip,
+  aggregation,
+  is_weights,
+  constant,
+  log_ratio_clamp,
+  keep_clipped_gradient: bool,
+) -> jax.Array:
   """PPO's clipped per-token loss, aggregated; GPPO when ``keep_clipped_gradient``."""
-  m = _checks.token_mask("mask", mask, ("logp", logp), ("old_logp", old_logp),
-                         ("is_weights", is_weights))
+  m = _checks.token_mask(
+    "mask", mask, ("logp", logp), ("old_logp", old_logp), ("is_weights", is_weights)
+  )
   a = _checks.advantages("advantages", advantages, m)
   _checks.unit_interval("eps_low", eps_low)
   eps_high = eps_low if eps_high is None else eps_high
@@ -133,10 +154,20 @@ def _clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low, eps_high, d
   return aggregate(token_loss, m, mode=aggregation, constant=constant)
 
 
-def ppo_clip_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
-                  eps_high: float | None = None, dual_clip: float | None = None,
-                  aggregation: str = "token_mean", is_weights=None,
-                  constant: float | None = None, log_ratio_clamp: float | None = 20.0) -> jax.Array:
+def ppo_clip_loss(
+  logp,
+  old_logp,
+  advantages,
+  mask,
+  *,
+  eps_low: float = 0.2,
+  eps_high: float | None = None,
+  dual_clip: float | None = None,
+  aggregation: str = "token_mean",
+  is_weights=None,
+  constant: float | None = None,
+  log_ratio_clamp: float | None = 20.0,
+) -> jax.Array:
   r"""PPO's clipped surrogate, with clip-higher and dual clip.
 
   ``\ell = \max(-A\rho, -A\,clip(\rho, 1-\epsilon_l, 1+\epsilon_h))`` and, when
@@ -147,16 +178,35 @@ def ppo_clip_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
   ``\pm 20`` as in verl. Schulman et al. 2017, https://arxiv.org/abs/1707.06347;
   DAPO https://arxiv.org/abs/2503.14476.
   """
-  return _clipped_surrogate(logp, old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high,
-                            dual_clip=dual_clip, aggregation=aggregation, is_weights=is_weights,
-                            constant=constant, log_ratio_clamp=log_ratio_clamp,
-                            keep_clipped_gradient=False)
+  return _clipped_surrogate(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    eps_low=eps_low,
+    eps_high=eps_high,
+    dual_clip=dual_clip,
+    aggregation=aggregation,
+    is_weights=is_weights,
+    constant=constant,
+    log_ratio_clamp=log_ratio_clamp,
+    keep_clipped_gradient=False,
+  )
 
 
-def gppo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
-              eps_high: float | None = None, dual_clip: float | None = None,
-              aggregation: str = "token_mean", is_weights=None,
-              constant: float | None = None) -> jax.Array:
+def gppo_loss(
+  logp,
+  old_logp,
+  advantages,
+  mask,
+  *,
+  eps_low: float = 0.2,
+  eps_high: float | None = None,
+  dual_clip: float | None = None,
+  aggregation: str = "token_mean",
+  is_weights=None,
+  constant: float | None = None,
+) -> jax.Array:
   r"""GPPO (Klear-Reasoner, Su et al. 2025): PPO whose clipped tokens keep a gradient.
 
   The clip bounds become ``(1-\epsilon_l)\rho/sg(\rho)`` and
@@ -170,6 +220,17 @@ def gppo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
   https://arxiv.org/abs/2508.07629; official code
   ``suu990901/KlearReasoner: verl/trainer/ppo/core_algos.py``.
   """
-  return _clipped_surrogate(logp, old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high,
-                            dual_clip=dual_clip, aggregation=aggregation, is_weights=is_weights,
-                            constant=constant, log_ratio_clamp=None, keep_clipped_gradient=True)
+  return _clipped_surrogate(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    eps_low=eps_low,
+    eps_high=eps_high,
+    dual_clip=dual_clip,
+    aggregation=aggregation,
+    is_weights=is_weights,
+    constant=constant,
+    log_ratio_clamp=None,
+    keep_clipped_gradient=True,
+  )

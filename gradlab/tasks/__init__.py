@@ -14,5 +14,14 @@ from gradlab.tasks.mlp_problem import MLPProblem, mlp_problem
 from gradlab.tasks.synthetic import fibonacci_sequences, gaussian_blobs
 from gradlab.tasks.toy import TASKS, Task, make_task
 
-__all__ = ["MLPProblem", "TASKS", "Task", "bandit", "digit_sum", "fibonacci_sequences",
-           "gaussian_blobs", "make_task", "mlp_problem"]
+__all__ = [
+  "MLPProblem",
+  "TASKS",
+  "Task",
+  "bandit",
+  "digit_sum",
+  "fibonacci_sequences",
+  "gaussian_blobs",
+  "make_task",
+  "mlp_problem",
+]

@@ -18,42 +18,53 @@ import numpy as np
 
 
 class Population(NamedTuple):
-  logits: jax.Array   # [P, outcomes]
-  p: jax.Array        # [P] success rates
+  logits: jax.Array  # [P, outcomes]
+  p: jax.Array  # [P] success rates
   correct: int
 
 
-def beta_population(num_prompts: int, a: float, b: float, *, outcomes: int = 4,
-                    correct: int = 2) -> Population:
+def beta_population(
+  num_prompts: int, a: float, b: float, *, outcomes: int = 4, correct: int = 2
+) -> Population:
   """Prompts at the ``(i + 1/2)/P`` quantiles of ``Beta(a, b)``, spread evenly over the answers."""
   from scipy import stats
+
   p = stats.beta.ppf((np.arange(num_prompts) + 0.5) / num_prompts, a, b)
   p = np.clip(p, 1e-4, 1 - 1e-4)
-  probs = np.concatenate([np.repeat(p[:, None] / correct, correct, 1),
-                          np.repeat((1 - p[:, None]) / (outcomes - correct), outcomes - correct, 1)], 1)
+  probs = np.concatenate(
+    [
+      np.repeat(p[:, None] / correct, correct, 1),
+      np.repeat((1 - p[:, None]) / (outcomes - correct), outcomes - correct, 1),
+    ],
+    1,
+  )
   return Population(jnp.asarray(np.log(probs), jnp.float32), jnp.asarray(p, jnp.float32), correct)
 
 
 def exact_gradient(pop: Population) -> jax.Array:
   """``d mean_x p_x / d logits``, flattened ``[P * outcomes]``."""
+
   def j(logits):
-    return jnp.mean(jnp.sum(jax.nn.softmax(logits)[:, :pop.correct], -1))
+    return jnp.mean(jnp.sum(jax.nn.softmax(logits)[:, : pop.correct], -1))
+
   return jax.grad(j)(pop.logits).ravel()
 
 
-def sample_estimates(pop: Population, adv_fn: Callable, group: int, key: jax.Array,
-                     num_batches: int) -> jax.Array:
+def sample_estimates(
+  pop: Population, adv_fn: Callable, group: int, key: jax.Array, num_batches: int
+) -> jax.Array:
   """``[num_batches, P * outcomes]`` estimates ``(1/G) sum_i A_{x,i}(e_y - pi_x)`` per prompt,
   averaged over prompts (the gradient of the mean success rate)."""
   probs = jax.nn.softmax(pop.logits)
   num_prompts, outcomes = pop.logits.shape
 
   def one(k):
-    y = jax.random.categorical(k, pop.logits, shape=(group, num_prompts)).T   # [P, G]
+    y = jax.random.categorical(k, pop.logits, shape=(group, num_prompts)).T  # [P, G]
     r = (y < pop.correct).astype(jnp.float32)
     adv = adv_fn(r)
     score = jax.nn.one_hot(y, outcomes) - probs[:, None]
     return (jnp.einsum("pg,pgk->pk", adv, score) / (group * num_prompts)).ravel()
+
   return jax.lax.map(one, jax.random.split(key, num_batches), batch_size=1024)
 
 
@@ -62,11 +73,13 @@ def bias_and_variance(estimates: jax.Array, truth: jax.Array) -> dict[str, float
   variance ``tr Cov / ||E g||^2`` and the variance per sample ``tr Cov``."""
   mean = jnp.mean(estimates, 0)
   tr_cov = jnp.sum(jnp.var(estimates, 0, ddof=1))
-  return {"relative bias": float(jnp.linalg.norm(mean - truth) / jnp.linalg.norm(truth)),
-          "cosine": float(jnp.dot(mean, truth) / (jnp.linalg.norm(mean) * jnp.linalg.norm(truth))),
-          "relative variance": float(tr_cov / jnp.sum(mean ** 2)),
-          "scale": float(jnp.dot(mean, truth) / jnp.dot(truth, truth)),
-          "trace covariance": float(tr_cov)}
+  return {
+    "relative bias": float(jnp.linalg.norm(mean - truth) / jnp.linalg.norm(truth)),
+    "cosine": float(jnp.dot(mean, truth) / (jnp.linalg.norm(mean) * jnp.linalg.norm(truth))),
+    "relative variance": float(tr_cov / jnp.sum(mean**2)),
+    "scale": float(jnp.dot(mean, truth) / jnp.dot(truth, truth)),
+    "trace covariance": float(tr_cov),
+  }
 
 
 def raft_estimates(pop: Population, counts, key: jax.Array, num_batches: int) -> jax.Array:
@@ -84,13 +97,18 @@ def raft_estimates(pop: Population, counts, key: jax.Array, num_batches: int) ->
       r = (y < pop.correct).astype(jnp.float32)
       score = jax.nn.one_hot(y, outcomes) - probs[x]
       return jnp.sum(r[:, None] * score, 0) / jnp.maximum(jnp.sum(r), 1.0)
-    parts.append(jax.lax.map(one, jax.random.split(jax.random.fold_in(key, x), num_batches),
-                             batch_size=1024) / num_prompts)
+
+    parts.append(
+      jax.lax.map(one, jax.random.split(jax.random.fold_in(key, x), num_batches), batch_size=1024)
+      / num_prompts
+    )
   return jnp.concatenate(parts, axis=1)
 
 
 def raft_target(pop: Population) -> jax.Array:
   """``d (1/P) sum_x log p_x / d logits``, flattened."""
+
   def j(logits):
-    return jnp.mean(jnp.log(jnp.sum(jax.nn.softmax(logits)[:, :pop.correct], -1)))
+    return jnp.mean(jnp.log(jnp.sum(jax.nn.softmax(logits)[:, : pop.correct], -1)))
+
   return jax.grad(j)(pop.logits).ravel()

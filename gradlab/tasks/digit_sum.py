@@ -18,7 +18,7 @@ import numpy as np
 NUM_DIGITS, RESPONSE_LEN, NUM_TARGETS = 10, 3, 28
 VOCAB = NUM_DIGITS + NUM_TARGETS
 RESPONSES = np.array(list(itertools.product(range(NUM_DIGITS), repeat=RESPONSE_LEN)), np.int32)
-CORRECT = RESPONSES.sum(1)[None, :] == np.arange(NUM_TARGETS)[:, None]   # [28, 1000]
+CORRECT = RESPONSES.sum(1)[None, :] == np.arange(NUM_TARGETS)[:, None]  # [28, 1000]
 
 
 def prompt_tokens(targets) -> jax.Array:
@@ -33,8 +33,9 @@ def rewards(targets, responses) -> jax.Array:
 def response_logp(apply_fn, params, targets, responses) -> jax.Array:
   """Token log-probabilities ``[..., 3]`` of ``responses`` under the policy, digits only."""
   shape = responses.shape[:-1]
-  seq = jnp.concatenate([prompt_tokens(targets).reshape(-1, 1),
-                         responses.reshape(-1, RESPONSE_LEN)], 1)
+  seq = jnp.concatenate(
+    [prompt_tokens(targets).reshape(-1, 1), responses.reshape(-1, RESPONSE_LEN)], 1
+  )
   logits = apply_fn(params, seq[:, :-1])[..., :NUM_DIGITS]
   logp = jax.nn.log_softmax(logits, -1)
   out = jnp.take_along_axis(logp, seq[:, 1:, None], -1)[..., 0]

@@ -15,10 +15,10 @@ from gradlab import models
 class MLPProblem(NamedTuple):
   model: models.MLP
   params: Any
-  x: np.ndarray          # [batch, 784] float32 in [0, 1)
-  y: np.ndarray          # [batch] int32 labels in [0, 10)
-  batch: dict            # {"x", "y"} as device arrays
-  loss: Callable         # (params, batch) -> mean softmax cross-entropy
+  x: np.ndarray  # [batch, 784] float32 in [0, 1)
+  y: np.ndarray  # [batch] int32 labels in [0, 10)
+  batch: dict  # {"x", "y"} as device arrays
+  loss: Callable  # (params, batch) -> mean softmax cross-entropy
   num_params: int
 
 
@@ -32,5 +32,13 @@ def mlp_problem(width: int, batch_size: int, *, seed: int = 0) -> MLPProblem:
 
   def loss(p, b):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, b["x"]), b["y"]).mean()
-  return MLPProblem(model, params, x, y, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, loss,
-                    sum(a.size for a in jax.tree.leaves(params)))
+
+  return MLPProblem(
+    model,
+    params,
+    x,
+    y,
+    {"x": jnp.asarray(x), "y": jnp.asarray(y)},
+    loss,
+    sum(a.size for a in jax.tree.leaves(params)),
+  )

@@ -7,8 +7,15 @@ import numpy as np
 from gradlab.data.datasets import Dataset
 
 
-def gaussian_blobs(*, num_classes: int, dim: int = 10, num_train: int = 1000,
-                   num_test: int = 500, separation: float = 3.0, seed: int = 0) -> Dataset:
+def gaussian_blobs(
+  *,
+  num_classes: int,
+  dim: int = 10,
+  num_train: int = 1000,
+  num_test: int = 500,
+  separation: float = 3.0,
+  seed: int = 0,
+) -> Dataset:
   """``num_classes`` isotropic unit Gaussians in R^dim with random means.
 
   The class means are drawn i.i.d. N(0, separation^2 / dim * I), so their
@@ -27,6 +34,7 @@ def gaussian_blobs(*, num_classes: int, dim: int = 10, num_train: int = 1000,
     rng.shuffle(y)
     x = means[y] + rng.normal(size=(n, dim))
     return x.astype(np.float32), y.astype(np.int32)
+
   x_train, y_train = draw(num_train)
   x_test, y_test = draw(num_test)
   return Dataset(x_train, y_train, x_test, y_test, num_classes, (dim, 1))

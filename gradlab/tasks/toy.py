@@ -44,6 +44,7 @@ def make_task(name: str, batch_size: int) -> Task:
     def sample_batch(key):
       idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
       return {"x": x[idx], "y": y[idx]}
+
     return Task(lambda key: model.init(key, x[:1]), loss_fn, sample_batch, model)
 
   vocab, length = 17, 16
@@ -58,4 +59,5 @@ def make_task(name: str, batch_size: int) -> Task:
 
   def sample_seqs(key):
     return seqs[jax.random.randint(key, (batch_size,), 0, seqs.shape[0])]
+
   return Task(lambda key: model.init(key, seqs[:1, :-1]), lm_loss, sample_seqs, model)

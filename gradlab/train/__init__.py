@@ -11,5 +11,16 @@ from gradlab.train.metrics import MetricsWriter, read_metrics
 from gradlab.train.state import TrainState
 from gradlab.train.step import make_train_step, make_update, make_value_and_grad
 
-__all__ = ["Instrument", "MetricsWriter", "TrainState", "fit", "make_manager", "make_train_step",
-           "make_update", "make_value_and_grad", "read_metrics", "restore_latest", "train_curves"]
+__all__ = [
+  "Instrument",
+  "MetricsWriter",
+  "TrainState",
+  "fit",
+  "make_manager",
+  "make_train_step",
+  "make_update",
+  "make_value_and_grad",
+  "read_metrics",
+  "restore_latest",
+  "train_curves",
+]

@@ -3,10 +3,9 @@ restore the latest onto the shardings of a template state."""
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 from typing import Any
-
-import logging as py_logging
 
 import jax
 import orbax.checkpoint as ocp

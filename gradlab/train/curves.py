@@ -19,6 +19,7 @@ class _SpikeState(NamedTuple):
 
 def _scale_at_steps(steps: jax.Array, factor: float) -> optax.GradientTransformation:
   """Multiplies the gradient by ``factor`` on the steps where ``steps`` is True."""
+
   def init_fn(params):
     del params
     return _SpikeState(jnp.zeros([], jnp.int32))
@@ -26,14 +27,24 @@ def _scale_at_steps(steps: jax.Array, factor: float) -> optax.GradientTransforma
   def update_fn(updates, state, params=None):
     del params
     spike = steps[state.count]
-    return (jax.tree.map(lambda g: jnp.where(spike, g * factor, g).astype(g.dtype),
-                         updates), _SpikeState(optax.safe_increment(state.count)))
+    return (
+      jax.tree.map(lambda g: jnp.where(spike, g * factor, g).astype(g.dtype), updates),
+      _SpikeState(optax.safe_increment(state.count)),
+    )
+
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def train_curves(task: Any, optimizer: optax.GradientTransformation, seeds: int, num_steps: int,
-                 *, extra_args_fn: ExtraArgsFn | None = None, spike_steps: Sequence[int] = (),
-                 spike_scale: float = 1.0) -> jax.Array:
+def train_curves(
+  task: Any,
+  optimizer: optax.GradientTransformation,
+  seeds: int,
+  num_steps: int,
+  *,
+  extra_args_fn: ExtraArgsFn | None = None,
+  spike_steps: Sequence[int] = (),
+  spike_scale: float = 1.0,
+) -> jax.Array:
   """Trains ``seeds`` independent runs (vmapped) for ``num_steps``; losses ``[seeds, steps]``.
 
   Args:
@@ -66,5 +77,3 @@ def train_curves(task: Any, optimizer: optax.GradientTransformation, seeds: int,
 
   keys = jax.random.split(jax.random.key(0), seeds)
   return jax.jit(jax.vmap(one_run))(keys)
-
-

@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
+import numpy as np
 from absl import logging
 
 from gradlab.train import checkpoint as ckpt_lib
@@ -33,17 +34,27 @@ class Instrument(NamedTuple):
   step's metrics record. It sees the parameters the step updates and the step's
   batch (the point where the step's loss and gradient are measured); eval
   sees the state after the step."""
+
   name: str
   fn: InstrumentFn
   every: int
 
 
-def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainState, dict]],
-        batches: Callable[[int], Iterator[Any]], *, num_steps: int, workdir: str,
-        checkpoint_every: int, max_to_keep: int = 3, log_every: int = 10,
-        eval_fn: Callable[[Any], Mapping[str, Any]] | None = None, eval_every: int = 0,
-        instruments: Sequence[Instrument] = (), progress_every: int = 100,
-        ) -> tuple[TrainState, dict[str, Any]]:
+def fit(
+  state: TrainState,
+  train_step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+  batches: Callable[[int], Iterator[Any]],
+  *,
+  num_steps: int,
+  workdir: str,
+  checkpoint_every: int,
+  max_to_keep: int = 3,
+  log_every: int = 10,
+  eval_fn: Callable[[Any], Mapping[str, Any]] | None = None,
+  eval_every: int = 0,
+  instruments: Sequence[Instrument] = (),
+  progress_every: int = 100,
+) -> tuple[TrainState, dict[str, Any]]:
   """Trains ``state`` to ``num_steps`` updates, resuming from ``workdir``.
 
   Args:
@@ -67,8 +78,12 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
   Returns:
     The final state and the last metrics record.
   """
-  for name, value in (("num_steps", num_steps), ("checkpoint_every", checkpoint_every),
-                      ("log_every", log_every), ("progress_every", progress_every)):
+  for name, value in (
+    ("num_steps", num_steps),
+    ("checkpoint_every", checkpoint_every),
+    ("log_every", log_every),
+    ("progress_every", progress_every),
+  ):
     if value < 1:
       raise ValueError(f"{name}: expected an integer >= 1, got {value}")
   if eval_every < 0:
@@ -81,10 +96,13 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
   state, restored = ckpt_lib.restore_latest(manager, state)
   start = 0 if restored is None else restored
-  if restored is None and any(getattr(x, "is_deleted", lambda: False)()
-                              for x in jax.tree.leaves(state)):
-    raise ValueError("state: its buffers were donated to an earlier train step (the "
-                     "step donates its input state); pass a freshly created state")
+  if restored is None and any(
+    getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)
+  ):
+    raise ValueError(
+      "state: its buffers were donated to an earlier train step (the "
+      "step donates its input state); pass a freshly created state"
+    )
   writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
   writer.truncate_after(start)
   if restored is not None:
@@ -120,7 +138,8 @@ def fit(state: TrainState, train_step: Callable[[TrainState, Any], tuple[TrainSt
       ckpt_lib.save(manager, s, state)
     if s % progress_every == 0 or is_last:
       rate = (s - s0) / max(time.perf_counter() - t0, 1e-9)
-      loss = last.get("loss", float("nan")) if last.get("step") == s else float("nan")
+      # (the mean, for a state vmapped over seeds)
+      loss = float(np.mean(last["loss"])) if last.get("step") == s else float("nan")
       logging.info("step %d/%d  loss %.4f  %.1f steps/s", s, num_steps, loss, rate)
   manager.wait_until_finished()
   manager.close()

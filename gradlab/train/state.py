@@ -20,14 +20,16 @@ class TrainState(NamedTuple):
       ``s`` is ``jax.random.fold_in(key, s)``, so a resumed run draws the same
       randomness as an uninterrupted one without carrying a key chain.
   """
+
   step: jax.Array
   params: Any
   opt_state: Any
   key: jax.Array
 
   @classmethod
-  def create(cls, params: Any, optimizer: optax.GradientTransformation,
-             key: jax.Array) -> "TrainState":
+  def create(
+    cls, params: Any, optimizer: optax.GradientTransformation, key: jax.Array
+  ) -> "TrainState":
     """A state at step 0 with ``optimizer.init(params)``.
 
     The params are copied: the train step donates (deletes) its input state's
@@ -36,8 +38,12 @@ class TrainState(NamedTuple):
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.key_data(key)
     params = jax.tree.map(jnp.copy, params)
-    return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=optimizer.init(params), key=jnp.asarray(key))
+    return cls(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      key=jnp.asarray(key),
+    )
 
   def step_key(self) -> jax.Array:
     """The PRNG key of the current step."""

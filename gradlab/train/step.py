@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from gradlab import sharding as sharding_lib
 from gradlab.train.state import TrainState
@@ -30,26 +31,32 @@ ExtraArgsFn = Callable[[Any, Any, jax.Array, Callable[[Any], Any]], Mapping[str,
 UpdateFn = Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]
 
 
-def _split_microbatches(batch: Any, num_microbatches: int, mesh: Mesh | None,
-                        data_axis: str) -> Any:
+def _split_microbatches(
+  batch: Any, num_microbatches: int, mesh: Mesh | None, data_axis: str
+) -> Any:
   """[B, ...] -> [M, B / M, ...], microbatch i holding rows i, i + M, ...
 
   Strided rows keep each microbatch spread evenly over the devices, so the
   split moves no data between them.
   """
+
   def split(x):
     x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:])
     x = jnp.swapaxes(x, 0, 1)
     if mesh is not None:
-      x = jax.lax.with_sharding_constraint(
-          x, jax.sharding.NamedSharding(mesh, P(None, data_axis)))
+      x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, P(None, data_axis)))
     return x
+
   return jax.tree.map(split, batch)
 
 
-def make_value_and_grad(loss_fn: LossFn, *, num_microbatches: int = 1,
-                        mesh: Mesh | None = None,
-                        data_axis: str = sharding_lib.DATA_AXIS):
+def make_value_and_grad(
+  loss_fn: LossFn,
+  *,
+  num_microbatches: int = 1,
+  mesh: Mesh | None = None,
+  data_axis: str = sharding_lib.DATA_AXIS,
+):
   """``(params, batch, key) -> ((loss, aux), grads)``, averaged over microbatches.
 
   With ``num_microbatches = M > 1`` the batch is cut into M equal
@@ -70,8 +77,9 @@ def make_value_and_grad(loss_fn: LossFn, *, num_microbatches: int = 1,
       out = vg(params, mb, jax.random.fold_in(key, i))
       return jax.tree.map(jnp.add, carry, out), None
 
-    zeros = jax.tree.map(jnp.zeros_like,
-                         jax.eval_shape(vg, params, jax.tree.map(lambda x: x[0], micro), key))
+    zeros = jax.tree.map(
+      jnp.zeros_like, jax.eval_shape(vg, params, jax.tree.map(lambda x: x[0], micro), key)
+    )
     total, _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
     return jax.tree.map(lambda t: t / num_microbatches, total)
 
@@ -90,11 +98,17 @@ def _scalar_metrics(aux: Any) -> dict[str, jax.Array]:
   return out
 
 
-def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                num_microbatches: int = 1, mesh: Mesh | None = None,
-                data_axis: str = sharding_lib.DATA_AXIS, extra_args_fn: ExtraArgsFn | None = None,
-                value_and_grad_fn: Callable | None = None,
-                norm_metrics: bool = True) -> UpdateFn:
+def make_update(
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  num_microbatches: int = 1,
+  mesh: Mesh | None = None,
+  data_axis: str = sharding_lib.DATA_AXIS,
+  extra_args_fn: ExtraArgsFn | None = None,
+  value_and_grad_fn: Callable | None = None,
+  norm_metrics: bool = True,
+) -> UpdateFn:
   """The pure update ``update(state, batch, key) -> (state, metrics)``.
 
   Not jitted: :func:`make_train_step` jits and shards it, ``train_curves``
@@ -110,14 +124,18 @@ def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       raise ValueError("value_and_grad_fn: cannot be combined with num_microbatches > 1")
     value_and_grad = value_and_grad_fn
   else:
-    value_and_grad = make_value_and_grad(loss_fn, num_microbatches=num_microbatches,
-                                         mesh=mesh, data_axis=data_axis)
+    value_and_grad = make_value_and_grad(
+      loss_fn, num_microbatches=num_microbatches, mesh=mesh, data_axis=data_axis
+    )
 
   def update(state: TrainState, batch: Any, key: jax.Array):
     (loss, aux), grads = value_and_grad(state.params, batch, key)
     grad_fn = lambda p: value_and_grad(p, batch, key)[1]  # noqa: E731
-    extra = {"value": loss, "grad": grads,
-             "value_fn": lambda p: value_and_grad(p, batch, key)[0][0]}
+    extra = {
+      "value": loss,
+      "grad": grads,
+      "value_fn": lambda p: value_and_grad(p, batch, key)[0][0],
+    }
     if extra_args_fn is not None:
       extra.update(extra_args_fn(state.params, batch, key, grad_fn))
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
@@ -125,20 +143,29 @@ def make_update(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     metrics = {"loss": loss, **_scalar_metrics(aux)}
     if norm_metrics:
       grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
-      metrics.update(grad_norm=grad_norm, update_norm=update_norm,
-                     param_norm=optax.tree.norm(params),
-                     update_grad_ratio=update_norm / grad_norm)
+      metrics.update(
+        grad_norm=grad_norm,
+        update_norm=update_norm,
+        param_norm=optax.tree.norm(params),
+        update_grad_ratio=update_norm / grad_norm,
+      )
     return TrainState(state.step + 1, params, opt_state, state.key), metrics
 
   return update
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                    mesh: Mesh | None = None, data_axis: str = sharding_lib.DATA_AXIS,
-                    num_microbatches: int = 1, extra_args_fn: ExtraArgsFn | None = None,
-                    donate: bool = True, norm_metrics: bool = True,
-                    value_and_grad_fn: Callable | None = None,
-                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+def make_train_step(
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  mesh: Mesh | None = None,
+  data_axis: str = sharding_lib.DATA_AXIS,
+  num_microbatches: int = 1,
+  extra_args_fn: ExtraArgsFn | None = None,
+  donate: bool = True,
+  norm_metrics: bool = True,
+  value_and_grad_fn: Callable | None = None,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """Builds the jitted train step: :func:`make_update` at the state's step key.
 
   Args:
@@ -181,10 +208,17 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     update without the norm metrics, which ``fit`` runs on the steps it does
     not log.
   """
-  kwargs = dict(num_microbatches=num_microbatches, mesh=mesh, data_axis=data_axis,
-                extra_args_fn=extra_args_fn, value_and_grad_fn=value_and_grad_fn)
-  updates = {with_norms: make_update(loss_fn, optimizer, norm_metrics=with_norms, **kwargs)
-             for with_norms in {norm_metrics, False}}
+  kwargs = dict(
+    num_microbatches=num_microbatches,
+    mesh=mesh,
+    data_axis=data_axis,
+    extra_args_fn=extra_args_fn,
+    value_and_grad_fn=value_and_grad_fn,
+  )
+  updates = {
+    with_norms: make_update(loss_fn, optimizer, norm_metrics=with_norms, **kwargs)
+    for with_norms in {norm_metrics, False}
+  }
 
   def step(state: TrainState, batch: Any, *, with_norms: bool):
     return updates[with_norms](state, batch, state.step_key())
@@ -195,14 +229,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     num_shards = 1
   else:
     rep = sharding_lib.replicated(mesh)
-    jit_kwargs = dict(in_shardings=(rep, sharding_lib.data_sharding(mesh, data_axis)),
-                      out_shardings=(rep, rep))
+    jit_kwargs = dict(
+      in_shardings=(rep, sharding_lib.data_sharding(mesh, data_axis)), out_shardings=(rep, rep)
+    )
     num_shards = mesh.shape[data_axis]
-  jitted = jax.jit(functools.partial(step, with_norms=norm_metrics),
-                   donate_argnums=donate_argnums, **jit_kwargs)
-  jitted_lean = (jax.jit(functools.partial(step, with_norms=False),
-                         donate_argnums=donate_argnums, **jit_kwargs)
-                 if norm_metrics else jitted)
+  jitted = jax.jit(
+    functools.partial(step, with_norms=norm_metrics), donate_argnums=donate_argnums, **jit_kwargs
+  )
+  jitted_lean = (
+    jax.jit(functools.partial(step, with_norms=False), donate_argnums=donate_argnums, **jit_kwargs)
+    if norm_metrics
+    else jitted
+  )
   divisor = num_shards * num_microbatches
   checked: set = set()
 

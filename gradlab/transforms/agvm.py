@@ -56,9 +56,16 @@ def _resolve_labels(labels, params):
   return labels(params) if callable(labels) else labels
 
 
-def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float = 0.97,
-         interval: int = 5, start: int = 500, stop: int | None = None,
-         clamp: tuple[float, float] = (0.5, 10.0)) -> optax.GradientTransformationExtraArgs:
+def agvm(
+  labels: Any | Callable[[Any], Any],
+  reference: Any,
+  *,
+  momentum: float = 0.97,
+  interval: int = 5,
+  start: int = 500,
+  stop: int | None = None,
+  clamp: tuple[float, float] = (0.5, 10.0),
+) -> optax.GradientTransformationExtraArgs:
   """Rescales each module group's update by its AGVM factor. Defaults: the official hook's.
 
   Args:
@@ -91,8 +98,10 @@ def agvm(labels: Any | Callable[[Any], Any], reference: Any, *, momentum: float 
   def update_fn(updates, state, params=None, *, split_grads=None, **extra):
     del extra
     if split_grads is None:
-      raise ValueError("split_grads: agvm needs the gradients of the two batch halves as the "
-                       "extra argument split_grads (use gradlab.transforms.half_batch_grads)")
+      raise ValueError(
+        "split_grads: agvm needs the gradients of the two batch halves as the "
+        "extra argument split_grads (use gradlab.transforms.half_batch_grads)"
+      )
     flat_labels, names = groups_of(updates if params is None else params)
     halves = jax.tree.leaves(split_grads)
     variances = []
@@ -135,7 +144,7 @@ def half_batch_grads(loss_fn: Callable) -> Callable:
     if n % 2:
       raise ValueError(f"batch: AGVM splits the batch in two halves; its size {n} is odd")
     first = jax.tree.map(lambda x: x[: n // 2], batch)
-    second = jax.tree.map(lambda x: x[n // 2:], batch)
+    second = jax.tree.map(lambda x: x[n // 2 :], batch)
     ga, gb = grad(params, first, key), grad(params, second, key)
     return {"split_grads": jax.tree.map(lambda a, b: jnp.stack([a, b]), ga, gb)}
 

@@ -51,8 +51,9 @@ def _diffgrad_direction(b1, b2, eps):
     del params
     c = optax.safe_increment(state.count)
     mu, nu = torch_adam.torch_adam_moments(updates, state.mu, state.nu, b1, b2)
-    friction = jax.tree.map(lambda p, g: 1.0 / (1.0 + jnp.exp(-jnp.abs(p - g))),
-                            state.prev_grad, updates)
+    friction = jax.tree.map(
+      lambda p, g: 1.0 / (1.0 + jnp.exp(-jnp.abs(p - g))), state.prev_grad, updates
+    )
     damped = jax.tree.map(jnp.multiply, mu, friction)
     out = torch_adam.torch_adam_direction(damped, nu, c, b1, b2, eps)
     return out, ScaleByDiffGradState(c, mu, nu, updates)
@@ -60,19 +61,26 @@ def _diffgrad_direction(b1, b2, eps):
   return init_fn, update_fn
 
 
-def scale_by_diffgrad(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
-                      eps: ArrayLike = 1e-8) -> optax.GradientTransformation:
+def scale_by_diffgrad(
+  b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-8
+) -> optax.GradientTransformation:
   """diffGrad's direction (no learning rate); ``eps > 0``."""
   torch_adam.check_adam(b1, b2, eps)
   init_fn, update_fn = _diffgrad_direction(b1, b2, eps)
   return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
 
 
-def diffgrad(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
-             eps: ArrayLike = 1e-8,
-             weight_decay: ArrayLike = 0.0) -> optax.GradientTransformationExtraArgs:
+def diffgrad(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-8,
+  weight_decay: ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
   """diffGrad as an optimizer, with the official code's L2 weight decay (applied first)."""
   torch_adam.check_adam(b1, b2, eps)
-  return nonfinite.guarded_chain(optax.add_decayed_weights(weight_decay),
-                                 optax.GradientTransformation(*_diffgrad_direction(b1, b2, eps)),
-                                 optax.scale_by_learning_rate(learning_rate))
+  return nonfinite.guarded_chain(
+    optax.add_decayed_weights(weight_decay),
+    optax.GradientTransformation(*_diffgrad_direction(b1, b2, eps)),
+    optax.scale_by_learning_rate(learning_rate),
+  )

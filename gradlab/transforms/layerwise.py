@@ -92,8 +92,9 @@ class DPAggregateState(NamedTuple):
   key: jax.Array
 
 
-def dp_per_layer_aggregate(l2_norm_clip: float, noise_multiplier: float, key: jax.Array, *,
-                           budget: str = "uniform") -> optax.GradientTransformation:
+def dp_per_layer_aggregate(
+  l2_norm_clip: float, noise_multiplier: float, key: jax.Array, *, budget: str = "uniform"
+) -> optax.GradientTransformation:
   """DP-SGD's aggregation with per-layer instead of flat clipping.
 
   Takes **per-example** gradients (every leaf with a leading batch axis ``B``,
@@ -134,11 +135,15 @@ def dp_per_layer_aggregate(l2_norm_clip: float, noise_multiplier: float, key: ja
   def guarded(updates, state, params=None):
     leaves = jax.tree.leaves(updates)
     if not leaves or any(x.ndim == 0 for x in leaves):
-      raise ValueError("updates: dp_per_layer_aggregate expects per-example gradients, "
-                       "every leaf with a leading batch axis")
+      raise ValueError(
+        "updates: dp_per_layer_aggregate expects per-example gradients, "
+        "every leaf with a leading batch axis"
+      )
     sizes = {x.shape[0] for x in leaves}
     if len(sizes) != 1:
-      raise ValueError(f"updates: every leaf needs the same leading batch size, got {sorted(sizes)}")
+      raise ValueError(
+        f"updates: every leaf needs the same leading batch size, got {sorted(sizes)}"
+      )
     return skipping_update(updates, state, params)
 
   skipping_update = nonfinite.skip_nonfinite(update_fn)

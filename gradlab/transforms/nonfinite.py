@@ -59,6 +59,7 @@ def skip_nonfinite(update_fn: Callable, prepare: Callable | None = None) -> Call
       shapes = jax.eval_shape(step, None)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
       return zeros, state
+
     # lax.cond, not a select of both results: the update runs only when the
     # gradient is finite, and no pass over the state is spent on selecting
     # (under vmap, e.g. over seeds, JAX turns it into a select anyway).
@@ -67,7 +68,9 @@ def skip_nonfinite(update_fn: Callable, prepare: Callable | None = None) -> Call
   return guarded
 
 
-def guarded_chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def guarded_chain(
+  *transforms: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*transforms)`` with the non-finite policy applied once, to the whole chain.
 
   Pass the members *unguarded* (the raw ``scale_by_*`` directions): one

@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from jax.typing import ArrayLike
 
 from gradlab import _checks
@@ -47,7 +46,9 @@ from gradlab.transforms import nonfinite, torch_adam
 
 
 @functools.cache
-def dynamic_code(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> np.ndarray:
+def dynamic_code(
+  signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8
+) -> np.ndarray:
   """The 256-entry dynamic code book, sorted (bitsandbytes' ``create_dynamic_map``).
 
   Equal to bitsandbytes' map to one float32 ulp (NumPy's and torch's float32
@@ -58,8 +59,11 @@ def dynamic_code(signed: bool = True, max_exponent_bits: int = 7, total_bits: in
   non_sign_bits = total_bits - 1
   additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
   for i in range(max_exponent_bits):
-    fraction_items = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
-                         else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+    fraction_items = int(
+      2 ** (i + non_sign_bits - max_exponent_bits) + 1
+      if signed
+      else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1
+    )
     boundaries = np.linspace(0.1, 1, fraction_items, dtype=np.float32)
     means = (boundaries[:-1] + boundaries[1:]) / np.float32(2.0)
     data += ((10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
@@ -80,7 +84,8 @@ def dynamic_code(signed: bool = True, max_exponent_bits: int = 7, total_bits: in
 
 class QuantizedArray(NamedTuple):
   """A block-wise quantized tensor: ``codes[b, j]`` indexes the code book."""
-  codes: jax.Array   # uint8 [num_blocks, block_size]
+
+  codes: jax.Array  # uint8 [num_blocks, block_size]
   absmax: jax.Array  # float32 [num_blocks]
 
 
@@ -136,6 +141,7 @@ def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
     def zeros(p, code):
       z = jnp.zeros(jnp.shape(p), jnp.float32)
       return quantize_blockwise(z, code, block_size) if quantized(p) else z
+
     mu = jax.tree.map(lambda p: zeros(p, signed), params)
     nu = jax.tree.map(lambda p: zeros(p, unsigned), params)
     return ScaleByAdam8bitState(jnp.zeros([], jnp.int32), mu, nu)
@@ -146,7 +152,7 @@ def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
     del params
     c = optax.safe_increment(state.count)
     t = c.astype(jnp.float32)
-    bc1, bc2 = 1.0 - b1 ** t, jnp.sqrt(1.0 - b2 ** t)
+    bc1, bc2 = 1.0 - b1**t, jnp.sqrt(1.0 - b2**t)
     g_leaves, treedef = jax.tree.flatten(updates)
     mu_leaves = jax.tree.leaves(state.mu, is_leaf=is_q)
     nu_leaves = jax.tree.leaves(state.nu, is_leaf=is_q)
@@ -162,20 +168,28 @@ def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
       new_mu.append(quantize_blockwise(m, signed, block_size) if q else m)
       new_nu.append(quantize_blockwise(v, unsigned, block_size) if q else v)
     return jax.tree.unflatten(treedef, outs), ScaleByAdam8bitState(
-        c, jax.tree.unflatten(treedef, new_mu), jax.tree.unflatten(treedef, new_nu))
+      c, jax.tree.unflatten(treedef, new_mu), jax.tree.unflatten(treedef, new_nu)
+    )
 
   return init_fn, update_fn
 
 
 def _check_8bit(b1, b2, eps, block_size, min_8bit_size):
   torch_adam.check_adam(b1, b2, eps)
-  return (_checks.integer("block_size", block_size, minimum=1),
-          _checks.integer("min_8bit_size", min_8bit_size))
+  return (
+    _checks.integer("block_size", block_size, minimum=1),
+    _checks.integer("min_8bit_size", min_8bit_size),
+  )
 
 
-def scale_by_adam_8bit(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-8, *,
-                       block_size: int = 256,
-                       min_8bit_size: int = 4096) -> optax.GradientTransformation:
+def scale_by_adam_8bit(
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-8,
+  *,
+  block_size: int = 256,
+  min_8bit_size: int = 4096,
+) -> optax.GradientTransformation:
   """Adam's direction with both moments stored in 8 bits, block-wise.
 
   ``block_size`` and ``min_8bit_size`` fix the state's shapes, so they are
@@ -187,9 +201,16 @@ def scale_by_adam_8bit(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLik
   return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
 
 
-def adam_8bit(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
-              eps: ArrayLike = 1e-8, weight_decay: ArrayLike = 0.0, *, block_size: int = 256,
-              min_8bit_size: int = 4096) -> optax.GradientTransformationExtraArgs:
+def adam_8bit(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-8,
+  weight_decay: ArrayLike = 0.0,
+  *,
+  block_size: int = 256,
+  min_8bit_size: int = 4096,
+) -> optax.GradientTransformationExtraArgs:
   """8-bit AdamW: :func:`scale_by_adam_8bit` + decoupled weight decay + learning rate.
 
   Under ``optax.inject_hyperparams`` pass
@@ -197,9 +218,11 @@ def adam_8bit(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: Ar
   """
   block_size, min_8bit_size = _check_8bit(b1, b2, eps, block_size, min_8bit_size)
   direction = _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size)
-  return nonfinite.guarded_chain(optax.GradientTransformation(*direction),
-                                 optax.add_decayed_weights(weight_decay),
-                                 optax.scale_by_learning_rate(learning_rate))
+  return nonfinite.guarded_chain(
+    optax.GradientTransformation(*direction),
+    optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def state_bytes(tree) -> int:

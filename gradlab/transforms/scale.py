@@ -46,8 +46,10 @@ def _column_normalize(layout, eps):
 
   def normalize(g):
     if g.ndim < 2:
-      raise ValueError(f"column_normalize: got a leaf of shape {g.shape}; it needs matrices "
-                       "(rank >= 2), so route 1-D parameters to another transform")
+      raise ValueError(
+        f"column_normalize: got a leaf of shape {g.shape}; it needs matrices "
+        "(rank >= 2), so route 1-D parameters to another transform"
+      )
     m = g.reshape(-1, g.shape[-1]) if axis == 0 else g.reshape(g.shape[0], -1)
     s = jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(m), axis=axis, keepdims=True)), eps)
     return (m / s).astype(g.dtype).reshape(g.shape)
@@ -59,7 +61,9 @@ def _column_normalize(layout, eps):
   return optax.init_empty_state, update_fn
 
 
-def column_normalize(*, layout: str = "in_out", eps: ArrayLike = 1e-8) -> optax.GradientTransformation:
+def column_normalize(
+  *, layout: str = "in_out", eps: ArrayLike = 1e-8
+) -> optax.GradientTransformation:
   """Divides each column of every matrix leaf by the column's RMS (floored at ``eps > 0``).
 
   ``layout`` names the kernel's axes: ``"in_out"`` (flax's ``Dense``; the
@@ -95,17 +99,29 @@ def scale_labels(params: Any, last_layer: str) -> Any:
 
   labels = jax.tree_util.tree_map_with_path(label, params)
   if not found:
-    names = [jax.tree_util.keystr(p, simple=True, separator="/")
-             for p, x in jax.tree_util.tree_leaves_with_path(params) if jnp.ndim(x) >= 2]
-    raise ValueError(f"last_layer: the pattern {last_layer!r} matches no matrix parameter; "
-                     f"the matrices are {names}")
+    names = [
+      jax.tree_util.keystr(p, simple=True, separator="/")
+      for p, x in jax.tree_util.tree_leaves_with_path(params)
+      if jnp.ndim(x) >= 2
+    ]
+    raise ValueError(
+      f"last_layer: the pattern {last_layer!r} matches no matrix parameter; "
+      f"the matrices are {names}"
+    )
   return labels
 
 
-def scale(learning_rate: optax.ScalarOrSchedule, *, last_layer: str,
-          momentum: ArrayLike = 0.9, weight_decay: ArrayLike = 0.0, adam_b1: ArrayLike = 0.9,
-          adam_b2: ArrayLike = 0.999, adam_eps: ArrayLike = 1e-8,
-          layout: str = "in_out") -> optax.GradientTransformationExtraArgs:
+def scale(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  last_layer: str,
+  momentum: ArrayLike = 0.9,
+  weight_decay: ArrayLike = 0.0,
+  adam_b1: ArrayLike = 0.9,
+  adam_b2: ArrayLike = 0.999,
+  adam_eps: ArrayLike = 1e-8,
+  layout: str = "in_out",
+) -> optax.GradientTransformationExtraArgs:
   """The SCALE optimizer. ``last_layer``: a regex for the output layer's path.
 
   Example: ``scale(1e-3, last_layer=r"Dense_2/kernel")`` for a three-layer MLP.
@@ -115,10 +131,15 @@ def scale(learning_rate: optax.ScalarOrSchedule, *, last_layer: str,
   _checks.one_of("layout", layout, LAYOUTS)
   normalize = optax.GradientTransformation(*_column_normalize(layout, 1e-8))
   routed = optax.partition(
-      {"matrix": normalize,
-       "last": optax.chain(optax.ema(momentum, debias=False), normalize),
-       "oned": optax.GradientTransformation(
-           *torch_adam.unguarded_torch_adam(adam_b1, adam_b2, adam_eps))},
-      lambda params: scale_labels(params, last_layer))
-  return nonfinite.guarded_chain(routed, optax.add_decayed_weights(weight_decay),
-                                 optax.scale_by_learning_rate(learning_rate))
+    {
+      "matrix": normalize,
+      "last": optax.chain(optax.ema(momentum, debias=False), normalize),
+      "oned": optax.GradientTransformation(
+        *torch_adam.unguarded_torch_adam(adam_b1, adam_b2, adam_eps)
+      ),
+    },
+    lambda params: scale_labels(params, last_layer),
+  )
+  return nonfinite.guarded_chain(
+    routed, optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate)
+  )

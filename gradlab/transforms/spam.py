@@ -54,8 +54,9 @@ def spam_warmup_factor(count, *, warmup_steps: ArrayLike, reset_interval: ArrayL
   tau = jnp.asarray(count)
   resets = jnp.asarray(reset_interval) > 0
   interval = jnp.maximum(jnp.asarray(reset_interval), 1)
-  since_reset = jnp.where(resets & (tau + 1 >= interval), (tau + 1) % interval,
-                          warmup_steps + 1 + tau)
+  since_reset = jnp.where(
+    resets & (tau + 1 >= interval), (tau + 1) % interval, warmup_steps + 1 + tau
+  )
   s = since_reset.astype(jnp.result_type(float))
   decay = 0.99 * (1.0 + jnp.cos(jnp.pi * s / (warmup_steps + 1))) / 2.0
   return 1.0 - jnp.where(since_reset >= warmup_steps, 0.0, decay)
@@ -78,8 +79,11 @@ def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_a
   """
 
   def init_fn(params):
-    return ScaleBySpamState(count=jnp.zeros([], jnp.int32),
-                            mu=optax.tree.zeros_like(params), nu=optax.tree.zeros_like(params))
+    return ScaleBySpamState(
+      count=jnp.zeros([], jnp.int32),
+      mu=optax.tree.zeros_like(params),
+      nu=optax.tree.zeros_like(params),
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -89,27 +93,36 @@ def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_a
     reset = resets & (c % interval == 0)
     keep = lambda x: jnp.where(reset, jnp.zeros_like(x), x)  # noqa: E731
     mu, nu = jax.tree.map(keep, state.mu), jax.tree.map(keep, state.nu)
-    active = (jnp.asarray(threshold) != 0) & (c >= clip_after) & (
-        ~resets | (c % interval >= clip_after))
+    active = (
+      (jnp.asarray(threshold) != 0) & (c >= clip_after) & (~resets | (c % interval >= clip_after))
+    )
 
     def clip(g, v):
       spike = active & (g * g > threshold * v)
       return jnp.where(spike, jnp.sign(g) * jnp.sqrt(v * threshold), g).astype(g.dtype)
+
     updates = jax.tree.map(clip, updates, nu)
     mu, nu = torch_adam.torch_adam_moments(updates, mu, nu, b1, b2)
     direction = torch_adam.torch_adam_direction(mu, nu, c, b1, b2, eps)
-    factor = spam_warmup_factor(state.count, warmup_steps=warmup_steps,
-                                reset_interval=reset_interval)
+    factor = spam_warmup_factor(
+      state.count, warmup_steps=warmup_steps, reset_interval=reset_interval
+    )
     out = jax.tree.map(lambda d: d * factor.astype(d.dtype), direction)
     return out, ScaleBySpamState(count=c, mu=mu, nu=nu)
 
   return init_fn, update_fn
 
 
-def scale_by_spam(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-6, *,
-                  threshold: ArrayLike = 5000.0, reset_interval: ArrayLike = 500,
-                  warmup_steps: ArrayLike = 150,
-                  clip_after: ArrayLike = 20) -> optax.GradientTransformation:
+def scale_by_spam(
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-6,
+  *,
+  threshold: ArrayLike = 5000.0,
+  reset_interval: ArrayLike = 500,
+  warmup_steps: ArrayLike = 150,
+  clip_after: ArrayLike = 20,
+) -> optax.GradientTransformation:
   """SPAM's direction (no learning rate). Defaults are the official code's.
 
   Args:
@@ -128,11 +141,18 @@ def scale_by_spam(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1
   return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
 
 
-def spam(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
-         eps: ArrayLike = 1e-6, weight_decay: ArrayLike = 0.0, *,
-         threshold: ArrayLike = 5000.0, reset_interval: ArrayLike = 500,
-         warmup_steps: ArrayLike = 150,
-         clip_after: ArrayLike = 20) -> optax.GradientTransformationExtraArgs:
+def spam(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: ArrayLike = 0.9,
+  b2: ArrayLike = 0.999,
+  eps: ArrayLike = 1e-6,
+  weight_decay: ArrayLike = 0.0,
+  *,
+  threshold: ArrayLike = 5000.0,
+  reset_interval: ArrayLike = 500,
+  warmup_steps: ArrayLike = 150,
+  clip_after: ArrayLike = 20,
+) -> optax.GradientTransformationExtraArgs:
   """SPAM as an optimizer: ``scale_by_spam`` + decoupled weight decay + learning rate.
 
   The hyperparameters are :func:`scale_by_spam`'s; all may be scheduled or
@@ -141,6 +161,8 @@ def spam(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLi
   """
   args = (b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after)
   _check_spam(*args)
-  return nonfinite.guarded_chain(optax.GradientTransformation(*_spam_direction(*args)),
-                                 optax.add_decayed_weights(weight_decay),
-                                 optax.scale_by_learning_rate(learning_rate))
+  return nonfinite.guarded_chain(
+    optax.GradientTransformation(*_spam_direction(*args)),
+    optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(learning_rate),
+  )

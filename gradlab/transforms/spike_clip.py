@@ -44,7 +44,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
 from jax.typing import ArrayLike
 
 from gradlab import _checks
@@ -52,17 +51,24 @@ from gradlab.transforms import nonfinite
 
 
 class SpikeClipState(NamedTuple):
-  count: jax.Array      # steps with a non-zero gradient seen (int32)
-  mean: jax.Array       # EMA of the norm (the running mean during warmup)
-  var: jax.Array        # EMA of its variance (Welford's M2 during warmup)
+  count: jax.Array  # steps with a non-zero gradient seen (int32)
+  mean: jax.Array  # EMA of the norm (the running mean during warmup)
+  var: jax.Array  # EMA of its variance (Welford's M2 during warmup)
   last_norm: jax.Array  # the last step's norm before clipping, for logging
   last_spike: jax.Array  # whether the last step was clipped as a spike
 
 
-def spike_clip(*, alpha: ArrayLike = 0.97, z_thresh: ArrayLike = 2.5, warmup_steps: int = 25,
-               clip_option: str = "adaptive_scaling", clip_factor: ArrayLike = 1.0,
-               max_norm: ArrayLike | None = None, eps: ArrayLike = 1e-6,
-               skip_update_on_spike: bool = False) -> optax.GradientTransformation:
+def spike_clip(
+  *,
+  alpha: ArrayLike = 0.97,
+  z_thresh: ArrayLike = 2.5,
+  warmup_steps: int = 25,
+  clip_option: str = "adaptive_scaling",
+  clip_factor: ArrayLike = 1.0,
+  max_norm: ArrayLike | None = None,
+  eps: ArrayLike = 1e-6,
+  skip_update_on_spike: bool = False,
+) -> optax.GradientTransformation:
   """Clips the global gradient norm when it is a z-score outlier. Defaults: ZClip's."""
   _checks.unit_interval("alpha", alpha)
   _checks.positive("z_thresh", z_thresh)
@@ -75,7 +81,9 @@ def spike_clip(*, alpha: ArrayLike = 0.97, z_thresh: ArrayLike = 2.5, warmup_ste
 
   def init_fn(params):
     # the parameters' float dtype: float32 params keep float32 statistics under x64
-    leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    leaves = [
+      x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+    ]
     z = jnp.zeros([], optax.tree.dtype(leaves, "highest") if leaves else jnp.float32)
     return SpikeClipState(jnp.zeros([], jnp.int32), z, z, z, jnp.array(False))
 
@@ -117,9 +125,11 @@ def spike_clip(*, alpha: ArrayLike = 0.97, z_thresh: ArrayLike = 2.5, warmup_ste
     var = jnp.where(warming, w_var, e_var)
     informative = norm > 0  # a zero gradient carries no information about the norms
     return out, SpikeClipState(
-        jnp.where(informative, optax.safe_increment(state.count), state.count),
-        jnp.where(informative, mean, state.mean).astype(state.mean.dtype),
-        jnp.where(informative, var, state.var).astype(state.var.dtype),
-        norm, spike & informative)
+      jnp.where(informative, optax.safe_increment(state.count), state.count),
+      jnp.where(informative, mean, state.mean).astype(state.mean.dtype),
+      jnp.where(informative, var, state.var).astype(state.var.dtype),
+      norm,
+      spike & informative,
+    )
 
   return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))

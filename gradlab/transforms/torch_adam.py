@@ -23,10 +23,12 @@ from gradlab.transforms import nonfinite
 
 def torch_adam_direction(mu, nu, count, b1, b2, eps):
   """``m / (sqrt(v) + eps) * sqrt(1 - b2^t) / (1 - b1^t)`` per leaf."""
+
   def one(m, v):
     t = jnp.asarray(count).astype(m.dtype)
-    step = jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    step = jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t)
     return (m / (jnp.sqrt(v) + eps) * step).astype(m.dtype)
+
   return jax.tree.map(one, mu, nu)
 
 
@@ -45,15 +47,19 @@ def check_adam(b1: ArrayLike, b2: ArrayLike, eps: ArrayLike) -> None:
 
 def torch_adam_moments(updates, mu, nu, b1, b2):
   """Adam's moment updates through ``optax.tree``."""
-  return (optax.tree.update_moment(updates, mu, b1, 1),
-          optax.tree.update_moment_per_elem_norm(updates, nu, b2, 2))
+  return (
+    optax.tree.update_moment(updates, mu, b1, 1),
+    optax.tree.update_moment_per_elem_norm(updates, nu, b2, 2),
+  )
 
 
 def unguarded_torch_adam(b1, b2, eps):
   """``(init_fn, update_fn)`` of :func:`scale_by_torch_adam` without the non-finite guard."""
+
   def init_fn(params):
-    return TorchAdamState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
-                          optax.tree.zeros_like(params))
+    return TorchAdamState(
+      jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), optax.tree.zeros_like(params)
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -64,8 +70,9 @@ def unguarded_torch_adam(b1, b2, eps):
   return init_fn, update_fn
 
 
-def scale_by_torch_adam(b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
-                        eps: ArrayLike = 1e-8) -> optax.GradientTransformation:
+def scale_by_torch_adam(
+  b1: ArrayLike = 0.9, b2: ArrayLike = 0.999, eps: ArrayLike = 1e-8
+) -> optax.GradientTransformation:
   """Adam with PyTorch's epsilon placement (``m / (sqrt(v) + eps)`` uncorrected).
 
   ``optax.scale_by_adam`` divides by ``sqrt(v_hat) + eps`` instead; this form

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
 from jax.typing import ArrayLike
 
 from gradlab import _checks
@@ -37,20 +36,23 @@ def grad_fn_extra_args(params, batch, key, grad_fn) -> dict:
 
 def _need(name: str, value: Any, who: str) -> None:
   if value is None:
-    raise ValueError(f"{name}: {who} needs the extra argument {name} (with gradlab.train."
-                     "make_train_step: extra_args_fn=gradlab.transforms.grad_fn_extra_args) "
-                     "and params")
+    raise ValueError(
+      f"{name}: {who} needs the extra argument {name} (with gradlab.train."
+      "make_train_step: extra_args_fn=gradlab.transforms.grad_fn_extra_args) "
+      "and params"
+    )
 
 
 class StormState(NamedTuple):
   count: jax.Array
-  d: optax.Updates            # the estimator d_t
-  prev_params: optax.Params   # x_t, where d_t was formed
-  sum_sq: jax.Array           # sum_i ||g_i||^2, for the step size
+  d: optax.Updates  # the estimator d_t
+  prev_params: optax.Params  # x_t, where d_t was formed
+  sum_sq: jax.Array  # sum_i ||g_i||^2, for the step size
 
 
-def storm(k: ArrayLike = 0.1, w: ArrayLike = 0.1,
-          c: ArrayLike = 100.0) -> optax.GradientTransformationExtraArgs:
+def storm(
+  k: ArrayLike = 0.1, w: ArrayLike = 0.1, c: ArrayLike = 100.0
+) -> optax.GradientTransformationExtraArgs:
   r"""STORM (Cutkosky & Orabona, NeurIPS 2019), Algorithm 1, including its step size.
 
   .. math::
@@ -71,9 +73,12 @@ def storm(k: ArrayLike = 0.1, w: ArrayLike = 0.1,
     _checks.positive(name, v)
 
   def init_fn(params):
-    return StormState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
-                      optax.tree.cast(params, None),
-                      jnp.zeros([], optax.tree.dtype(params, "highest")))
+    return StormState(
+      jnp.zeros([], jnp.int32),
+      optax.tree.zeros_like(params),
+      optax.tree.cast(params, None),
+      jnp.zeros([], optax.tree.dtype(params, "highest")),
+    )
 
   def prepare(updates, state, params=None, *, grad_fn=None, **extra):
     del updates, extra
@@ -86,25 +91,31 @@ def storm(k: ArrayLike = 0.1, w: ArrayLike = 0.1,
     g_prev = prepared
     first = state.count == 0
     eta_prev = k / (w + state.sum_sq) ** (1.0 / 3.0)
-    a = jnp.minimum(1.0, c * eta_prev ** 2)
-    d = jax.tree.map(lambda g, dd, gp: jnp.where(first, g, g + (1 - a) * (dd - gp)).astype(g.dtype),
-                     updates, state.d, g_prev)
+    a = jnp.minimum(1.0, c * eta_prev**2)
+    d = jax.tree.map(
+      lambda g, dd, gp: jnp.where(first, g, g + (1 - a) * (dd - gp)).astype(g.dtype),
+      updates,
+      state.d,
+      g_prev,
+    )
     sum_sq = state.sum_sq + optax.tree.norm(updates, squared=True).astype(state.sum_sq.dtype)
     eta = k / (w + sum_sq) ** (1.0 / 3.0)
     out = jax.tree.map(lambda x: (-eta * x).astype(x.dtype), d)
-    return out, StormState(optax.safe_increment(state.count), d, params, sum_sq.astype(
-        state.sum_sq.dtype))
+    return out, StormState(
+      optax.safe_increment(state.count), d, params, sum_sq.astype(state.sum_sq.dtype)
+    )
 
-  return optax.GradientTransformationExtraArgs(init_fn,
-                                               nonfinite.skip_nonfinite(update_fn, prepare))
+  return optax.GradientTransformationExtraArgs(
+    init_fn, nonfinite.skip_nonfinite(update_fn, prepare)
+  )
 
 
 class ScaleByMarsState(NamedTuple):
   count: jax.Array
   mu: optax.Updates
   nu: optax.Updates
-  last_grad: optax.Updates    # approximate version: the previous step's gradient
-  prev_params: optax.Params   # exact version: x_{t-1}
+  last_grad: optax.Updates  # approximate version: the previous step's gradient
+  prev_params: optax.Params  # exact version: x_{t-1}
 
 
 def _mars_direction(b1, b2, eps, gamma, exact):
@@ -114,8 +125,13 @@ def _mars_direction(b1, b2, eps, gamma, exact):
     z = optax.tree.zeros_like(params)
     # Only the version in use keeps its reference: the previous gradient, or
     # the previous iterate.
-    return ScaleByMarsState(jnp.zeros([], jnp.int32), z, z, () if exact else z,
-                            optax.tree.cast(params, None) if exact else ())
+    return ScaleByMarsState(
+      jnp.zeros([], jnp.int32),
+      z,
+      z,
+      () if exact else z,
+      optax.tree.cast(params, None) if exact else (),
+    )
 
   def prepare(updates, state, params=None, *, grad_fn=None, **extra):
     del extra
@@ -134,6 +150,7 @@ def _mars_direction(b1, b2, eps, gamma, exact):
       ct = g + scale * (g - r)
       n = jnp.sqrt(jnp.sum(jnp.square(ct)))
       return jnp.where(n > 1.0, ct / n, ct).astype(g.dtype)
+
     ct = jax.tree.map(correct, updates, prepared)
     mu = optax.tree.update_moment(ct, state.mu, b1, 1)
     nu = optax.tree.update_moment_per_elem_norm(ct, state.nu, b2, 2)
@@ -152,9 +169,14 @@ def _check_mars(b1, b2, eps, gamma, exact):
     raise ValueError(f"exact: expected a bool, got {exact!r}")
 
 
-def scale_by_mars(b1: ArrayLike = 0.95, b2: ArrayLike = 0.99, eps: ArrayLike = 1e-8, *,
-                  gamma: ArrayLike = 0.025,
-                  exact: bool = False) -> optax.GradientTransformationExtraArgs:
+def scale_by_mars(
+  b1: ArrayLike = 0.95,
+  b2: ArrayLike = 0.99,
+  eps: ArrayLike = 1e-8,
+  *,
+  gamma: ArrayLike = 0.025,
+  exact: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   r"""MARS-AdamW's direction (Yuan et al. 2024), as the official ``mars.py`` computes it.
 
   Per leaf (the official code applies it to every tensor with
@@ -181,13 +203,21 @@ def scale_by_mars(b1: ArrayLike = 0.95, b2: ArrayLike = 0.99, eps: ArrayLike = 1
   """
   _check_mars(b1, b2, eps, gamma, exact)
   init_fn, update_fn, prepare = _mars_direction(b1, b2, eps, gamma, exact)
-  return optax.GradientTransformationExtraArgs(init_fn,
-                                               nonfinite.skip_nonfinite(update_fn, prepare))
+  return optax.GradientTransformationExtraArgs(
+    init_fn, nonfinite.skip_nonfinite(update_fn, prepare)
+  )
 
 
-def mars(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.95, b2: ArrayLike = 0.99,
-         eps: ArrayLike = 1e-8, weight_decay: ArrayLike = 0.0, *, gamma: ArrayLike = 0.025,
-         exact: bool = False) -> optax.GradientTransformationExtraArgs:
+def mars(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: ArrayLike = 0.95,
+  b2: ArrayLike = 0.99,
+  eps: ArrayLike = 1e-8,
+  weight_decay: ArrayLike = 0.0,
+  *,
+  gamma: ArrayLike = 0.025,
+  exact: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   """MARS-AdamW: :func:`scale_by_mars` + decoupled weight decay + learning rate.
 
   The non-finite policy guards the whole chain once (its check includes the
@@ -198,15 +228,19 @@ def mars(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.95, b2: ArrayL
   # The direction's prepare runs outside the chain's cond so that a
   # non-finite grad_fn result skips the whole chain.
   chain = optax.chain(
-      optax.GradientTransformationExtraArgs(
-          init_fn, lambda u, s, p=None, *, prepared=None, **e: update_fn(u, s, p, prepared=prepared)),
-      optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate))
+    optax.GradientTransformationExtraArgs(
+      init_fn, lambda u, s, p=None, *, prepared=None, **e: update_fn(u, s, p, prepared=prepared)
+    ),
+    optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
   def chain_prepare(updates, state, params=None, **extra):
     return prepare(updates, state[0], params, **extra)
 
   return optax.GradientTransformationExtraArgs(
-      chain.init, nonfinite.skip_nonfinite(chain.update, chain_prepare))
+    chain.init, nonfinite.skip_nonfinite(chain.update, chain_prepare)
+  )
 
 
 class SVRGState(NamedTuple):
@@ -232,11 +266,13 @@ def svrg(snapshot_every: int) -> optax.GradientTransformationExtraArgs:
   snapshot_every = _checks.integer("snapshot_every", snapshot_every, minimum=1)
 
   def init_fn(params):
-    return SVRGState(jnp.zeros([], jnp.int32), optax.tree.cast(params, None),
-                     optax.tree.zeros_like(params))
+    return SVRGState(
+      jnp.zeros([], jnp.int32), optax.tree.cast(params, None), optax.tree.zeros_like(params)
+    )
 
-  def prepare(updates, state, params=None, *, grad_fn=None,
-              full_grad_fn: Callable | None = None, **extra):
+  def prepare(
+    updates, state, params=None, *, grad_fn=None, full_grad_fn: Callable | None = None, **extra
+  ):
     del updates, extra
     _need("grad_fn", grad_fn, "svrg")
     _need("full_grad_fn", full_grad_fn, "svrg")
@@ -252,5 +288,6 @@ def svrg(snapshot_every: int) -> optax.GradientTransformationExtraArgs:
     out = jax.tree.map(lambda g, gs, mu: g - gs + mu, updates, at_snapshot, full)
     return out, SVRGState(optax.safe_increment(state.count), snapshot, full)
 
-  return optax.GradientTransformationExtraArgs(init_fn,
-                                               nonfinite.skip_nonfinite(update_fn, prepare))
+  return optax.GradientTransformationExtraArgs(
+    init_fn, nonfinite.skip_nonfinite(update_fn, prepare)
+  )

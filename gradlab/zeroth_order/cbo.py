@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 
 class CBOState(NamedTuple):
-  particles: Any      # pytree with a leading axis N
-  consensus: Any      # pytree like one particle
+  particles: Any  # pytree with a leading axis N
+  consensus: Any  # pytree like one particle
   key: jax.Array
   step: jax.Array
 
@@ -37,20 +37,29 @@ def consensus_point(particles: Any, values: jax.Array, alpha: float) -> Any:
   return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), particles)
 
 
-def cbo_init(particles: Any, objective: Callable[[Any], jax.Array], key: jax.Array, *,
-             alpha: float = 30.0) -> CBOState:
+def cbo_init(
+  particles: Any, objective: Callable[[Any], jax.Array], key: jax.Array, *, alpha: float = 30.0
+) -> CBOState:
   """A state from initial particles (a pytree with a leading axis N >= 2)."""
   n = {jnp.shape(x)[0] for x in jax.tree.leaves(particles)}
   if len(n) != 1 or n.pop() < 2:
     raise ValueError("particles: expected leaves with one common leading axis N >= 2")
   values = jax.vmap(objective)(particles)
-  return CBOState(particles, consensus_point(particles, values, alpha), key,
-                  jnp.zeros((), jnp.int32))
+  return CBOState(
+    particles, consensus_point(particles, values, alpha), key, jnp.zeros((), jnp.int32)
+  )
 
 
-def cbo_step(state: CBOState, objective: Callable[[Any], jax.Array], *, alpha: float = 30.0,
-             drift: float = 1.0, noise: float = 0.8, dt: float = 0.1,
-             anisotropic: bool = True) -> CBOState:
+def cbo_step(
+  state: CBOState,
+  objective: Callable[[Any], jax.Array],
+  *,
+  alpha: float = 30.0,
+  drift: float = 1.0,
+  noise: float = 0.8,
+  dt: float = 0.1,
+  anisotropic: bool = True,
+) -> CBOState:
   """One Euler-Maruyama step of CBO.
 
   Args:
@@ -71,8 +80,9 @@ def cbo_step(state: CBOState, objective: Callable[[Any], jax.Array], *, alpha: f
   keys = jax.random.split(sub, len(leaves))
   m_leaves = jax.tree.leaves(m)
   if not anisotropic:
-    dist = jnp.sqrt(sum(jnp.sum((x - ml) ** 2, axis=tuple(range(1, x.ndim)))
-                        for x, ml in zip(leaves, m_leaves)))
+    dist = jnp.sqrt(
+      sum(jnp.sum((x - ml) ** 2, axis=tuple(range(1, x.ndim))) for x, ml in zip(leaves, m_leaves))
+    )
   new = []
   for x, ml, k in zip(leaves, m_leaves, keys):
     diff = x - ml

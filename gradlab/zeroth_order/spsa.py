@@ -36,9 +36,9 @@ from gradlab import _checks
 
 
 class ZOEstimate(NamedTuple):
-  grad: Any              # the averaged estimate, a pytree like params
-  loss: jax.Array        # the mean of L(theta +- eps z) over probes (~ L(theta))
-  projected: jax.Array   # [num_probes] the finite differences c_k
+  grad: Any  # the averaged estimate, a pytree like params
+  loss: jax.Array  # the mean of L(theta +- eps z) over probes (~ L(theta))
+  projected: jax.Array  # [num_probes] the finite differences c_k
 
 
 def perturbation(key: jax.Array, like: Any, mask: Any = None) -> Any:
@@ -55,12 +55,20 @@ def sparse_mask(params: Any, *, fraction: float) -> Any:
   def leaf(x):
     threshold = jnp.quantile(jnp.abs(x).ravel(), fraction)
     return (jnp.abs(x) <= threshold).astype(x.dtype)
+
   return jax.tree.map(leaf, params)
 
 
-def spsa_gradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                  key: jax.Array, *, epsilon: float = 1e-3, num_probes: int = 1,
-                  mask: Any = None) -> ZOEstimate:
+def spsa_gradient(
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batch: Any,
+  key: jax.Array,
+  *,
+  epsilon: float = 1e-3,
+  num_probes: int = 1,
+  mask: Any = None,
+) -> ZOEstimate:
   """The two-point estimate averaged over ``num_probes`` Gaussian probes.
 
   Args:
@@ -91,9 +99,13 @@ def spsa_gradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: 
   return ZOEstimate(grad, jnp.mean(losses), projected)
 
 
-def zo_value_and_grad(train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]], *,
-                      epsilon: float = 1e-3, num_probes: int = 1,
-                      sparse_fraction: float | None = None):
+def zo_value_and_grad(
+  train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
+  *,
+  epsilon: float = 1e-3,
+  num_probes: int = 1,
+  sparse_fraction: float | None = None,
+):
   """A ``value_and_grad`` for ``make_train_step(value_and_grad_fn=...)``.
 
   Feeds the SPSA (or, with ``sparse_fraction``, Sparse MeZO) estimate to any
@@ -101,10 +113,19 @@ def zo_value_and_grad(train_loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.A
   is the step key, shared by the 2n evaluations (so that dropout noise does
   not enter the finite differences); the probes use a key folded from it.
   """
+
   def value_and_grad(params, batch, key):
     loss = lambda p, b: train_loss_fn(p, b, key)[0]
     mask = None if sparse_fraction is None else sparse_mask(params, fraction=sparse_fraction)
-    est = spsa_gradient(loss, params, batch, jax.random.fold_in(key, 0x5E50),
-                        epsilon=epsilon, num_probes=num_probes, mask=mask)
+    est = spsa_gradient(
+      loss,
+      params,
+      batch,
+      jax.random.fold_in(key, 0x5E50),
+      epsilon=epsilon,
+      num_probes=num_probes,
+      mask=mask,
+    )
     return (est.loss, {"zo/projected_abs": jnp.mean(jnp.abs(est.projected))}), est.grad
+
   return value_and_grad

@@ -15,8 +15,12 @@ from gradlab import curvature, sharding, train
 
 def _problem(dtype=jnp.float32, n=40):
   k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-  params = {"w1": jax.random.normal(k1, (5, 8), dtype) * 0.7, "b1": jnp.zeros(8, dtype) + 0.1,
-            "w2": jax.random.normal(k2, (8, 3), dtype) * 0.7, "b2": jnp.zeros(3, dtype)}
+  params = {
+    "w1": jax.random.normal(k1, (5, 8), dtype) * 0.7,
+    "b1": jnp.zeros(8, dtype) + 0.1,
+    "w2": jax.random.normal(k2, (8, 3), dtype) * 0.7,
+    "b2": jnp.zeros(3, dtype),
+  }
   batch = {"x": jax.random.normal(k3, (n, 5), dtype), "y": jax.random.randint(k4, (n,), 0, 3)}
 
   def model(p, b):
@@ -27,6 +31,7 @@ def _problem(dtype=jnp.float32, n=40):
 
   def loss(p, b):
     return jnp.mean(per_example(p, b))
+
   return params, batch, model, per_example, loss
 
 
@@ -74,15 +79,17 @@ def test_hutchinson_trace_within_4_standard_errors_and_stderr_shrinks(name):
   h, _ = _dense_hessian(loss, params, batch)
   h = np.asarray(h, np.float64)
   true = np.trace(h)
-  small = curvature.hessian_trace(loss, params, batch, jax.random.key(3), num_probes=100,
-                                     probe_batch=32, sampler=sampler)
-  big = curvature.hessian_trace(loss, params, batch, jax.random.key(4), num_probes=1600,
-                                   probe_batch=64, sampler=sampler)
+  small = curvature.hessian_trace(
+    loss, params, batch, jax.random.key(3), num_probes=100, probe_batch=32, sampler=sampler
+  )
+  big = curvature.hessian_trace(
+    loss, params, batch, jax.random.key(4), num_probes=1600, probe_batch=64, sampler=sampler
+  )
   # 4 standard errors: a false alarm about 1 time in 16,000 per check
   for est in (small, big):
     assert abs(float(est.estimate) - true) < 4 * float(est.stderr), (est, true)
   # Theory for one probe: Var = 2(|H|_F^2 - sum H_ii^2) (Rademacher), 2|H|_F^2 (Gaussian)
-  fro2, diag2 = np.sum(h ** 2), np.sum(np.diag(h) ** 2)
+  fro2, diag2 = np.sum(h**2), np.sum(np.diag(h) ** 2)
   sd1 = math.sqrt(2 * (fro2 - diag2) if name == "rademacher" else 2 * fro2)
   for est in (small, big):
     # the sample std of m probes is within ~4/sqrt(2m) relative of the truth (kurtosis aside)
@@ -94,8 +101,9 @@ def test_hutchinson_trace_within_4_standard_errors_and_stderr_shrinks(name):
 def test_hutchinson_diagonal_within_its_standard_errors():
   params, batch, _, _, loss = _problem()
   h, unravel = _dense_hessian(loss, params, batch)
-  est = curvature.hessian_diagonal(loss, params, batch, jax.random.key(5), num_probes=2000,
-                                      probe_batch=250)
+  est = curvature.hessian_diagonal(
+    loss, params, batch, jax.random.key(5), num_probes=2000, probe_batch=250
+  )
   got, se = ravel_pytree(est.estimate)[0], ravel_pytree(est.stderr)[0]
   z = np.abs(np.asarray(got) - np.diag(np.asarray(h))) / np.asarray(se)
   # ~75 coordinates (those with zero variance, e.g. all-equal rows, have z = 0/0: skip)
@@ -124,8 +132,9 @@ def test_lanczos_top5_match_eigvalsh():
   params, batch, _, _, loss = _problem()
   h, _ = _dense_hessian(loss, params, batch)
   dense = np.sort(np.linalg.eigvalsh(np.asarray(h, np.float64)))[::-1][:5]
-  res = curvature.hessian_top_eigenvalues(loss, params, batch, jax.random.key(7), k=5,
-                                          num_iterations=40)
+  res = curvature.hessian_top_eigenvalues(
+    loss, params, batch, jax.random.key(7), k=5, num_iterations=40
+  )
   np.testing.assert_allclose(np.asarray(res.eigenvalues), dense, rtol=1e-4)
   # Ritz vectors are eigenvectors: small residuals, orthonormal
   assert float(res.residuals.max()) < 1e-3 * abs(dense[0])
@@ -141,8 +150,9 @@ def test_full_lanczos_recovers_every_eigenvalue_even_after_breakdown():
   q, _ = np.linalg.qr(rng.normal(size=(n, n)))
   eig = np.repeat([5.0, 2.0, -1.0, 0.5], 3)
   a = jnp.asarray((q * eig) @ q.T, jnp.float32)
-  t = curvature.lanczos_tridiagonal(lambda v: a @ v, jnp.zeros(n), jax.random.key(0),
-                                    num_iterations=n)
+  t = curvature.lanczos_tridiagonal(
+    lambda v: a @ v, jnp.zeros(n), jax.random.key(0), num_iterations=n
+  )
   theta = np.linalg.eigvalsh(np.diag(t.alphas) + np.diag(t.betas, 1) + np.diag(t.betas, -1))
   np.testing.assert_allclose(np.sort(theta), np.sort(eig), atol=1e-4)
 
@@ -152,8 +162,13 @@ def test_power_iteration_baseline_agrees_with_lanczos():
   h, _ = _dense_hessian(loss, params, batch)
   ev = np.linalg.eigvalsh(np.asarray(h, np.float64))
   dominant = ev[np.argmax(np.abs(ev))]
-  val, _ = curvature.power_iteration(curvature.make_hvp(loss, params, batch), params,
-                                     jax.random.key(8), num_iterations=2000, tol=1e-9)
+  val, _ = curvature.power_iteration(
+    curvature.make_hvp(loss, params, batch),
+    params,
+    jax.random.key(8),
+    num_iterations=2000,
+    tol=1e-9,
+  )
   np.testing.assert_allclose(float(val), dominant, rtol=1e-3)
 
 
@@ -162,8 +177,9 @@ def test_spectral_density_integrates_to_one_and_matches_moments():
   h, _ = _dense_hessian(loss, params, batch)
   ev = np.linalg.eigvalsh(np.asarray(h, np.float64))
   runs = 64
-  d = curvature.hessian_spectral_density(loss, params, batch, jax.random.key(9),
-                                         num_iterations=30, num_runs=runs, grid_size=4000)
+  d = curvature.hessian_spectral_density(
+    loss, params, batch, jax.random.key(9), num_iterations=30, num_runs=runs, grid_size=4000
+  )
   grid, dens = np.asarray(d.grid, np.float64), np.asarray(d.density, np.float64)
   np.testing.assert_allclose(np.trapezoid(dens, grid), 1.0, atol=1e-3)
   np.testing.assert_allclose(np.asarray(d.weights).sum(-1), 1.0, atol=1e-5)
@@ -171,12 +187,13 @@ def test_spectral_density_integrates_to_one_and_matches_moments():
   # an unbiased estimate of tr(H^j)/n; compare within 4 standard errors over runs.
   nodes, w = np.asarray(d.nodes, np.float64), np.asarray(d.weights, np.float64)
   for j in (1, 2):
-    per_run = np.sum(w * nodes ** j, axis=1)
+    per_run = np.sum(w * nodes**j, axis=1)
     se = per_run.std(ddof=1) / math.sqrt(runs)
-    assert abs(per_run.mean() - np.mean(ev ** j)) < 4 * se + 1e-6, (j, per_run.mean(), ev.mean())
+    assert abs(per_run.mean() - np.mean(ev**j)) < 4 * se + 1e-6, (j, per_run.mean(), ev.mean())
   # the smoothed density's mean is the quadrature's mean
-  np.testing.assert_allclose(np.trapezoid(grid * dens, grid), np.sum(w * nodes, 1).mean(),
-                             rtol=1e-3, atol=1e-5)
+  np.testing.assert_allclose(
+    np.trapezoid(grid * dens, grid), np.sum(w * nodes, 1).mean(), rtol=1e-3, atol=1e-5
+  )
 
 
 def test_probes_reduce_across_a_sharded_batch():
@@ -194,8 +211,9 @@ def test_sharpness_summary_and_instrument():
   params, batch, _, _, loss = _problem()
   h, _ = _dense_hessian(loss, params, batch)
   ev = np.linalg.eigvalsh(np.asarray(h, np.float64))
-  s = curvature.sharpness(loss, params, batch, jax.random.key(11), learning_rate=0.5,
-                          num_probes=400, num_iterations=40)
+  s = curvature.sharpness(
+    loss, params, batch, jax.random.key(11), learning_rate=0.5, num_probes=400, num_iterations=40
+  )
   np.testing.assert_allclose(float(s.lambda_max), ev.max(), rtol=1e-4)
   assert abs(float(s.trace) - ev.sum()) < 4 * float(s.trace_stderr)
   np.testing.assert_allclose(float(s.gd_ratio), ev.max() * 0.25, rtol=1e-4)
@@ -206,30 +224,51 @@ def test_sharpness_instrument_logs_inside_fit(tmp_path):
   mesh = sharding.make_mesh()
   train_loss = lambda p, b, k: (loss(p, b), {})
   opt = optax.sgd(0.5)
-  state = jax.device_put(train.TrainState.create(params, opt, jax.random.key(0)),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    train.TrainState.create(params, opt, jax.random.key(0)), sharding.replicated(mesh)
+  )
   step = train.make_train_step(train_loss, opt, mesh=mesh)
-  inst = curvature.sharpness_instrument(train_loss, learning_rate=0.5, num_probes=16,
-                                        num_iterations=30)
+  inst = curvature.sharpness_instrument(
+    train_loss, learning_rate=0.5, num_probes=16, num_iterations=30
+  )
   sharded = sharding.shard_batch(batch, mesh)
-  _, last = train.fit(state, step, lambda s: itertools.repeat(sharded), num_steps=6,
-                      workdir=str(tmp_path), checkpoint_every=6, log_every=3,
-                      instruments=[train.Instrument("curv", inst, every=3)])
+  _, last = train.fit(
+    state,
+    step,
+    lambda s: itertools.repeat(sharded),
+    num_steps=6,
+    workdir=str(tmp_path),
+    checkpoint_every=6,
+    log_every=3,
+    instruments=[train.Instrument("curv", inst, every=3)],
+  )
   records = train.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in records if "curv/lambda_max" in r] == [3, 6]
   # Instruments measure the state a step updates. To compare with a dense
   # Hessian at known params, run with a zero learning rate (params fixed).
   state0 = train.TrainState.create(params, optax.sgd(0.0), jax.random.key(0))
   step0 = train.make_train_step(train_loss, optax.sgd(0.0), mesh=mesh)
-  _, last0 = train.fit(jax.device_put(state0, sharding.replicated(mesh)), step0,
-                       lambda s: itertools.repeat(sharded), num_steps=3, workdir=str(tmp_path / "z"),
-                       checkpoint_every=3, log_every=3,
-                       instruments=[train.Instrument("curv", inst, every=3)])
+  _, last0 = train.fit(
+    jax.device_put(state0, sharding.replicated(mesh)),
+    step0,
+    lambda s: itertools.repeat(sharded),
+    num_steps=3,
+    workdir=str(tmp_path / "z"),
+    checkpoint_every=3,
+    log_every=3,
+    instruments=[train.Instrument("curv", inst, every=3)],
+  )
   h, _ = _dense_hessian(loss, params, batch)
-  np.testing.assert_allclose(last0["curv/lambda_max"],
-                             np.linalg.eigvalsh(np.asarray(h, np.float64)).max(), rtol=1e-3)
+  np.testing.assert_allclose(
+    last0["curv/lambda_max"], np.linalg.eigvalsh(np.asarray(h, np.float64)).max(), rtol=1e-3
+  )
   assert set(k for k in last if k.startswith("curv/")) == {
-      "curv/lambda_max", "curv/trace", "curv/trace_stderr", "curv/gd_ratio", "curv/sgd_ratio"}
+    "curv/lambda_max",
+    "curv/trace",
+    "curv/trace_stderr",
+    "curv/gd_ratio",
+    "curv/sgd_ratio",
+  }
 
 
 def test_bad_input_gets_clear_errors():

@@ -57,7 +57,9 @@ def test_batches_are_sharded_over_the_mesh():
 
 def test_unshardable_batch_is_refused_with_the_reason():
   mesh = sharding.make_mesh()
-  with pytest.raises(ValueError, match=r"batch\['x'\]: leading axis of size 12 cannot be sharded over 8"):
+  with pytest.raises(
+    ValueError, match=r"batch\['x'\]: leading axis of size 12 cannot be sharded over 8"
+  ):
     sharding.shard_batch({"x": np.ones((12, 3))}, mesh)
   with pytest.raises(ValueError, match="batch_size.*cannot be sharded over 8"):
     next(data.iterate_batches({"x": np.ones((64, 3))}, batch_size=12, seed=0, mesh=mesh))

@@ -28,8 +28,9 @@ def official_reste_backward(x, t, o, g):
 @pytest.mark.parametrize("power", [1.0, 2.0, 3.0, 5.0])
 def test_reste_backward_matches_the_official_code(power):
   rng = np.random.default_rng(0)
-  x = np.concatenate([rng.uniform(-2, 2, 200),
-                      [0.0, 0.1, -0.1, 1.5, -1.5, 0.1000001, 1.4999, 1.5001, -1.5001]])
+  x = np.concatenate(
+    [rng.uniform(-2, 2, 200), [0.0, 0.1, -0.1, 1.5, -1.5, 0.1000001, 1.4999, 1.5001, -1.5001]]
+  )
   x = x.astype(np.float32)
   g = rng.normal(size=x.shape).astype(np.float32)
   out, vjp = jax.vjp(lambda v: discrete.reste_sign(v, power=power, threshold=1.5), jnp.asarray(x))

@@ -17,7 +17,7 @@ W = jnp.array([[1.0, -2.0, 0.5], [0.7, 1.5, -1.2]])
 
 def f_nonlinear(d):
   z = jnp.sum(d * W)
-  return z ** 3 - 2.0 * z ** 2 + jnp.sum(d[0] * d[1] * W[0])  # cubic plus a cross term
+  return z**3 - 2.0 * z**2 + jnp.sum(d[0] * d[1] * W[0])  # cubic plus a cross term
 
 
 def _z_scores(samples, truth):
@@ -26,16 +26,23 @@ def _z_scores(samples, truth):
   return np.abs(mean - truth) / stderr
 
 
-@pytest.mark.parametrize("baseline,num_samples", [
-    ("none", 1), ("moving_average", 1), ("leave_one_out", 2), ("leave_one_out", 4)])
+@pytest.mark.parametrize(
+  "baseline,num_samples",
+  [("none", 1), ("moving_average", 1), ("leave_one_out", 2), ("leave_one_out", 4)],
+)
 def test_reinforce_is_unbiased_with_every_baseline(baseline, num_samples):
   _, exact = discrete.exact_gradient(f_nonlinear, THETA)
   n = 40_000
 
   def estimate(key):
-    return jax.grad(lambda t: discrete.reinforce(
-        key, t, f_nonlinear, num_samples=num_samples, baseline=baseline,
-        baseline_value=-1.5).loss)(THETA)
+    return jax.grad(
+      lambda t: (
+        discrete.reinforce(
+          key, t, f_nonlinear, num_samples=num_samples, baseline=baseline, baseline_value=-1.5
+        ).loss
+      )
+    )(THETA)
+
   grads = np.asarray(jax.jit(jax.vmap(estimate))(jax.random.split(jax.random.key(0), n)))
   # 6 coordinates, each mean within 4.5 standard errors of the truth: a false
   # alarm has probability about 6 * 6.8e-6 = 4e-5 (normal approximation).
@@ -50,15 +57,18 @@ def test_reinforce_test_detects_a_biased_baseline():
 
   def biased(key):
     out = discrete.reinforce(key, THETA, f_nonlinear, num_samples=s)
-    return jnp.mean((out.values - out.values.mean())[:, None, None]
-                    * (out.samples - jax.nn.softmax(THETA)), 0)
+    return jnp.mean(
+      (out.values - out.values.mean())[:, None, None] * (out.samples - jax.nn.softmax(THETA)), 0
+    )
+
   grads = np.asarray(jax.jit(jax.vmap(biased))(jax.random.split(jax.random.key(0), n)))
   assert _z_scores(grads.reshape(n, -1), np.asarray(exact).ravel()).max() > 10
 
 
 def test_reinforce_loss_value_is_the_mean_of_f():
-  out = discrete.reinforce(jax.random.key(1), THETA, f_nonlinear, num_samples=5,
-                           baseline="leave_one_out")
+  out = discrete.reinforce(
+    jax.random.key(1), THETA, f_nonlinear, num_samples=5, baseline="leave_one_out"
+  )
   np.testing.assert_allclose(out.loss, out.values.mean(), rtol=1e-6)
   np.testing.assert_allclose(out.values, jax.vmap(f_nonlinear)(out.samples), rtol=1e-6)
 
@@ -111,9 +121,11 @@ def test_on_the_papers_problems_reinmax_beats_st_and_st_gumbel():
     _, exact = discrete.exact_gradient(f, POLY_THETA)
     st = _bias(discrete.straight_through_from_sample, f)
     rm = _bias(discrete.reinmax_from_sample, f)
-    gs = jax.vmap(lambda k: jax.grad(
-        lambda t: f(discrete.straight_through_gumbel(k, t, temperature=1.0)))(POLY_THETA))(
-            jax.random.split(jax.random.key(p.__hash__() % 1000), n))
+    gs = jax.vmap(
+      lambda k: jax.grad(lambda t: f(discrete.straight_through_gumbel(k, t, temperature=1.0)))(
+        POLY_THETA
+      )
+    )(jax.random.split(jax.random.key(p.__hash__() % 1000), n))
     gs = np.asarray(gs).reshape(n, -1)
     gs_bias = np.linalg.norm(gs.mean(0) - np.asarray(exact).ravel()) / np.linalg.norm(exact)
     gs_noise = np.sqrt(np.sum(gs.var(0, ddof=1)) / n) / np.linalg.norm(exact)
@@ -129,8 +141,10 @@ def test_straight_through_is_exact_for_linear_f_and_reinmax_for_quadratic_f():
   w = jnp.array([[0.3, -1.0, 2.0], [1.0, 0.5, -0.5]])
   linear = lambda d: jnp.sum(d * w)
   quadratic = lambda d: jnp.sum(d * w) ** 2 - jnp.sum(d[0] * d[1])
-  for est, fs in ((discrete.straight_through_from_sample, (linear,)),
-                  (discrete.reinmax_from_sample, (linear, quadratic))):
+  for est, fs in (
+    (discrete.straight_through_from_sample, (linear,)),
+    (discrete.reinmax_from_sample, (linear, quadratic)),
+  ):
     for f in fs:
       _, exact = discrete.exact_gradient(f, THETA)
       mean = discrete.expected_estimate(functools.partial(est, temperature=1.0), f, THETA)
@@ -147,11 +161,12 @@ def _bias_at(est, f, tau):
 
 
 HARD = {
-    "straight_through": lambda k, t, tau: discrete.straight_through(k, t, temperature=tau),
-    "straight_through_gumbel": lambda k, t, tau: discrete.straight_through_gumbel(
-        k, t, temperature=tau),
-    "gumbel_rao": lambda k, t, tau: discrete.gumbel_rao(k, t, temperature=tau, num_samples=4),
-    "reinmax": lambda k, t, tau: discrete.reinmax(k, t, temperature=tau),
+  "straight_through": lambda k, t, tau: discrete.straight_through(k, t, temperature=tau),
+  "straight_through_gumbel": lambda k, t, tau: discrete.straight_through_gumbel(
+    k, t, temperature=tau
+  ),
+  "gumbel_rao": lambda k, t, tau: discrete.gumbel_rao(k, t, temperature=tau, num_samples=4),
+  "reinmax": lambda k, t, tau: discrete.reinmax(k, t, temperature=tau),
 }
 
 
@@ -161,7 +176,8 @@ def test_samples_are_one_hot_and_follow_softmax_at_any_temperature(name):
   n = 20_000
   for tau in (0.5, 2.0):
     d = jax.jit(jax.vmap(lambda k: HARD[name](k, theta, tau)))(
-        jax.random.split(jax.random.key(7), n))
+      jax.random.split(jax.random.key(7), n)
+    )
     d = np.asarray(d)
     assert set(np.unique(d)) == {0.0, 1.0} and np.all(d.sum(-1) == 1)
     counts = d.sum(0)
@@ -201,13 +217,23 @@ def test_gumbel_rao_has_the_mean_of_st_gumbel_and_less_variance():
   w = jnp.array([1.0, -0.5, 2.0])
   f = lambda d: jnp.sum(d * w) ** 2
   keys = jax.random.split(jax.random.key(3), n)
-  gs = np.asarray(jax.vmap(lambda k: jax.grad(
-      lambda t: f(discrete.straight_through_gumbel(k, t, temperature=0.7)))(theta))(keys))
-  gr = np.asarray(jax.vmap(lambda k: jax.grad(
-      lambda t: f(discrete.gumbel_rao(k, t, temperature=0.7, num_samples=16)))(theta))(keys))
+  gs = np.asarray(
+    jax.vmap(
+      lambda k: jax.grad(lambda t: f(discrete.straight_through_gumbel(k, t, temperature=0.7)))(
+        theta
+      )
+    )(keys)
+  )
+  gr = np.asarray(
+    jax.vmap(
+      lambda k: jax.grad(lambda t: f(discrete.gumbel_rao(k, t, temperature=0.7, num_samples=16)))(
+        theta
+      )
+    )(keys)
+  )
   diff_se = np.sqrt(gs.var(0) / n + gr.var(0) / n)
   assert np.all(np.abs(gs.mean(0) - gr.mean(0)) < 4.5 * diff_se)  # Rao-Blackwell: same mean
-  assert np.sum(gr.var(0)) < 0.8 * np.sum(gs.var(0))              # ... and less variance
+  assert np.sum(gr.var(0)) < 0.8 * np.sum(gs.var(0))  # ... and less variance
 
 
 def test_gumbel_softmax_is_a_relaxed_simplex_point():

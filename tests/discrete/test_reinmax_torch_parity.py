@@ -24,6 +24,9 @@ def test_gradient_matches_official_reinmax(shape, tau):
   sample, _ = official.reinmax(tl, tau)
   (sample * torch.tensor(g)).sum().backward()
   with jax.enable_x64(True):
-    ours = jax.grad(lambda t: jnp.sum(discrete.reinmax_from_sample(
-        jnp.asarray(sample.detach().numpy()), t, temperature=tau) * g))(jnp.asarray(logits))
+    ours = jax.grad(
+      lambda t: jnp.sum(
+        discrete.reinmax_from_sample(jnp.asarray(sample.detach().numpy()), t, temperature=tau) * g
+      )
+    )(jnp.asarray(logits))
   np.testing.assert_allclose(np.asarray(ours), tl.grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -13,9 +13,16 @@ def _rows(path):
 
 
 def test_noise_scale_small_setting(tmp_path):
-  proc = run_main("noise_scale", f"--workdir={tmp_path}", "--sweep=16,64,256", "--lr_grid=0.5,1",
-                  "--num_steps=100", "--probe_every=20", "--learning_rate=0.5",
-                  "--target_loss=0.3")
+  proc = run_main(
+    "noise_scale",
+    f"--workdir={tmp_path}",
+    "--sweep=16,64,256",
+    "--lr_grid=0.5,1",
+    "--num_steps=100",
+    "--probe_every=20",
+    "--learning_rate=0.5",
+    "--target_loss=0.3",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = {r["quantity"]: float(r["value"]) for r in _rows(tmp_path / "results.csv")}
   sweep = _rows(tmp_path / "sweep.csv")
@@ -28,8 +35,9 @@ def test_noise_scale_small_setting(tmp_path):
 
 
 def test_zeroth_order_small_setting(tmp_path):
-  proc = run_main("zeroth_order", f"--workdir={tmp_path}", "--forward_budget=1200",
-                  "--log_every=50")
+  proc = run_main(
+    "zeroth_order", f"--workdir={tmp_path}", "--forward_budget=1200", "--log_every=50"
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = {r["method"]: r for r in _rows(tmp_path / "results.csv")}
   assert set(rows) == {"first order (backprop)", "MeZO", "Sparse MeZO"}
@@ -39,11 +47,14 @@ def test_zeroth_order_small_setting(tmp_path):
   assert (tmp_path / "loss_vs_forward_passes.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("main,flag,message", [
+@pytest.mark.parametrize(
+  "main,flag,message",
+  [
     ("noise_scale", "--sweep=8,16", "--sweep must be at least 3 comma-separated positive"),
     ("noise_scale", "--batch_size=12", "--batch_size must be >= 2 and divisible by 8 devices"),
     ("zeroth_order", "--sparse_fraction=0", "--sparse_fraction must be in (0, 1]"),
     ("zeroth_order", "--epsilon=-1", "--epsilon must be > 0"),
-])
+  ],
+)
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
   assert_flag_error(main, tmp_path, flag, message)

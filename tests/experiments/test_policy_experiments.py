@@ -4,8 +4,14 @@ from tests.experiments.run_main import assert_flag_error, run_main
 
 
 def test_policy_gradient_variance_small_setting(tmp_path):
-  proc = run_main("policy_gradient_variance", f"--workdir={tmp_path}", "--num_batches=300",
-                  "--groups=4", "--mixes=0.5:2", "--num_prompts=5")
+  proc = run_main(
+    "policy_gradient_variance",
+    f"--workdir={tmp_path}",
+    "--num_batches=300",
+    "--groups=4",
+    "--mixes=0.5:2",
+    "--num_prompts=5",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("results.md", "scale.md", "allocation.md", "scale.png"):
     assert os.path.getsize(tmp_path / name) > 0
@@ -19,8 +25,7 @@ def test_policy_gradient_variance_rejects_bad_flags(tmp_path):
 
 
 def test_rlvr_toy_small_setting_and_resume(tmp_path):
-  flags = ["--rl_steps=3", "--sft_steps=2", "--eval_every=2", "--methods=w_reinforce",
-           "--group=2"]
+  flags = ["--rl_steps=3", "--sft_steps=2", "--eval_every=2", "--methods=w_reinforce", "--group=2"]
   proc = run_main("rlvr_toy", f"--workdir={tmp_path}", *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (tmp_path / "results.md").read_text()

@@ -17,11 +17,19 @@ def test_polynomial_st_stalls_where_reinmax_reaches_the_optimum(tmp_path):
   # A short, fast version of the paper's study (lr 0.05, 16 latents, 300 steps):
   # ST's first-order fixed point for p = 2 is loss c(1 - c) = 0.2475, while the
   # optimum c^2 = 0.2025 is what the exact gradient and ReinMax approach.
-  proc = run_main("reinmax_polynomial", f"--workdir={tmp_path}", "--seeds=1", "--powers=2",
-                  "--num_latents=16", "--num_steps=300", "--learning_rate=0.05",
-                  "--probe_every=100", "--probe_draws=32", "--checkpoint_every=100",
-                  "--estimators=exact,straight_through,reinmax,straight_through_gumbel,"
-                  "gumbel_rao,reinforce")
+  proc = run_main(
+    "reinmax_polynomial",
+    f"--workdir={tmp_path}",
+    "--seeds=1",
+    "--powers=2",
+    "--num_latents=16",
+    "--num_steps=300",
+    "--learning_rate=0.05",
+    "--probe_every=100",
+    "--probe_draws=32",
+    "--checkpoint_every=100",
+    "--estimators=exact,straight_through,reinmax,straight_through_gumbel,gumbel_rao,reinforce",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = {r["estimator"]: float(r["final loss (mean)"]) for r in _rows(tmp_path)}
   assert abs(final["straight_through"] - 0.2475) < 0.002
@@ -31,22 +39,43 @@ def test_polynomial_st_stalls_where_reinmax_reaches_the_optimum(tmp_path):
   for name in ("results.md", "curves_p2.png", "gradient_quality_p2.png"):
     assert (tmp_path / name).stat().st_size > 0
   # started again: every run resumes from its final checkpoint, same table
-  again = run_main("reinmax_polynomial", f"--workdir={tmp_path}", "--seeds=1", "--powers=2",
-                   "--num_latents=16", "--num_steps=300", "--learning_rate=0.05",
-                   "--probe_every=100", "--probe_draws=32", "--checkpoint_every=100",
-                   "--estimators=exact,straight_through")
+  again = run_main(
+    "reinmax_polynomial",
+    f"--workdir={tmp_path}",
+    "--seeds=1",
+    "--powers=2",
+    "--num_latents=16",
+    "--num_steps=300",
+    "--learning_rate=0.05",
+    "--probe_every=100",
+    "--probe_draws=32",
+    "--checkpoint_every=100",
+    "--estimators=exact,straight_through",
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   assert {r["estimator"]: float(r["final loss (mean)"]) for r in _rows(tmp_path)} == {
-      k: final[k] for k in ("exact", "straight_through")}
+    k: final[k] for k in ("exact", "straight_through")
+  }
 
 
 def test_vae_small_setting_reports_every_estimator(tmp_path):
-  proc = run_main("reinmax_vae", f"--workdir={tmp_path}", "--configs=8x4", "--num_epochs=1",
-                  "--batch_size=80", "--eval_samples=2", "--log_every=10")
+  proc = run_main(
+    "reinmax_vae",
+    f"--workdir={tmp_path}",
+    "--configs=8x4",
+    "--num_epochs=1",
+    "--batch_size=80",
+    "--eval_samples=2",
+    "--log_every=10",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = _rows(tmp_path)
-  assert [r["estimator"] for r in rows] == ["straight_through", "straight_through_gumbel",
-                                            "gumbel_rao", "reinmax"]
+  assert [r["estimator"] for r in rows] == [
+    "straight_through",
+    "straight_through_gumbel",
+    "gumbel_rao",
+    "reinmax",
+  ]
   for r in rows:
     # 784 Bernoulli pixels: a 1-epoch model sits between a good fit and chance (543 nats)
     assert 50 < float(r["test -ELBO"]) < 543.5 and 50 < float(r["train -ELBO"]) < 543.5
@@ -59,14 +88,26 @@ def test_vae_reads_a_local_full_mnist_file(tmp_path):
   # A machine with the full set passes --full_mnist=PATH.npz (uint8 images, the
   # layout of the usual mnist.npz); a small generated file stands in for it.
   import numpy as np
+
   rng = np.random.default_rng(0)
   path = tmp_path / "mnist.npz"
-  np.savez(path, x_train=rng.integers(0, 256, (160, 28, 28), dtype=np.uint8),
-           x_test=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+  np.savez(
+    path,
+    x_train=rng.integers(0, 256, (160, 28, 28), dtype=np.uint8),
+    x_test=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+  )
   out = tmp_path / "run"
-  proc = run_main("reinmax_vae", f"--workdir={out}", f"--full_mnist={path}", "--configs=8x4",
-                  "--estimators=reinmax", "--num_epochs=1", "--batch_size=40",
-                  "--eval_samples=1", "--log_every=2")
+  proc = run_main(
+    "reinmax_vae",
+    f"--workdir={out}",
+    f"--full_mnist={path}",
+    "--configs=8x4",
+    "--estimators=reinmax",
+    "--num_epochs=1",
+    "--batch_size=40",
+    "--eval_samples=1",
+    "--log_every=2",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   (row,) = _rows(out)
   # uniform noise pixels binarized at 0.5: -ELBO near 784 log 2 = 543 nats, finite
@@ -74,13 +115,20 @@ def test_vae_reads_a_local_full_mnist_file(tmp_path):
   assert "local full set" in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize("main,flag,message", [
-    ("reinmax_polynomial", "--powers=0.5", "--powers must be a comma-separated list of numbers >= 1"),
+@pytest.mark.parametrize(
+  "main,flag,message",
+  [
+    (
+      "reinmax_polynomial",
+      "--powers=0.5",
+      "--powers must be a comma-separated list of numbers >= 1",
+    ),
     ("reinmax_polynomial", "--temperature=0", "--temperature must be > 0"),
     ("reinmax_polynomial", "--estimators=st", "--estimators must be one of exact"),
     ("reinmax_vae", "--configs=9x9", "--configs must be one of 8x4"),
     ("reinmax_vae", "--estimators=reinforce", "--estimators must be one of straight_through"),
     ("reinmax_vae", "--batch_size=100", "--batch_size must be divisible by 8 devices"),
-])
+  ],
+)
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
   assert_flag_error(main, tmp_path, flag, message)

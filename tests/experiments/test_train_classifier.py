@@ -1,6 +1,6 @@
 import json
-import re
 import os
+import re
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -16,7 +16,9 @@ def _metrics(workdir):
 
 def _final_params(workdir, step):
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default"))
+    restored = ckptr.restore(
+      os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default")
+    )
   return restored["params"] if isinstance(restored, dict) else restored[1]
 
 
@@ -32,8 +34,13 @@ def test_default_flags_reach_95_percent_on_digits(tmp_path):
 
 
 def test_sigkill_after_a_checkpoint_resumes_to_the_same_end(tmp_path):
-  flags = ["--num_steps=60", "--checkpoint_every=20", "--log_every=5", "--eval_every=20",
-           "--hidden=32"]
+  flags = [
+    "--num_steps=60",
+    "--checkpoint_every=20",
+    "--log_every=5",
+    "--eval_every=20",
+    "--hidden=32",
+  ]
   clean, crashed = tmp_path / "clean", tmp_path / "crashed"
   assert run_main("train_classifier", f"--workdir={clean}", *flags).returncode == 0
   killed = run_main("train_classifier", f"--workdir={crashed}", *flags, "--crash_after_step=50")
@@ -74,8 +81,9 @@ def test_one_and_eight_devices_end_at_the_same_loss(tmp_path):
   flags = ["--num_steps=120", "--checkpoint_every=120", "--log_every=10", "--eval_every=0"]
   ends = []
   for n in (1, 8):
-    proc = run_main("train_classifier", f"--workdir={tmp_path / str(n)}", f"--num_devices={n}",
-                    *flags)
+    proc = run_main(
+      "train_classifier", f"--workdir={tmp_path / str(n)}", f"--num_devices={n}", *flags
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ends.append(_metrics(tmp_path / str(n))[-1])
   one, eight = ends
@@ -84,13 +92,16 @@ def test_one_and_eight_devices_end_at_the_same_loss(tmp_path):
   np.testing.assert_allclose(eight["eval/loss"], one["eval/loss"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("flag,message", [
+@pytest.mark.parametrize(
+  "flag,message",
+  [
     ("--learning_rate=-0.1", "--learning_rate must be > 0, got -0.1"),
     ("--batch_size=100", "--batch_size must be divisible by 8 devices x 1 microbatches, got 100"),
     ("--dataset=cifar10", "--dataset must be one of digits, mnist, got 'cifar10'"),
     ("--num_steps=0", "--num_steps must be > 0, got 0"),
     ("--optimizer=rmsprop", "--optimizer must be one of sgd, momentum, adam, adamw, adam_clip"),
-])
+  ],
+)
 def test_bad_flags_stop_before_any_compute(tmp_path, flag, message):
   assert_flag_error("train_classifier", tmp_path, flag, message)
 

@@ -23,8 +23,13 @@ def test_gradient_spikes_rejects_bad_flags(tmp_path):
 
 
 def test_optimizer_zoo_small_setting(tmp_path):
-  proc = run_main("optimizer_zoo", f"--workdir={tmp_path}", "--seeds=1", "--num_steps=20",
-                  "--only=adam,agvm+momentum,svrg+sgd,mars (exact)")
+  proc = run_main(
+    "optimizer_zoo",
+    f"--workdir={tmp_path}",
+    "--seeds=1",
+    "--num_steps=20",
+    "--only=adam,agvm+momentum,svrg+sgd,mars (exact)",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (tmp_path / "results.md").read_text()
   for name in ("agvm+momentum", "svrg+sgd", "mars (exact)"):

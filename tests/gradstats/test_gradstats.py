@@ -19,13 +19,18 @@ def _problem(n=24):
   def loss(p, b):
     logits = jnp.tanh(b["x"] @ p["w"] + p["b"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean()
+
   return params, batch, loss
 
 
 def _explicit(loss, params, batch):
   n = batch["x"].shape[0]
-  rows = [jax.flatten_util.ravel_pytree(jax.grad(loss)(
-      params, jax.tree.map(lambda x: x[i:i + 1], batch)))[0] for i in range(n)]
+  rows = [
+    jax.flatten_util.ravel_pytree(
+      jax.grad(loss)(params, jax.tree.map(lambda x: x[i : i + 1], batch))
+    )[0]
+    for i in range(n)
+  ]
   return np.asarray(jnp.stack(rows), np.float64)
 
 
@@ -47,19 +52,28 @@ def test_statistics_match_numpy(chunk):
   mean, var = g.mean(0), g.var(0, ddof=1)
   np.testing.assert_allclose(flat(m.mean), mean, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(flat(gradstats.variance(m)), var, rtol=1e-4, atol=1e-7)
-  np.testing.assert_allclose(flat(gradstats.gsnr(m)), mean ** 2 / var, rtol=1e-3)
-  np.testing.assert_allclose(gradstats.mean_gsnr(m), np.mean(mean ** 2 / (var + 1e-5)), rtol=1e-3)
+  np.testing.assert_allclose(flat(gradstats.gsnr(m)), mean**2 / var, rtol=1e-3)
+  np.testing.assert_allclose(gradstats.mean_gsnr(m), np.mean(mean**2 / (var + 1e-5)), rtol=1e-3)
   tr = var.sum()
-  np.testing.assert_allclose(gradstats.noise_scale_simple(m), tr / (mean @ mean - tr / b), rtol=1e-4)
-  np.testing.assert_allclose(gradstats.norm_test(m),
-                             math.sqrt(np.sum((g - mean) ** 2) / (b - 1) / (b * mean @ mean)),
-                             rtol=1e-4)
-  dots = g @ mean
-  np.testing.assert_allclose(gradstats.inner_product_test(loss, params, batch, chunk_size=chunk),
-                             math.sqrt(dots.var(ddof=1) / b) / (mean @ mean), rtol=1e-4)
   np.testing.assert_allclose(
-      gradstats.inner_product_test(loss, params, batch, chunk_size=chunk, mean=m.mean),
-      math.sqrt(dots.var(ddof=1) / b) / (mean @ mean), rtol=1e-4)
+    gradstats.noise_scale_simple(m), tr / (mean @ mean - tr / b), rtol=1e-4
+  )
+  np.testing.assert_allclose(
+    gradstats.norm_test(m),
+    math.sqrt(np.sum((g - mean) ** 2) / (b - 1) / (b * mean @ mean)),
+    rtol=1e-4,
+  )
+  dots = g @ mean
+  np.testing.assert_allclose(
+    gradstats.inner_product_test(loss, params, batch, chunk_size=chunk),
+    math.sqrt(dots.var(ddof=1) / b) / (mean @ mean),
+    rtol=1e-4,
+  )
+  np.testing.assert_allclose(
+    gradstats.inner_product_test(loss, params, batch, chunk_size=chunk, mean=m.mean),
+    math.sqrt(dots.var(ddof=1) / b) / (mean @ mean),
+    rtol=1e-4,
+  )
   # per-layer per-example norms
   w_norms = np.linalg.norm(g[:, 3:], axis=1)  # ravel_pytree orders leaves by key: b (3), w (12)
   np.testing.assert_allclose(gradstats.per_layer_norms(m)["w"], w_norms, rtol=1e-5)
@@ -84,6 +98,7 @@ def test_two_batch_noise_scale_is_unbiased_on_linear_regression():
     g_big = jax.grad(loss)(w, x, y)
     est = gradstats.two_batch_estimate(g_small @ g_small, g_big @ g_big, b_small, b_big)
     return est.g_sq, est.trace_sigma
+
   g2, tr = map(np.asarray, jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), trials)))
   for est, truth in ((g2, true_g2), (tr, true_tr)):
     se = est.std(ddof=1) / math.sqrt(trials)
@@ -106,8 +121,12 @@ def test_noise_scale_inside_the_sharded_train_step():
   s2, m2 = plain(state, sb)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1, s2)
   # explicit per-device gradients: 8 shards of 8
-  shard_g = [jax.flatten_util.ravel_pytree(jax.grad(loss)(
-      params, jax.tree.map(lambda x: x[i * 8:(i + 1) * 8], batch)))[0] for i in range(8)]
+  shard_g = [
+    jax.flatten_util.ravel_pytree(
+      jax.grad(loss)(params, jax.tree.map(lambda x: x[i * 8 : (i + 1) * 8], batch))
+    )[0]
+    for i in range(8)
+  ]
   g_small_sq = np.mean([float(g @ g) for g in shard_g])
   g_big = jax.flatten_util.ravel_pytree(jax.grad(loss)(params, batch))[0]
   np.testing.assert_allclose(m1["noise/g_small_sq"], g_small_sq, rtol=1e-4)
@@ -121,16 +140,20 @@ def test_noise_scale_inside_the_sharded_train_step():
 
 def test_gradient_alignment():
   params, batch, loss = _problem(n=30)
-  groups = {"a": jax.tree.map(lambda x: x[:10], batch), "b": jax.tree.map(lambda x: x[10:20], batch),
-            "a_again": jax.tree.map(lambda x: x[:10], batch)}
+  groups = {
+    "a": jax.tree.map(lambda x: x[:10], batch),
+    "b": jax.tree.map(lambda x: x[10:20], batch),
+    "a_again": jax.tree.map(lambda x: x[:10], batch),
+  }
   al = gradstats.gradient_alignment(loss, params, groups)
   assert al.names == ("a", "b", "a_again")
   np.testing.assert_allclose(np.diag(al.cosine), 1.0, rtol=1e-5)
   np.testing.assert_allclose(al.cosine[0, 2], 1.0, rtol=1e-5)
   ga = jax.flatten_util.ravel_pytree(jax.grad(loss)(params, groups["a"]))[0]
   gb = jax.flatten_util.ravel_pytree(jax.grad(loss)(params, groups["b"]))[0]
-  np.testing.assert_allclose(al.cosine[0, 1], ga @ gb / (jnp.linalg.norm(ga) * jnp.linalg.norm(gb)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    al.cosine[0, 1], ga @ gb / (jnp.linalg.norm(ga) * jnp.linalg.norm(gb)), rtol=1e-5
+  )
 
 
 def test_instrument_runs_in_fit(tmp_path):
@@ -139,12 +162,25 @@ def test_instrument_runs_in_fit(tmp_path):
   opt = optax.sgd(0.1)
   inst = gradstats.gradient_statistics_instrument(train_loss, init_params=params, chunk_size=8)
   import itertools
-  state, last = train.fit(train.TrainState.create(params, opt, jax.random.key(0)),
-                      train.make_train_step(train_loss, opt), lambda s: itertools.repeat(batch),
-                      num_steps=4, workdir=str(tmp_path), checkpoint_every=4, log_every=2,
-                      instruments=[train.Instrument("gs", inst, every=2)])
-  for k in ("grad_norm", "norm_test", "inner_product_test", "mean_gsnr", "noise_scale_simple",
-            "distance_from_init"):
+
+  state, last = train.fit(
+    train.TrainState.create(params, opt, jax.random.key(0)),
+    train.make_train_step(train_loss, opt),
+    lambda s: itertools.repeat(batch),
+    num_steps=4,
+    workdir=str(tmp_path),
+    checkpoint_every=4,
+    log_every=2,
+    instruments=[train.Instrument("gs", inst, every=2)],
+  )
+  for k in (
+    "grad_norm",
+    "norm_test",
+    "inner_product_test",
+    "mean_gsnr",
+    "noise_scale_simple",
+    "distance_from_init",
+  ):
     assert np.isfinite(last[f"gs/{k}"])
   assert last["gs/distance_from_init"] > 0
   # instruments measure the point the step's own gradient is taken at
@@ -165,21 +201,24 @@ def test_bad_input():
   with pytest.raises(ValueError, match="b_small, b_big"):
     gradstats.two_batch_estimate(1.0, 1.0, 8, 8)
   with pytest.raises(ValueError, match="mesh: the noise scale needs >= 2 devices"):
-    gradstats.noise_scale_value_and_grad(lambda p, b, k: (0.0, {}),
-                                         sharding.make_mesh(jax.devices()[:1]))
+    gradstats.noise_scale_value_and_grad(
+      lambda p, b, k: (0.0, {}), sharding.make_mesh(jax.devices()[:1])
+    )
   with pytest.raises(ValueError, match="groups: expected at least 2"):
     gradstats.gradient_alignment(loss, params, {"a": batch})
 
 
 def test_dense_factorized_moments_equal_the_per_example_ones():
   from gradlab import models
+
   model = models.MLP((16, 8, 3))
   params = model.init(jax.random.key(0), jnp.zeros((1, 5)))
   x = jax.random.normal(jax.random.key(1), (12, 5))
   y = jax.random.randint(jax.random.key(2), (12,), 0, 3)
   ce = lambda out: optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
   loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(p, b["x"]), b["y"]).mean()
+    model.apply(p, b["x"]), b["y"]
+  ).mean()
   ref = gradstats.gradient_moments(loss, params, {"x": x, "y": y}, chunk_size=4)
   got = gradstats.dense_gradient_moments(model, params, x, ce)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -196,6 +235,7 @@ def test_dense_moments_refuse_non_dense_models():
     @nn.compact
     def __call__(self, x):
       return nn.Dense(3)(x) * self.param("scale", nn.initializers.ones, (3,))
+
   model = WithScale()
   params = model.init(jax.random.key(0), jnp.zeros((1, 4)))
   with pytest.raises(ValueError, match="model: parameter 'scale' is not inside a Dense layer"):

@@ -18,8 +18,9 @@ def _setup(mesh):
     return jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2), {}
 
   opt = optax.sgd(0.05)
-  state = jax.device_put(train.TrainState.create(params, opt, jax.random.key(0)),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    train.TrainState.create(params, opt, jax.random.key(0)), sharding.replicated(mesh)
+  )
   step = train.make_train_step(loss_fn, opt, mesh=mesh)
   batches = lambda s: data.iterate_batches(arrays, batch_size=32, seed=0, start_step=s, mesh=mesh)
   return state, step, batches, loss_fn
@@ -34,9 +35,17 @@ def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path):
     return {"grad_norm": optax.tree.norm(g), "u": jax.random.uniform(key)}
 
   state, last = train.fit(
-      state, step, batches, num_steps=20, workdir=str(tmp_path), checkpoint_every=10,
-      log_every=4, instruments=[train.Instrument("probe", probe, every=5)],
-      eval_fn=lambda p: {"w0": p["w"][0]}, eval_every=10)
+    state,
+    step,
+    batches,
+    num_steps=20,
+    workdir=str(tmp_path),
+    checkpoint_every=10,
+    log_every=4,
+    instruments=[train.Instrument("probe", probe, every=5)],
+    eval_fn=lambda p: {"w0": p["w"][0]},
+    eval_every=10,
+  )
   records = train.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in records] == [4, 5, 8, 10, 12, 15, 16, 20]
   assert all("grad_norm" in r for r in records)  # logged steps run the full step
@@ -52,7 +61,9 @@ def test_extending_a_finished_run_continues_its_metrics(tmp_path):
   mesh = sharding.make_mesh()
   kw = dict(workdir=str(tmp_path), checkpoint_every=10, log_every=10)
   state, step, batches, _ = _setup(mesh)
-  straight, _ = train.fit(state, step, batches, num_steps=30, **dict(kw, workdir=str(tmp_path / "a")))
+  straight, _ = train.fit(
+    state, step, batches, num_steps=30, **dict(kw, workdir=str(tmp_path / "a"))
+  )
   with pytest.raises(ValueError, match="state: its buffers were donated"):
     train.fit(state, step, batches, num_steps=20, **kw)  # state was donated above
   train.fit(_setup(mesh)[0], step, batches, num_steps=20, **kw)

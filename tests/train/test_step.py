@@ -13,14 +13,18 @@ def _problem(batch_size=32, seed=0):
   model = models.MLP((16, 3))
   params = model.init(jax.random.key(seed), jnp.zeros((1, 5)))
   rng = np.random.default_rng(seed)
-  batch = {"x": rng.normal(size=(batch_size, 5)).astype(np.float32),
-           "y": rng.integers(0, 3, size=batch_size).astype(np.int32)}
+  batch = {
+    "x": rng.normal(size=(batch_size, 5)).astype(np.float32),
+    "y": rng.integers(0, 3, size=batch_size).astype(np.int32),
+  }
 
   def loss_fn(p, b, key):
     del key
     logits = model.apply(p, b["x"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean(), {
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == b["y"])}
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == b["y"])
+    }
+
   return params, batch, loss_fn
 
 
@@ -51,8 +55,14 @@ def test_step_equals_the_hand_written_update(use_mesh):
   # float32: an 8-way sharded mean sums in another order (a few ulps per step)
   _assert_trees_close(state.params, expected, rtol=1e-5, atol=1e-6)
   assert int(state.step) == 3
-  assert set(metrics) == {"loss", "accuracy", "grad_norm", "update_norm", "param_norm",
-                          "update_grad_ratio"}
+  assert set(metrics) == {
+    "loss",
+    "accuracy",
+    "grad_norm",
+    "update_norm",
+    "param_norm",
+    "update_grad_ratio",
+  }
 
 
 def test_microbatch_accumulation_equals_the_full_batch_gradient():
@@ -80,8 +90,9 @@ def test_extra_args_reach_the_optimizer():
 
   spy = optax.GradientTransformationExtraArgs(lambda p: jnp.zeros(()), update)
   extra_fn = lambda p, b, key, grad_fn: {"other_grad": grad_fn(jax.tree.map(lambda x: 2 * x, p))}
-  step = train.make_train_step(loss_fn, optax.chain(optax.identity(), spy),
-                               extra_args_fn=extra_fn, donate=False)
+  step = train.make_train_step(
+    loss_fn, optax.chain(optax.identity(), spy), extra_args_fn=extra_fn, donate=False
+  )
   state = train.TrainState.create(params, spy, jax.random.key(0))
   state = state._replace(opt_state=(optax.EmptyState(), jnp.zeros(())))
   new_state, _ = step(state, batch)
@@ -92,7 +103,9 @@ def test_extra_args_reach_the_optimizer():
 
 def test_line_search_optimizer_gets_value_fn():
   params, batch, loss_fn = _problem()
-  opt = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(max_backtracking_steps=10))
+  opt = optax.chain(
+    optax.sgd(1.0), optax.scale_by_backtracking_linesearch(max_backtracking_steps=10)
+  )
   state = train.TrainState.create(params, opt, jax.random.key(0))
   step = train.make_train_step(loss_fn, opt)
   losses = []
@@ -108,7 +121,9 @@ def test_batch_that_cannot_be_split_is_refused():
   opt = optax.sgd(0.1)
   step = train.make_train_step(loss_fn, opt, mesh=mesh)
   state = train.TrainState.create(params, opt, jax.random.key(0))
-  with pytest.raises(ValueError, match=r"batch\['x'\]: leading axis of size 12 cannot be sharded over 8"):
+  with pytest.raises(
+    ValueError, match=r"batch\['x'\]: leading axis of size 12 cannot be sharded over 8"
+  ):
     step(state, batch)
   step2 = train.make_train_step(loss_fn, opt, num_microbatches=5)
   with pytest.raises(ValueError, match="cannot be sharded over 5"):
@@ -127,8 +142,12 @@ def test_lean_step_applies_the_identical_update_without_norms():
   full, m_full = step(state, b)
   lean, m_lean = step.lean(state, b)
   jax.tree.map(np.testing.assert_array_equal, full, lean)  # bit for bit
-  assert set(m_full) - set(m_lean) == {"grad_norm", "update_norm", "param_norm",
-                                       "update_grad_ratio"}
+  assert set(m_full) - set(m_lean) == {
+    "grad_norm",
+    "update_norm",
+    "param_norm",
+    "update_grad_ratio",
+  }
   assert float(m_full["loss"]) == float(m_lean["loss"])
 
 

@@ -16,8 +16,16 @@ import numpy as np
 class SpamReference:
   """SPAM-Optimizer ``AdamW.step`` (dense path, no ``density`` groups)."""
 
-  def __init__(self, lr, betas=(0.9, 0.999), eps=1e-6, warmup_steps=150, threshold=5000,
-               DeltaT=500, grad_accu_steps=20):
+  def __init__(
+    self,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-6,
+    warmup_steps=150,
+    threshold=5000,
+    DeltaT=500,
+    grad_accu_steps=20,
+  ):
     self.lr, self.betas, self.eps = lr, betas, eps
     self.total_step = 0
     self.current_step = warmup_steps + 1
@@ -50,7 +58,7 @@ class SpamReference:
       if self.thres != 0:
         current_step = self.total_step + 1
         if current_step >= self.grad_accu_steps:
-          mask = grad ** 2 > self.thres * exp_avg_sq
+          mask = grad**2 > self.thres * exp_avg_sq
           if self.DeltaT != 0:
             if current_step % self.DeltaT >= self.grad_accu_steps:
               grad[mask] = np.sign(grad[mask]) * np.sqrt(exp_avg_sq[mask] * self.thres)
@@ -77,8 +85,17 @@ class SpamReference:
 class ZClipReference:
   """ZClip ``step`` in mode "zscore" (adaptive_scaling or mean)."""
 
-  def __init__(self, alpha=0.97, z_thresh=2.5, max_grad_norm=None, eps=1e-6, warmup_steps=25,
-               clip_option="adaptive_scaling", clip_factor=1.0, skip_update_on_spike=False):
+  def __init__(
+    self,
+    alpha=0.97,
+    z_thresh=2.5,
+    max_grad_norm=None,
+    eps=1e-6,
+    warmup_steps=25,
+    clip_option="adaptive_scaling",
+    clip_factor=1.0,
+    skip_update_on_spike=False,
+  ):
     self.alpha, self.z_thresh, self.max_grad_norm, self.eps = alpha, z_thresh, max_grad_norm, eps
     self.warmup_steps, self.clip_option, self.clip_factor = warmup_steps, clip_option, clip_factor
     self.skip_update_on_spike = skip_update_on_spike
@@ -95,7 +112,7 @@ class ZClipReference:
     self.var = self.alpha * self.var + (1 - self.alpha) * (grad_norm - self.mean) ** 2
 
   def _compute_clip_val(self, grad_norm):
-    std = self.var ** 0.5
+    std = self.var**0.5
     z = (grad_norm - self.mean) / (std + self.eps)
     if z > self.z_thresh:
       if self.clip_option == "adaptive_scaling":
@@ -146,7 +163,11 @@ class DiffGradReference:
         state["exp_avg"] = np.zeros_like(p)
         state["exp_avg_sq"] = np.zeros_like(p)
         state["previous_grad"] = np.zeros_like(p)
-      exp_avg, exp_avg_sq, previous_grad = state["exp_avg"], state["exp_avg_sq"], state["previous_grad"]
+      exp_avg, exp_avg_sq, previous_grad = (
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        state["previous_grad"],
+      )
       beta1, beta2 = self.betas
       state["step"] += 1
       if self.weight_decay != 0:
@@ -173,8 +194,9 @@ class ScaleReference:
   Weights are in torch layout ``[out, in]`` (normalized over dim 1).
   """
 
-  def __init__(self, lr, kinds, weight_decay=0.0, momentum=0.9, adamw_betas=(0.9, 0.999),
-               adamw_eps=1e-8):
+  def __init__(
+    self, lr, kinds, weight_decay=0.0, momentum=0.9, adamw_betas=(0.9, 0.999), adamw_eps=1e-8
+  ):
     self.lr, self.kinds, self.weight_decay, self.momentum = lr, kinds, weight_decay, momentum
     self.adamw_betas, self.adamw_eps = adamw_betas, adamw_eps
     self.state = {}
@@ -214,7 +236,7 @@ class ScaleReference:
       buf1 += (g - buf1) * (1 - beta1)
       buf2 += (np.square(g) - buf2) * (1 - beta2)
       g = buf1 / (self.adamw_eps + np.sqrt(buf2))
-      scale = (1 - beta1 ** step) / (1 - beta2 ** step) ** 0.5
+      scale = (1 - beta1**step) / (1 - beta2**step) ** 0.5
       p = p * (1 - lr * weight_decay)
       out[name] = p - lr / scale * g
     return out
@@ -223,20 +245,31 @@ class ScaleReference:
 class AgvmReference:
   """AgvmOptimizerHook with torch SGD(momentum): groups in order, group 0 the reference."""
 
-  def __init__(self, lr, sgd_momentum, groups, lr_update_interval=5, lr_update_start_iter=500,
-               lr_update_stop_iter=-1, momentum=0.97):
+  def __init__(
+    self,
+    lr,
+    sgd_momentum,
+    groups,
+    lr_update_interval=5,
+    lr_update_start_iter=500,
+    lr_update_stop_iter=-1,
+    momentum=0.97,
+  ):
     self.lr, self.sgd_momentum, self.groups = lr, sgd_momentum, groups  # groups: list of name lists
     self.lr_update_interval, self.lr_update_start_iter = lr_update_interval, lr_update_start_iter
-    self.lr_update_stop_iter = (lr_update_stop_iter if lr_update_stop_iter > lr_update_start_iter
-                                else 10e9)
+    self.lr_update_stop_iter = (
+      lr_update_stop_iter if lr_update_stop_iter > lr_update_start_iter else 10e9
+    )
     self.momentum = momentum
     self.scale_factors = [1.0] * len(groups)
     self.iter = 0
     self.bufs = {}
 
   def step(self, params, grads, grads_a, grads_b):
-    if (self.lr_update_start_iter <= self.iter <= self.lr_update_stop_iter
-        and self.iter % self.lr_update_interval == 0):
+    if (
+      self.lr_update_start_iter <= self.iter <= self.lr_update_stop_iter
+      and self.iter % self.lr_update_interval == 0
+    ):
       sims = []
       for names in self.groups:
         a = np.concatenate([grads_a[n].ravel() for n in names])
@@ -244,8 +277,9 @@ class AgvmReference:
         cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-8)
         sims.append(1 - cos)
       new = [math.sqrt(min(max((sims[0] + 1e-6) / (s + 1e-6), 0.5), 10.0)) for s in sims]
-      self.scale_factors = [self.momentum * o + (1 - self.momentum) * n
-                            for o, n in zip(self.scale_factors, new)]
+      self.scale_factors = [
+        self.momentum * o + (1 - self.momentum) * n for o, n in zip(self.scale_factors, new)
+      ]
     scaled = self.lr_update_start_iter <= self.iter <= self.lr_update_stop_iter
     out = {}
     for k, names in enumerate(self.groups):
@@ -291,9 +325,11 @@ class MarsReference:
       exp_avg += (1.0 - beta1) * c_t
       exp_avg_sq *= beta2
       exp_avg_sq += (1.0 - beta2) * c_t * c_t
-      bias_correction1 = 1.0 - beta1 ** step
-      bias_correction2 = 1.0 - beta2 ** step
-      denom = (np.sqrt(exp_avg_sq) * (1 / math.sqrt(bias_correction2)) + self.eps) * bias_correction1
+      bias_correction1 = 1.0 - beta1**step
+      bias_correction2 = 1.0 - beta2**step
+      denom = (
+        np.sqrt(exp_avg_sq) * (1 / math.sqrt(bias_correction2)) + self.eps
+      ) * bias_correction1
       out[name] = p + (-self.lr * (p * self.wd + exp_avg / denom))
       state["last_grad"] = grad
     return out
@@ -313,9 +349,9 @@ class StormReference:
     if self.d is None:
       self.d = grad_at_x.copy()
     else:
-      a = min(1.0, self.c * self.eta ** 2)
+      a = min(1.0, self.c * self.eta**2)
       self.d = grad_at_x + (1 - a) * (self.d - grad_at_prev)
-    self.sum_sq += float(np.sum(grad_at_x ** 2))
+    self.sum_sq += float(np.sum(grad_at_x**2))
     self.eta = self.k / (self.w + self.sum_sq) ** (1 / 3)
     return x - self.eta * self.d
 

@@ -23,35 +23,51 @@ def _loss_fn(p, b, key):
 
 def _data(n=16, seed=0):
   rng = np.random.default_rng(seed)
-  return {"x": rng.normal(size=(n, 5)).astype(np.float32),
-          "y": rng.integers(0, 3, size=n).astype(np.int32)}
+  return {
+    "x": rng.normal(size=(n, 5)).astype(np.float32),
+    "y": rng.integers(0, 3, size=n).astype(np.int32),
+  }
 
 
 def _layer_labels(params):
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "hidden" if "dense_0" in jax.tree_util.keystr(path) else "head", params)
+    lambda path, _: "hidden" if "dense_0" in jax.tree_util.keystr(path) else "head", params
+  )
 
 
 FULL = _data(48, seed=9)
 _full_grad = jax.grad(lambda p: _loss_fn(p, FULL, None)[0])
 
 CASES = {
-    "spam": (lambda: transforms.spam(1e-2, threshold=50.0, reset_interval=3, warmup_steps=2,
-                                     clip_after=1), None),
-    "spike_clip": (lambda: optax.chain(transforms.spike_clip(warmup_steps=2), optax.adam(1e-2)), None),
-    "per_layer_clip": (lambda: optax.chain(transforms.per_layer_clip(0.5), optax.sgd(0.1)), None),
-    "layerwise_normalize": (lambda: optax.chain(transforms.layerwise_normalize(), optax.sgd(0.01)), None),
-    "diffgrad": (lambda: transforms.diffgrad(1e-2), None),
-    "scale": (lambda: transforms.scale(1e-2, last_layer="dense_1/kernel"), None),
-    "agvm": (lambda: optax.chain(optax.sgd(0.1, momentum=0.9),
-                                 transforms.agvm(_layer_labels, "hidden", start=0, interval=1)),
-             transforms.half_batch_grads(_loss_fn)),
-    "adam_8bit": (lambda: transforms.adam_8bit(1e-2, min_8bit_size=0), None),
-    "storm": (lambda: transforms.storm(k=0.1, w=0.1, c=10.0), transforms.grad_fn_extra_args),
-    "mars": (lambda: transforms.mars(1e-2), None),
-    "mars_exact": (lambda: transforms.mars(1e-2, exact=True), transforms.grad_fn_extra_args),
-    "svrg": (lambda: optax.chain(transforms.svrg(2), optax.sgd(0.1)),
-             lambda state, batch, key, grad_fn: {"grad_fn": grad_fn, "full_grad_fn": _full_grad}),
+  "spam": (
+    lambda: transforms.spam(1e-2, threshold=50.0, reset_interval=3, warmup_steps=2, clip_after=1),
+    None,
+  ),
+  "spike_clip": (
+    lambda: optax.chain(transforms.spike_clip(warmup_steps=2), optax.adam(1e-2)),
+    None,
+  ),
+  "per_layer_clip": (lambda: optax.chain(transforms.per_layer_clip(0.5), optax.sgd(0.1)), None),
+  "layerwise_normalize": (
+    lambda: optax.chain(transforms.layerwise_normalize(), optax.sgd(0.01)),
+    None,
+  ),
+  "diffgrad": (lambda: transforms.diffgrad(1e-2), None),
+  "scale": (lambda: transforms.scale(1e-2, last_layer="dense_1/kernel"), None),
+  "agvm": (
+    lambda: optax.chain(
+      optax.sgd(0.1, momentum=0.9), transforms.agvm(_layer_labels, "hidden", start=0, interval=1)
+    ),
+    transforms.half_batch_grads(_loss_fn),
+  ),
+  "adam_8bit": (lambda: transforms.adam_8bit(1e-2, min_8bit_size=0), None),
+  "storm": (lambda: transforms.storm(k=0.1, w=0.1, c=10.0), transforms.grad_fn_extra_args),
+  "mars": (lambda: transforms.mars(1e-2), None),
+  "mars_exact": (lambda: transforms.mars(1e-2, exact=True), transforms.grad_fn_extra_args),
+  "svrg": (
+    lambda: optax.chain(transforms.svrg(2), optax.sgd(0.1)),
+    lambda state, batch, key, grad_fn: {"grad_fn": grad_fn, "full_grad_fn": _full_grad},
+  ),
 }
 
 
@@ -77,8 +93,11 @@ def test_train_step_on_8_devices_equals_one_device(name):
   moved = optax.tree.norm(optax.tree.sub(finals[0], params))
   assert float(moved) > 0
   # an 8-way sharded mean sums in another order: float32 rounding only
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=2e-4, atol=2e-5), finals[0], finals[1])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5),
+    finals[0],
+    finals[1],
+  )
 
 
 def _direct_extra(name, grads):
@@ -127,15 +146,19 @@ def test_gradlab_member_state_is_exactly_unchanged_inside_a_chain():
   for _ in range(3):
     _, state = tx.update({"w": jnp.ones(3)}, state)
   _, new_state = tx.update({"w": jnp.array([1.0, jnp.nan, 1.0])}, state)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               new_state[0], state[0])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state[0], state[0]
+  )
   # wrapping the whole chain makes the skip atomic (optax's apply_if_finite)
   guarded = optax.apply_if_finite(tx, max_consecutive_errors=5)
   gs = guarded.init(params)
   _, gs2 = guarded.update({"w": jnp.array([jnp.nan, 1.0, 1.0])}, gs)
   assert int(gs2.notfinite_count) == 1
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               gs2.inner_state, gs.inner_state)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+    gs2.inner_state,
+    gs.inner_state,
+  )
 
 
 def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
@@ -154,25 +177,39 @@ def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
   np.testing.assert_array_equal(jax.random.key_data(state3.key), jax.random.key_data(state2.key))
 
 
-@pytest.mark.parametrize("call, message", [
+@pytest.mark.parametrize(
+  "call, message",
+  [
     (lambda: transforms.spam(1e-3, b1=1.0), "b1"),
     (lambda: transforms.spike_clip(warmup_steps=0), "warmup_steps"),
     (lambda: transforms.spike_clip(clip_option="median"), "clip_option"),
     (lambda: transforms.per_layer_clip(-1.0), "max_norm"),
     (lambda: transforms.per_layer_clip(1.0, budget="flat"), "budget"),
     (lambda: transforms.dp_per_layer_aggregate(1.0, 1.0, 0), "key"),
-    (lambda: transforms.scale(1e-3, last_layer="nope").init(
-        {"Dense_0": {"kernel": jnp.zeros((2, 2))}}), "last_layer"),
+    (
+      lambda: transforms.scale(1e-3, last_layer="nope").init(
+        {"Dense_0": {"kernel": jnp.zeros((2, 2))}}
+      ),
+      "last_layer",
+    ),
     (lambda: transforms.column_normalize().update({"b": jnp.zeros(3)}, ()), "route 1-D"),
     (lambda: transforms.agvm({"a": "x"}, "y").init({"a": jnp.zeros(2)}), "reference"),
-    (lambda: transforms.agvm({"a": "x"}, "x").update({"a": jnp.zeros(2)},
-                                                    transforms.agvm({"a": "x"}, "x").init(
-                                                        {"a": jnp.zeros(2)})), "split_grads"),
-    (lambda: transforms.storm().update({"a": jnp.zeros(2)}, transforms.storm().init(
-        {"a": jnp.zeros(2)}), {"a": jnp.zeros(2)}), "grad_fn"),
+    (
+      lambda: transforms.agvm({"a": "x"}, "x").update(
+        {"a": jnp.zeros(2)}, transforms.agvm({"a": "x"}, "x").init({"a": jnp.zeros(2)})
+      ),
+      "split_grads",
+    ),
+    (
+      lambda: transforms.storm().update(
+        {"a": jnp.zeros(2)}, transforms.storm().init({"a": jnp.zeros(2)}), {"a": jnp.zeros(2)}
+      ),
+      "grad_fn",
+    ),
     (lambda: transforms.svrg(0), "snapshot_every"),
     (lambda: transforms.adam_8bit(1e-3, block_size=0), "block_size"),
-])
+  ],
+)
 def test_bad_arguments_get_a_clear_error(call, message):
   with pytest.raises(ValueError, match=message):
     call()
@@ -184,16 +221,24 @@ def test_bad_arguments_get_a_clear_error(call, message):
 # inside MultiSteps, apply_if_finite, and a chain with reduce_on_plateau.
 
 ALIASES = {
-    # name: (factory, kwargs, static_args, needs grad_fn)
-    "spam": (transforms.spam, dict(learning_rate=1e-2, threshold=50.0, reset_interval=3,
-                                   warmup_steps=2, clip_after=2), (), False),
-    "diffgrad": (transforms.diffgrad, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
-    "adam_8bit": (transforms.adam_8bit, dict(learning_rate=1e-2, min_8bit_size=0, block_size=4),
-                  ("block_size", "min_8bit_size"), False),
-    "mars": (transforms.mars, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
-    "mars_exact": (transforms.mars, dict(learning_rate=1e-2, exact=True), (), True),
-    "scale": (transforms.scale, dict(learning_rate=1e-2, last_layer="b"), (), False),
-    "storm": (transforms.storm, dict(k=0.1, w=0.1, c=10.0), (), True),
+  # name: (factory, kwargs, static_args, needs grad_fn)
+  "spam": (
+    transforms.spam,
+    dict(learning_rate=1e-2, threshold=50.0, reset_interval=3, warmup_steps=2, clip_after=2),
+    (),
+    False,
+  ),
+  "diffgrad": (transforms.diffgrad, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
+  "adam_8bit": (
+    transforms.adam_8bit,
+    dict(learning_rate=1e-2, min_8bit_size=0, block_size=4),
+    ("block_size", "min_8bit_size"),
+    False,
+  ),
+  "mars": (transforms.mars, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
+  "mars_exact": (transforms.mars, dict(learning_rate=1e-2, exact=True), (), True),
+  "scale": (transforms.scale, dict(learning_rate=1e-2, last_layer="b"), (), False),
+  "storm": (transforms.storm, dict(k=0.1, w=0.1, c=10.0), (), True),
 }
 _P = {"a": -jnp.ones((2, 3)), "b": jnp.ones((5, 2)), "c": jnp.ones(4)}
 _G = {"a": jnp.ones((2, 3)), "b": -jnp.ones((5, 2)), "c": 0.5 * jnp.ones(4)}
@@ -216,8 +261,9 @@ def test_alias_under_inject_hyperparams_equals_the_plain_alias(name):
       updates, state = update(_G, state, _P)
     if tx is plain:
       expected, plain_state = updates, state
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-               updates, expected)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), updates, expected
+  )
   assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
   # a hyperparameter can be changed in the state, as with optax's own aliases
   if "learning_rate" in kwargs:
@@ -243,8 +289,9 @@ def test_alias_inside_multisteps_accumulates_then_steps(name):
 def test_alias_inside_apply_if_finite_and_reduce_on_plateau(name):
   factory, kwargs, _, needs = ALIASES[name]
   tx = optax.apply_if_finite(
-      optax.chain(factory(**kwargs), optax.contrib.reduce_on_plateau(patience=1, factor=0.5)),
-      max_consecutive_errors=3)
+    optax.chain(factory(**kwargs), optax.contrib.reduce_on_plateau(patience=1, factor=0.5)),
+    max_consecutive_errors=3,
+  )
   state = jax.jit(tx.init)(_P)
   update = jax.jit(functools.partial(tx.update, **_extras(needs)))
   loss = jnp.asarray(1.0)
@@ -256,19 +303,23 @@ def test_alias_inside_apply_if_finite_and_reduce_on_plateau(name):
   skipped, new_state = update(bad, state, _P, value=loss)
   assert int(new_state.notfinite_count) == 1
   assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(skipped))
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               optax.tree.unwrap_random_key_data(new_state.inner_state),
-               optax.tree.unwrap_random_key_data(state.inner_state))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+    optax.tree.unwrap_random_key_data(new_state.inner_state),
+    optax.tree.unwrap_random_key_data(state.inner_state),
+  )
   del first
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_state_keeps_float32_params_dtypes_under_x64(name):
   make_tx, _ = CASES[name]
-  params = {"params": {"dense_0": {"kernel": jnp.ones((5, 16), jnp.float32),
-                                   "bias": jnp.zeros(16, jnp.float32)},
-                       "dense_1": {"kernel": jnp.ones((16, 3), jnp.float32),
-                                   "bias": jnp.zeros(3, jnp.float32)}}}
+  params = {
+    "params": {
+      "dense_0": {"kernel": jnp.ones((5, 16), jnp.float32), "bias": jnp.zeros(16, jnp.float32)},
+      "dense_1": {"kernel": jnp.ones((16, 3), jnp.float32), "bias": jnp.zeros(3, jnp.float32)},
+    }
+  }
   grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
   with jax.enable_x64(True):
     tx = make_tx()
@@ -283,11 +334,14 @@ def test_state_keeps_float32_params_dtypes_under_x64(name):
     assert a.dtype != jnp.float64, (name, a.shape)
 
 
-@pytest.mark.parametrize("name, make", [
+@pytest.mark.parametrize(
+  "name, make",
+  [
     ("storm", lambda: transforms.storm()),
     ("mars_exact", lambda: transforms.mars(1e-2, exact=True)),
     ("svrg", lambda: transforms.svrg(1)),
-])
+  ],
+)
 def test_nonfinite_gradient_from_an_extra_argument_skips_the_step(name, make):
   tx = make()
   p = {"w": jnp.ones(3)}
@@ -295,16 +349,18 @@ def test_nonfinite_gradient_from_an_extra_argument_skips_the_step(name, make):
   poisoned = lambda q: {"w": jnp.array([1.0, jnp.nan, 1.0])}  # noqa: E731
   state = tx.init(p)
   extra = {"grad_fn": lambda q: good, "full_grad_fn": lambda q: good}
-  _, state = tx.update(good, state, p, **{k: v for k, v in extra.items()
-                                          if name == "svrg" or k == "grad_fn"})
-  for bad_name in (("grad_fn", "full_grad_fn") if name == "svrg" else ("grad_fn",)):
+  _, state = tx.update(
+    good, state, p, **{k: v for k, v in extra.items() if name == "svrg" or k == "grad_fn"}
+  )
+  for bad_name in ("grad_fn", "full_grad_fn") if name == "svrg" else ("grad_fn",):
     bad_extra = {**extra, bad_name: poisoned}
     if name != "svrg":
       bad_extra.pop("full_grad_fn")
     updates, new_state = jax.jit(functools.partial(tx.update, **bad_extra))(good, state, p)
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), (name, bad_name)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 new_state, state)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state, state
+    )
 
 
 def test_spike_clip_recovers_from_an_all_zero_warmup():
@@ -322,11 +378,17 @@ def test_spike_clip_recovers_from_an_all_zero_warmup():
   np.testing.assert_allclose(float(state.mean), float(optax.tree.norm(g)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: transforms.spam(1e-2, eps=0.0), lambda: transforms.diffgrad(1e-2, eps=0.0),
-    lambda: transforms.adam_8bit(1e-2, eps=0.0), lambda: transforms.mars(1e-2, eps=0.0),
-    lambda: transforms.layerwise_normalize(eps=0.0), lambda: transforms.scale_by_torch_adam(eps=0),
-])
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: transforms.spam(1e-2, eps=0.0),
+    lambda: transforms.diffgrad(1e-2, eps=0.0),
+    lambda: transforms.adam_8bit(1e-2, eps=0.0),
+    lambda: transforms.mars(1e-2, eps=0.0),
+    lambda: transforms.layerwise_normalize(eps=0.0),
+    lambda: transforms.scale_by_torch_adam(eps=0),
+  ],
+)
 def test_eps_zero_is_refused_where_it_divides(make):
   with pytest.raises(ValueError, match="eps: expected a finite value > 0"):
     make()

@@ -34,16 +34,21 @@ def test_quantize_matches_the_argmin_reference_exactly():
     np.testing.assert_array_equal(np.asarray(q.codes), idx)
     np.testing.assert_array_equal(np.asarray(q.absmax), absmax)
     back = transforms.dequantize_blockwise(q, jnp.asarray(code), xx.shape)
-    np.testing.assert_array_equal(np.asarray(back), references.dequantize_blockwise_reference(
-        idx, absmax, code, xx.shape))
+    np.testing.assert_array_equal(
+      np.asarray(back), references.dequantize_blockwise_reference(idx, absmax, code, xx.shape)
+    )
 
 
 def _reference_adam8bit(params, grads, lr, b1=0.9, b2=0.999, eps=1e-8, block=256):
   """bitsandbytes' 8-bit blockwise Adam step (optimizer_update_8bit_blockwise_pytorch), NumPy."""
   p = {k: v.astype(np.float32) for k, v in params.items()}
-  state = {k: [references.quantize_blockwise_reference(np.zeros_like(v), SIGNED, block),
-               references.quantize_blockwise_reference(np.zeros_like(v), UNSIGNED, block)]
-           for k, v in p.items()}
+  state = {
+    k: [
+      references.quantize_blockwise_reference(np.zeros_like(v), SIGNED, block),
+      references.quantize_blockwise_reference(np.zeros_like(v), UNSIGNED, block),
+    ]
+    for k, v in p.items()
+  }
   trajectory = []
   for step, g in enumerate(grads, start=1):
     for k in p:
@@ -53,23 +58,34 @@ def _reference_adam8bit(params, grads, lr, b1=0.9, b2=0.999, eps=1e-8, block=256
       grad = g[k].astype(np.float32)
       s1 = np.float32(b1) * s1 + np.float32(1 - b1) * grad
       s2 = np.float32(b2) * s2 + np.float32(1 - b2) * grad * grad
-      bc1 = np.float32(1 - b1 ** step)
-      bc2 = np.float32(np.sqrt(1 - b2 ** step))
+      bc1 = np.float32(1 - b1**step)
+      bc2 = np.float32(np.sqrt(1 - b2**step))
       p[k] = p[k] - np.float32(lr) * (s1 / (np.sqrt(s2) / bc2 + np.float32(eps)) / bc1)
-      state[k] = [references.quantize_blockwise_reference(s1, SIGNED, block),
-                  references.quantize_blockwise_reference(s2, UNSIGNED, block)]
-    trajectory.append(({k: v.copy() for k, v in p.items()},
-                       {k: [(s[0][0].copy(), s[0][1].copy()), (s[1][0].copy(), s[1][1].copy())]
-                        for k, s in state.items()}))
+      state[k] = [
+        references.quantize_blockwise_reference(s1, SIGNED, block),
+        references.quantize_blockwise_reference(s2, UNSIGNED, block),
+      ]
+    trajectory.append(
+      (
+        {k: v.copy() for k, v in p.items()},
+        {
+          k: [(s[0][0].copy(), s[0][1].copy()), (s[1][0].copy(), s[1][1].copy())]
+          for k, s in state.items()
+        },
+      )
+    )
   return trajectory
 
 
 def test_adam_8bit_matches_its_dequantized_reference():
   rng = np.random.default_rng(1)
-  params = {"w": rng.normal(size=(64, 80)).astype(np.float32),
-            "b": rng.normal(size=(80,)).astype(np.float32)}
-  grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-           for _ in range(12)]
+  params = {
+    "w": rng.normal(size=(64, 80)).astype(np.float32),
+    "b": rng.normal(size=(80,)).astype(np.float32),
+  }
+  grads = [
+    {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(12)
+  ]
   expected = _reference_adam8bit(params, grads, 1e-2)
   tx = transforms.adam_8bit(1e-2, min_8bit_size=0)
   p = jax.tree.map(jnp.asarray, params)
@@ -125,7 +141,9 @@ def test_adam_8bit_stays_within_the_quantization_error_of_fp32_adam():
       u8, st8 = a8.update({"w": p8["w"] - target + noise}, st8, p8)
       u32, st32 = a32.update({"w": p32["w"] - target + noise}, st32, p32)
       return (optax.apply_updates(p8, u8), optax.apply_updates(p32, u32), st8, st32), None
+
     return jax.lax.scan(body, (p8, p32, st8, st32), noises)[0][:2]
+
   p8, p32 = run(p8, p32, st8, st32)
   moved = np.linalg.norm(np.asarray(p32["w"]) - np.asarray(params["w"]))
   gap = np.linalg.norm(np.asarray(p8["w"]) - np.asarray(p32["w"]))
@@ -134,23 +152,28 @@ def test_adam_8bit_stays_within_the_quantization_error_of_fp32_adam():
 
 def test_state_memory_is_a_quarter_of_fp32_adam():
   params = {"w": jnp.zeros((1024, 1024)), "b": jnp.zeros((1024,))}
-  ratio = (transforms.state_bytes(transforms.adam_8bit(1e-3).init(params))
-           / transforms.state_bytes(optax.adam(1e-3).init(params)))
+  ratio = transforms.state_bytes(transforms.adam_8bit(1e-3).init(params)) / transforms.state_bytes(
+    optax.adam(1e-3).init(params)
+  )
   assert ratio < 0.3
   # the small bias stays in float32
   inner = transforms.adam_8bit(1e-3).init(params)[0]
   assert inner.mu["b"].dtype == jnp.float32 and isinstance(inner.mu["w"], transforms.QuantizedArray)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None
-                    or importlib.util.find_spec("torch") is None,
-                    reason="bitsandbytes (the .[bench] extra) not installed")
+@pytest.mark.skipif(
+  importlib.util.find_spec("bitsandbytes") is None or importlib.util.find_spec("torch") is None,
+  reason="bitsandbytes (the .[bench] extra) not installed",
+)
 def test_against_bitsandbytes_on_cpu():
   import bitsandbytes as bnb
   import bitsandbytes.functional as F
   import torch
+
   np.testing.assert_allclose(SIGNED, F.create_dynamic_map(signed=True).numpy(), atol=6e-8, rtol=0)
-  np.testing.assert_allclose(UNSIGNED, F.create_dynamic_map(signed=False).numpy(), atol=6e-8, rtol=0)
+  np.testing.assert_allclose(
+    UNSIGNED, F.create_dynamic_map(signed=False).numpy(), atol=6e-8, rtol=0
+  )
   rng = np.random.default_rng(3)
   w0 = rng.normal(size=(64, 128)).astype(np.float32)
   wt = torch.nn.Parameter(torch.tensor(w0))

@@ -48,18 +48,26 @@ def _assert_close(a, b, rtol=RTOL, atol=1e-12):
     np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
 
 
-@pytest.mark.parametrize("cfg", [
+@pytest.mark.parametrize(
+  "cfg",
+  [
     dict(threshold=50.0, reset_interval=6, warmup_steps=3, clip_after=2),
     dict(threshold=5000.0, reset_interval=500, warmup_steps=150, clip_after=20),
     dict(threshold=10.0, reset_interval=4, warmup_steps=0, clip_after=1),
-])
+  ],
+)
 def test_spam_matches_the_official_loop(cfg):
   rng = np.random.default_rng(0)
   with jax.enable_x64(True):
     params = _params(rng)
     grads = [_grads(rng, params, spikes=True) for _ in range(16)]
-    ref = references.SpamReference(1e-2, DeltaT=cfg["reset_interval"], threshold=cfg["threshold"],
-                                   warmup_steps=cfg["warmup_steps"], grad_accu_steps=cfg["clip_after"])
+    ref = references.SpamReference(
+      1e-2,
+      DeltaT=cfg["reset_interval"],
+      threshold=cfg["threshold"],
+      warmup_steps=cfg["warmup_steps"],
+      grad_accu_steps=cfg["clip_after"],
+    )
     p = params
     expected = []
     for g in grads:
@@ -70,11 +78,14 @@ def test_spam_matches_the_official_loop(cfg):
     _assert_close(a, b)
 
 
-@pytest.mark.parametrize("cfg", [
+@pytest.mark.parametrize(
+  "cfg",
+  [
     dict(warmup_steps=5),
     dict(warmup_steps=4, clip_option="mean", max_norm=30.0),
     dict(warmup_steps=3, skip_update_on_spike=True, clip_factor=0.7, z_thresh=1.5),
-])
+  ],
+)
 def test_spike_clip_matches_zclip(cfg):
   rng = np.random.default_rng(1)
   with jax.enable_x64(True):
@@ -86,9 +97,13 @@ def test_spike_clip_matches_zclip(cfg):
         g = {k: v * 50.0 for k, v in g.items()}
       grads.append(g)
     ref = references.ZClipReference(
-        warmup_steps=cfg["warmup_steps"], clip_option=cfg.get("clip_option", "adaptive_scaling"),
-        max_grad_norm=cfg.get("max_norm"), skip_update_on_spike=cfg.get("skip_update_on_spike", False),
-        clip_factor=cfg.get("clip_factor", 1.0), z_thresh=cfg.get("z_thresh", 2.5))
+      warmup_steps=cfg["warmup_steps"],
+      clip_option=cfg.get("clip_option", "adaptive_scaling"),
+      max_grad_norm=cfg.get("max_norm"),
+      skip_update_on_spike=cfg.get("skip_update_on_spike", False),
+      clip_factor=cfg.get("clip_factor", 1.0),
+      z_thresh=cfg.get("z_thresh", 2.5),
+    )
     tx = transforms.spike_clip(**cfg)
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -124,11 +139,17 @@ def test_scale_matches_the_official_optimizer():
   rng = np.random.default_rng(3)
   with jax.enable_x64(True):
     # flax layout [in, out]; the reference gets torch's [out, in] (transposed).
-    params = {"hidden": {"kernel": rng.normal(size=(6, 5)), "bias": rng.normal(size=(5,))},
-              "head": {"kernel": rng.normal(size=(5, 4)), "bias": rng.normal(size=(4,))}}
+    params = {
+      "hidden": {"kernel": rng.normal(size=(6, 5)), "bias": rng.normal(size=(5,))},
+      "head": {"kernel": rng.normal(size=(5, 4)), "bias": rng.normal(size=(4,))},
+    }
     grads = [jax.tree.map(lambda x: rng.normal(size=x.shape), params) for _ in range(12)]
-    flat = lambda t: {"hk": t["hidden"]["kernel"].T, "hb": t["hidden"]["bias"],
-                      "ok": t["head"]["kernel"].T, "ob": t["head"]["bias"]}
+    flat = lambda t: {
+      "hk": t["hidden"]["kernel"].T,
+      "hb": t["hidden"]["bias"],
+      "ok": t["head"]["kernel"].T,
+      "ob": t["head"]["bias"],
+    }
     ref = references.ScaleReference(1e-2, {"hk": 0, "hb": 2, "ok": 1, "ob": 2}, weight_decay=0.1)
     p, expected = flat(params), []
     for g in grads:
@@ -142,25 +163,39 @@ def test_scale_matches_the_official_optimizer():
 def test_agvm_matches_the_official_hook_with_sgd_momentum():
   rng = np.random.default_rng(4)
   with jax.enable_x64(True):
-    params = {"backbone": rng.normal(size=(6, 5)), "neck": rng.normal(size=(5,)),
-              "head": rng.normal(size=(5, 3))}
+    params = {
+      "backbone": rng.normal(size=(6, 5)),
+      "neck": rng.normal(size=(5,)),
+      "head": rng.normal(size=(5, 3)),
+    }
     labels = {"backbone": "backbone", "neck": "head", "head": "head"}
     steps = 14
     halves = []
     for _ in range(steps):  # head gradients noisier than the backbone's
-      a = {k: rng.normal(size=v.shape) + (2.0 if k == "backbone" else 0.3) for k, v in params.items()}
-      b = {k: rng.normal(size=v.shape) + (2.0 if k == "backbone" else 0.3) for k, v in params.items()}
+      a = {
+        k: rng.normal(size=v.shape) + (2.0 if k == "backbone" else 0.3) for k, v in params.items()
+      }
+      b = {
+        k: rng.normal(size=v.shape) + (2.0 if k == "backbone" else 0.3) for k, v in params.items()
+      }
       halves.append((a, b))
     grads = [{k: (a[k] + b[k]) / 2 for k in a} for a, b in halves]
-    ref = references.AgvmReference(0.05, 0.9, [["backbone"], ["head", "neck"]],
-                                   lr_update_interval=3, lr_update_start_iter=2,
-                                   lr_update_stop_iter=11)
+    ref = references.AgvmReference(
+      0.05,
+      0.9,
+      [["backbone"], ["head", "neck"]],
+      lr_update_interval=3,
+      lr_update_start_iter=2,
+      lr_update_stop_iter=11,
+    )
     p, expected = params, []
     for g, (a, b) in zip(grads, halves):
       p = ref.step(p, g, a, b)
       expected.append(p)
-    tx = optax.chain(optax.sgd(0.05, momentum=0.9),
-                     transforms.agvm(labels, "backbone", interval=3, start=2, stop=11))
+    tx = optax.chain(
+      optax.sgd(0.05, momentum=0.9),
+      transforms.agvm(labels, "backbone", interval=3, start=2, stop=11),
+    )
     split = [jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b) for a, b in halves]
     got = _run(tx, params, grads, split_grads=split)
   for a, b in zip(got, expected):
@@ -188,7 +223,7 @@ def test_mars_matches_the_official_adamw_path(exact):
     extra = {}
     if exact:
       seq = iter([g if l is None else l for g, l in zip(grads, lasts)])
-      fns = [(lambda t: (lambda _p: jax.tree.map(jnp.asarray, t)))(next(seq)) for _ in grads]
+      fns = [(lambda t: lambda _p: jax.tree.map(jnp.asarray, t))(next(seq)) for _ in grads]
       p_j = jax.tree.map(jnp.asarray, params)
       state = tx.init(p_j)
       got = []
@@ -276,8 +311,10 @@ def test_per_layer_clip_and_dp_aggregate_match_numpy(budget):
     sizes = {k: params[k].size for k in names}
     total = sum(sizes.values())
     c = 2.0
-    bud = {k: (c / np.sqrt(len(names)) if budget == "uniform" else c * np.sqrt(sizes[k] / total))
-           for k in names}
+    bud = {
+      k: (c / np.sqrt(len(names)) if budget == "uniform" else c * np.sqrt(sizes[k] / total))
+      for k in names
+    }
     for _ in range(10):
       g = {k: 3 * v for k, v in _grads(rng, params).items()}
       got, _ = transforms.per_layer_clip(c, budget=budget).update(jax.tree.map(jnp.asarray, g), ())
@@ -287,8 +324,10 @@ def test_per_layer_clip_and_dp_aggregate_match_numpy(budget):
     per_example = {k: 3 * rng.normal(size=(7,) + v.shape) for k, v in params.items()}
     tx = transforms.dp_per_layer_aggregate(c, 0.0, jax.random.key(0), budget=budget)
     got, _ = tx.update(jax.tree.map(jnp.asarray, per_example), tx.init(params))
-    expected = {k: np.mean([e * min(1.0, bud[k] / np.linalg.norm(e)) for e in per_example[k]], axis=0)
-                for k in names}
+    expected = {
+      k: np.mean([e * min(1.0, bud[k] / np.linalg.norm(e)) for e in per_example[k]], axis=0)
+      for k in names
+    }
     _assert_close(jax.tree.map(np.asarray, got), expected)
     if budget == "uniform":  # optax's own per-layer clipping agrees
       summed, _ = optax.per_example_layer_norm_clip(jax.tree.map(jnp.asarray, per_example), c)
