@@ -22,35 +22,40 @@ show lambda_max * eta / 2 and tr H * eta / 2 against 1.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import curvature, data, models, train
-
-_WORKDIR = flags.DEFINE_string("workdir", "runs/dynamical_stability", "Output directory.")
-_LRS = flags.DEFINE_list("learning_rates", ["0.02", "0.05", "0.1"], "Step sizes eta.")
-_METHODS = flags.DEFINE_list("methods", ["gd", "sgd"], "gd (full batch) and/or sgd.")
-_SGD_BATCH = flags.DEFINE_integer("sgd_batch_size", 32, "SGD's batch size.")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "Training examples.")
-_WIDTH = flags.DEFINE_integer("width", 64, "Hidden width (two hidden layers).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 4000, "Steps per run.")
-_PROBE_EVERY = flags.DEFINE_integer("probe_every", 200, "Steps between sharpness probes.")
-_NUM_PROBES = flags.DEFINE_integer("num_probes", 64, "Hutchinson probes for the trace.")
-_LANCZOS = flags.DEFINE_integer("lanczos_iterations", 20, "Lanczos steps for lambda_max.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 PROG = "dynamical_stability"
 
 
-def run_one(workdir, method, lr, full):
-  model = models.MLP((_WIDTH.value, _WIDTH.value, 10), activation="tanh")
-  params = model.init(jax.random.key(_SEED.value), jnp.zeros((1, full["x"].shape[1])))
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``dynamical_stability`` (``--name=value``); defaults are the main's."""
+
+  learning_rates: list[str] = runner.option(["0.02", "0.05", "0.1"], "Step sizes eta.")
+  methods: list[str] = runner.option(["gd", "sgd"], "gd (full batch) and/or sgd.")
+  sgd_batch_size: int = runner.option(32, "SGD's batch size.")
+  num_examples: int = runner.option(1000, "Training examples.")
+  width: int = runner.option(64, "Hidden width (two hidden layers).")
+  num_steps: int = runner.option(4000, "Steps per run.")
+  probe_every: int = runner.option(200, "Steps between sharpness probes.")
+  num_probes: int = runner.option(64, "Hutchinson probes for the trace.")
+  lanczos_iterations: int = runner.option(20, "Lanczos steps for lambda_max.")
+  seed: int = runner.option(0, "Seed.")
+
+
+def run_one(workdir, method, lr, full, config):
+  model = models.MLP((config.width, config.width, 10), activation="tanh")
+  params = model.init(jax.random.key(config.seed), jnp.zeros((1, full["x"].shape[1])))
 
   def loss(p, b):
     return 0.5 * jnp.mean(jnp.sum((model.apply(p, b["x"]) - b["t"]) ** 2, axis=-1))
@@ -59,84 +64,86 @@ def run_one(workdir, method, lr, full):
   opt = optax.sgd(lr)
   step = train.make_train_step(train_loss, opt)
   probe = curvature.sharpness_instrument(
-    train_loss, learning_rate=lr, num_probes=_NUM_PROBES.value, num_iterations=_LANCZOS.value
+    train_loss,
+    learning_rate=lr,
+    num_probes=config.num_probes,
+    num_iterations=config.lanczos_iterations,
   )
   full_loss = jax.jit(loss)
   instrument = train.Instrument(
     "sharp",
     lambda params, batch, key: {**probe(params, full, key), "full_loss": full_loss(params, full)},
-    _PROBE_EVERY.value,
+    config.probe_every,
   )
-  batch_size = len(full["x"]) if method == "gd" else _SGD_BATCH.value
+  batch_size = len(full["x"]) if method == "gd" else config.sgd_batch_size
   _, last = train.fit(
-    train.TrainState.create(params, opt, jax.random.key(_SEED.value + 1)),
+    train.TrainState.create(params, opt, jax.random.key(config.seed + 1)),
     step,
-    lambda s: data.iterate_batches(full, batch_size=batch_size, seed=_SEED.value, start_step=s),
-    num_steps=_NUM_STEPS.value,
+    lambda s: data.iterate_batches(full, batch_size=batch_size, seed=config.seed, start_step=s),
+    num_steps=config.num_steps,
     workdir=workdir,
-    checkpoint_every=_NUM_STEPS.value // 2,
-    log_every=_PROBE_EVERY.value,
-    progress_every=_NUM_STEPS.value,
+    checkpoint_every=config.num_steps // 2,
+    log_every=config.probe_every,
+    progress_every=config.num_steps,
     instruments=[instrument],
   )
   return last
 
 
-def main(argv):
-  del argv
-  try:
-    lrs = flag_checks.number_list(
-      "learning_rates",
-      _LRS.value,
-      valid=lambda v: v > 0,
-      expected="a comma-separated list of positive numbers",
-    )
-    for m in _METHODS.value:
-      flag_checks.one_of("methods", m, ("gd", "sgd"))
-    for name in (
-      "sgd_batch_size",
-      "num_examples",
-      "width",
-      "num_steps",
-      "probe_every",
-      "num_probes",
-      "lanczos_iterations",
-    ):
-      flag_checks.positive(name, flags.FLAGS[name].value)
-    flag_checks.require(
-      _NUM_PROBES.value >= 2, "num_probes", ">= 2 (for a standard error)", _NUM_PROBES.value
-    )
-    flag_checks.require(
-      _NUM_EXAMPLES.value <= 1437,
-      "num_examples",
-      "at most the 1437 training digits",
-      _NUM_EXAMPLES.value,
-    )
-    flag_checks.require(
-      _SGD_BATCH.value <= _NUM_EXAMPLES.value,
-      "sgd_batch_size",
-      f"at most --num_examples={_NUM_EXAMPLES.value}",
-      _SGD_BATCH.value,
-    )
-    flag_checks.check_same_run(
-      _WORKDIR.value,
-      {
-        k: flags.FLAGS[k].value
-        for k in ("sgd_batch_size", "num_examples", "width", "num_steps", "probe_every", "seed")
-      },
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  flag_checks.require(
+    config.num_steps >= 2, "num_steps", ">= 2 (a checkpoint is taken half-way)", config.num_steps
+  )
+  lrs = flag_checks.number_list(
+    "learning_rates",
+    config.learning_rates,
+    valid=lambda v: v > 0,
+    expected="a comma-separated list of positive numbers",
+  )
+  for m in config.methods:
+    flag_checks.one_of("methods", m, ("gd", "sgd"))
+  for name in (
+    "sgd_batch_size",
+    "num_examples",
+    "width",
+    "num_steps",
+    "probe_every",
+    "num_probes",
+    "lanczos_iterations",
+  ):
+    flag_checks.positive(name, getattr(config, name))
+  flag_checks.require(
+    config.num_probes >= 2, "num_probes", ">= 2 (for a standard error)", config.num_probes
+  )
+  flag_checks.require(
+    config.num_examples <= 1437,
+    "num_examples",
+    "at most the 1437 training digits",
+    config.num_examples,
+  )
+  flag_checks.require(
+    config.sgd_batch_size <= config.num_examples,
+    "sgd_batch_size",
+    f"at most --num_examples={config.num_examples}",
+    config.sgd_batch_size,
+  )
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
+      for k in ("sgd_batch_size", "num_examples", "width", "num_steps", "probe_every", "seed")
+    },
+  )
 
-  workdir = _WORKDIR.value
   ds = data.load_dataset("digits")
-  n = _NUM_EXAMPLES.value
+  n = config.num_examples
   full = {"x": ds.x_train[:n], "t": np.eye(10, dtype=np.float32)[ds.y_train[:n]]}
   rows, gd_curves, tr_curves = [], {}, {}
-  for method in _METHODS.value:
+  for method in config.methods:
     for lr in lrs:
       run_dir = os.path.join(workdir, f"{method}_lr{lr:g}")
-      last = run_one(run_dir, method, lr, full)
+      last = run_one(run_dir, method, lr, full, config=config)
       records = [
         r
         for r in train.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
@@ -182,10 +189,10 @@ def main(argv):
     title="Trace of the Hessian against 2/eta",
   )
   notes = (
-    f"{n} digits, MLP 64-{_WIDTH.value}-{_WIDTH.value}-10 tanh, MSE on one-hot targets, "
-    f"{_NUM_STEPS.value} steps; GD is full batch, SGD uses batches of "
-    f"{_SGD_BATCH.value}. lambda_max by {_LANCZOS.value}-step Lanczos and the trace by "
-    f"{_NUM_PROBES.value}-probe Hutchinson, both of the full-batch loss at the last step. "
+    f"{n} digits, MLP 64-{config.width}-{config.width}-10 tanh, MSE on one-hot targets, "
+    f"{config.num_steps} steps; GD is full batch, SGD uses batches of "
+    f"{config.sgd_batch_size}. lambda_max by {config.lanczos_iterations}-step Lanczos and the trace by "
+    f"{config.num_probes}-probe Hutchinson, both of the full-batch loss at the last step. "
     "Cohen et al. report lambda_max*eta/2 rising to and hovering at 1 under GD (compare "
     "the GD rows and sharpness.png). Wu & Su's bound trace*eta/2 <= 1 holds for SGD at a "
     "*global minimum* (zero loss); these fits stop short of interpolation, so the bound's "
@@ -200,4 +207,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/dynamical_stability')

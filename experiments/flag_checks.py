@@ -6,9 +6,12 @@ names the flag, e.g. ``train_classifier: --learning_rate must be > 0, got -1.0``
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import sys
+import tempfile
 from typing import Any, Iterable, Mapping
 
 
@@ -19,6 +22,21 @@ class FlagError(ValueError):
 def require(condition: bool, flag: str, expected: str, value: Any) -> None:
   if not condition:
     raise FlagError(f"--{flag} must be {expected}, got {value!r}")
+
+
+def check_config(config: Any, *, may_be_empty: Iterable[str] = ()) -> None:
+  """What holds for every main's config: list flags are not empty (an empty
+  list would run nothing and exit 0 with an empty table), float flags are
+  finite, integer flags are Python or NumPy integers."""
+  may_be_empty = set(may_be_empty)
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if isinstance(value, (list, tuple)):
+      require(len(value) > 0 or f.name in may_be_empty, f.name, "a non-empty list", "")
+    elif isinstance(value, float):
+      require(math.isfinite(value), f.name, "a finite number", value)
+  if hasattr(config, "seed"):
+    non_negative("seed", config.seed)
 
 
 def positive(flag: str, value: float) -> None:
@@ -49,7 +67,11 @@ def number_list(
     out = [kind(v) for v in values]
   except ValueError:
     out = []
-  ok = len(out) >= min_count and (valid is None or all(valid(v) for v in out))
+  ok = (
+    len(out) >= min_count
+    and all(math.isfinite(v) for v in out)
+    and (valid is None or all(valid(v) for v in out))
+  )
   require(ok, flag, expected, ",".join(values))
   return out
 
@@ -61,6 +83,7 @@ def check_same_run(
   there, refuses flags that would make resuming it meaningless."""
   path = os.path.join(workdir, "config.json")
   may_change = set(may_change)
+  _check_writable(workdir)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -73,9 +96,29 @@ def check_same_run(
         f"--{k} is {config.get(k)!r} but the run in --workdir={workdir} used "
         f"{old.get(k)!r}; use a new --workdir"
       )
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(dict(config), f, indent=2, sort_keys=True)
+  write_json_atomically(path, dict(config))
+
+
+def _check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".writable-"):
+      pass
+  except OSError as e:
+    raise FlagError(
+      f"--workdir must be a writable directory, got {workdir!r} ({e.strerror})"
+    ) from None
+
+
+def write_json_atomically(path: str, obj: Any) -> None:
+  """Writes ``obj`` to ``path`` through a temporary file and a rename: a reader
+  (or a run killed mid-write) sees the old file or the new one, never half."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def exit_on_flag_error(prog: str, error: FlagError) -> None:

@@ -23,13 +23,13 @@ The SPAM paper (Huang et al. 2025, Fig. 1 and Sec. 2) reports spikes up to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import optax
-from absl import app, flags
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import tasks, train, transforms
 
 OPTIMIZERS = {
@@ -40,39 +40,44 @@ OPTIMIZERS = {
 }
 LEARNING_RATES = {"classifier": 3e-3, "lm": 3e-3}
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/gradient_spikes", "Output directory.")
-_TASKS = flags.DEFINE_list("tasks", list(tasks.TASKS), "Tasks to run.")
-_OPTIMIZERS = flags.DEFINE_list("optimizers", list(OPTIMIZERS), "Optimizers to compare.")
-_SEEDS = flags.DEFINE_integer("seeds", 4, "Runs per task and optimizer.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps per run.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
-_NUM_SPIKES = flags.DEFINE_integer("num_spikes", 4, "Spiked steps per run.")
-_SPIKE_SCALE = flags.DEFINE_float("spike_scale", 1000.0, "Gradient multiplier on spiked steps.")
-_LR_SCALE = flags.DEFINE_float("lr_scale", 1.0, "Multiplies each task's learning rate.")
 
 PROG = "gradient_spikes"
 
 
-def _check_flags():
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``gradient_spikes`` (``--name=value``); defaults are the main's."""
+
+  tasks: list[str] = runner.option(list(tasks.TASKS), "Tasks to run.")
+  optimizers: list[str] = runner.option(list(OPTIMIZERS), "Optimizers to compare.")
+  seeds: int = runner.option(4, "Runs per task and optimizer.")
+  num_steps: int = runner.option(400, "Training steps per run.")
+  batch_size: int = runner.option(64, "Batch size.")
+  num_spikes: int = runner.option(4, "Spiked steps per run.")
+  spike_scale: float = runner.option(1000.0, "Gradient multiplier on spiked steps.")
+  lr_scale: float = runner.option(1.0, "Multiplies each task's learning rate.")
+
+
+def _check_flags(config):
   c = flag_checks
-  for t in _TASKS.value:
+  for t in config.tasks:
     c.one_of("tasks", t, tasks.TASKS)
-  for o in _OPTIMIZERS.value:
+  for o in config.optimizers:
     c.one_of("optimizers", o, OPTIMIZERS)
   for name, v in (
-    ("seeds", _SEEDS.value),
-    ("num_steps", _NUM_STEPS.value),
-    ("batch_size", _BATCH_SIZE.value),
-    ("spike_scale", _SPIKE_SCALE.value),
-    ("lr_scale", _LR_SCALE.value),
+    ("seeds", config.seeds),
+    ("num_steps", config.num_steps),
+    ("batch_size", config.batch_size),
+    ("spike_scale", config.spike_scale),
+    ("lr_scale", config.lr_scale),
   ):
     c.positive(name, v)
-  c.non_negative("num_spikes", _NUM_SPIKES.value)
+  c.non_negative("num_spikes", config.num_spikes)
   c.require(
-    _NUM_SPIKES.value <= _NUM_STEPS.value - _NUM_STEPS.value // 10,
+    config.num_spikes <= config.num_steps - config.num_steps // 10,
     "num_spikes",
     "at most 90% of num_steps",
-    _NUM_SPIKES.value,
+    config.num_spikes,
   )
 
 
@@ -95,28 +100,24 @@ def _summarize(losses: np.ndarray) -> dict:
   }
 
 
-def main(argv):
-  del argv
-  try:
-    _check_flags()
-    flag_checks.check_same_run(
-      _WORKDIR.value,
-      {
-        k: flags.FLAGS[k].value
-        for k in ("seeds", "num_steps", "batch_size", "num_spikes", "spike_scale", "lr_scale")
-      },
-      may_change=(),
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
-  workdir = _WORKDIR.value
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  _check_flags(config=config)
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
+      for k in ("seeds", "num_steps", "batch_size", "num_spikes", "spike_scale", "lr_scale")
+    },
+    may_change=(),
+  )
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  spikes = _spike_steps(_NUM_STEPS.value, _NUM_SPIKES.value)
+  spikes = _spike_steps(config.num_steps, config.num_spikes)
   rows, curves = [], {}
-  for task_name in _TASKS.value:
-    task = tasks.make_task(task_name, _BATCH_SIZE.value)
-    lr = LEARNING_RATES[task_name] * _LR_SCALE.value
-    for opt in _OPTIMIZERS.value:
+  for task_name in config.tasks:
+    task = tasks.make_task(task_name, config.batch_size)
+    lr = LEARNING_RATES[task_name] * config.lr_scale
+    for opt in config.optimizers:
       path = os.path.join(workdir, "runs", f"{task_name}_{opt}.json")
 
       def run(task=task, lr=lr, opt=opt):
@@ -124,14 +125,14 @@ def main(argv):
           train.train_curves(
             task,
             OPTIMIZERS[opt](lr),
-            _SEEDS.value,
-            _NUM_STEPS.value,
+            config.seeds,
+            config.num_steps,
             spike_steps=spikes,
-            spike_scale=_SPIKE_SCALE.value,
+            spike_scale=config.spike_scale,
           )
         )
         clean = np.asarray(
-          train.train_curves(task, OPTIMIZERS[opt](lr), _SEEDS.value, _NUM_STEPS.value)
+          train.train_curves(task, OPTIMIZERS[opt](lr), config.seeds, config.num_steps)
         )
         return {"spiked": _summarize(spiked), "clean": _summarize(clean)}
 
@@ -161,15 +162,15 @@ def main(argv):
       xlabel="step",
       ylabel="training loss (median over seeds)",
       logy=True,
-      title=f"{task_name}: x{_SPIKE_SCALE.value:g} gradient spikes at steps {spikes}",
+      title=f"{task_name}: x{config.spike_scale:g} gradient spikes at steps {spikes}",
     )
   reporting.write_table(
     workdir,
     rows,
     title="Gradient spikes: divergence and final loss",
     notes=(
-      f"{_SEEDS.value} seeds, {_NUM_STEPS.value} steps, batch {_BATCH_SIZE.value}; "
-      f"gradients x{_SPIKE_SCALE.value:g} at steps {spikes}. Diverged: final loss "
+      f"{config.seeds} seeds, {config.num_steps} steps, batch {config.batch_size}; "
+      f"gradients x{config.spike_scale:g} at steps {spikes}. Diverged: final loss "
       "(mean of the last 5% of steps) non-finite or above the first step's. "
       "The SPAM paper reports no such table for these toy tasks; its claim is "
       "qualitative (spike-aware clipping and momentum reset keep Adam stable)."
@@ -179,4 +180,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/gradient_spikes')

@@ -20,6 +20,7 @@ density (``gradlab.curvature``) beside the dense histogram.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
@@ -28,61 +29,65 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 from jax.flatten_util import ravel_pytree
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import flag_checks, reporting  # noqa: E402
+from experiments import flag_checks, reporting, runner  # noqa: E402
 from gradlab import curvature, models, tasks, train  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/hessian_spectrum", "Output directory.")
-_CLASSES = flags.DEFINE_list("classes", ["3", "5", "10"], "Numbers of classes C.")
-_WIDTHS = flags.DEFINE_list("widths", ["32", "128"], "Hidden widths.")
-_DIM = flags.DEFINE_integer("dim", 20, "Input dimension.")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 2000, "Training examples.")
-_SEPARATION = flags.DEFINE_float("separation", 1.5, "Blob separation (smaller: more overlap).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 2000, "Full-batch GD steps.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.1, "GD learning rate.")
-_MAX_PARAMS = flags.DEFINE_integer("max_params", 6000, "Refuse a dense Hessian above this size.")
-_SLQ_ITERATIONS = flags.DEFINE_integer("slq_iterations", 80, "Lanczos steps per SLQ run.")
-_SLQ_RUNS = flags.DEFINE_integer("slq_runs", 8, "SLQ runs.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
-
 PROG = "hessian_spectrum"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``hessian_spectrum`` (``--name=value``); defaults are the main's."""
+
+  classes: list[str] = runner.option(["3", "5", "10"], "Numbers of classes C.")
+  widths: list[str] = runner.option(["32", "128"], "Hidden widths.")
+  dim: int = runner.option(20, "Input dimension.")
+  num_train: int = runner.option(2000, "Training examples.")
+  separation: float = runner.option(1.5, "Blob separation (smaller: more overlap).")
+  num_steps: int = runner.option(2000, "Full-batch GD steps.")
+  learning_rate: float = runner.option(0.1, "GD learning rate.")
+  max_params: int = runner.option(6000, "Refuse a dense Hessian above this size.")
+  slq_iterations: int = runner.option(80, "Lanczos steps per SLQ run.")
+  slq_runs: int = runner.option(8, "SLQ runs.")
+  seed: int = runner.option(0, "Seed.")
 
 
 def _param_count(dim: int, width: int, classes: int) -> int:
   return dim * width + width + width * classes + classes
 
 
-def run_one(workdir: str, classes: int, width: int) -> dict:
+def run_one(workdir: str, classes: int, width: int, config) -> dict:
   ds = tasks.gaussian_blobs(
     num_classes=classes,
-    dim=_DIM.value,
-    num_train=_NUM_TRAIN.value,
-    separation=_SEPARATION.value,
-    seed=_SEED.value,
+    dim=config.dim,
+    num_train=config.num_train,
+    separation=config.separation,
+    seed=config.seed,
   )
   model = models.MLP((width, classes))
-  params = model.init(jax.random.key(_SEED.value), jnp.zeros((1, _DIM.value)))
+  params = model.init(jax.random.key(config.seed), jnp.zeros((1, config.dim)))
   batch = {"x": ds.x_train, "y": ds.y_train}
 
   def loss(p, b):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, b["x"]), b["y"]).mean()
 
-  opt = optax.sgd(_LEARNING_RATE.value)
+  opt = optax.sgd(config.learning_rate)
   step = train.make_train_step(lambda p, b, k: (loss(p, b), {}), opt)
   state, last = train.fit(
     train.TrainState.create(params, opt, jax.random.key(1)),
     step,
     lambda s: itertools.repeat(batch),
-    num_steps=_NUM_STEPS.value,
+    num_steps=config.num_steps,
     workdir=workdir,
-    checkpoint_every=_NUM_STEPS.value,
+    checkpoint_every=config.num_steps,
     log_every=100,
-    progress_every=_NUM_STEPS.value,
+    progress_every=config.num_steps,
   )
   flat, unravel = ravel_pytree(state.params)
   h = jax.jit(jax.hessian(lambda x: loss(unravel(x), batch)))(flat)
@@ -90,7 +95,7 @@ def run_one(workdir: str, classes: int, width: int) -> dict:
   outliers = int(curvature.count_outliers(ev, max_outliers=2 * classes))
   density = jax.jit(
     lambda p, k: curvature.hessian_spectral_density(
-      loss, p, batch, k, num_iterations=_SLQ_ITERATIONS.value, num_runs=_SLQ_RUNS.value
+      loss, p, batch, k, num_iterations=config.slq_iterations, num_runs=config.slq_runs
     )
   )(state.params, jax.random.key(2))
   bulk = ev[outliers:]
@@ -114,45 +119,41 @@ def run_one(workdir: str, classes: int, width: int) -> dict:
   )
 
 
-def main(argv):
-  del argv
-  try:
-    classes = flag_checks.number_list(
-      "classes",
-      _CLASSES.value,
-      kind=int,
-      valid=lambda v: v >= 2,
-      expected="a comma-separated list of integers >= 2",
-    )
-    widths = flag_checks.number_list(
-      "widths",
-      _WIDTHS.value,
-      kind=int,
-      valid=lambda v: v >= 1,
-      expected="a comma-separated list of integers >= 1",
-    )
-    for name in ("dim", "num_train", "num_steps", "max_params", "slq_iterations", "slq_runs"):
-      flag_checks.positive(name, flags.FLAGS[name].value)
-    flag_checks.positive("learning_rate", _LEARNING_RATE.value)
-    flag_checks.positive("separation", _SEPARATION.value)
-    biggest = max(_param_count(_DIM.value, w, c) for w in widths for c in classes)
-    flag_checks.require(
-      biggest <= _MAX_PARAMS.value,
-      "widths",
-      f"small enough for a dense Hessian (<= --max_params={_MAX_PARAMS.value} parameters)",
-      f"{','.join(_WIDTHS.value)} ({biggest} parameters)",
-    )
-    flag_checks.check_same_run(
-      _WORKDIR.value,
-      {
-        k: flags.FLAGS[k].value
-        for k in ("dim", "num_train", "separation", "num_steps", "learning_rate", "seed")
-      },
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  classes = flag_checks.number_list(
+    "classes",
+    config.classes,
+    kind=int,
+    valid=lambda v: v >= 2,
+    expected="a comma-separated list of integers >= 2",
+  )
+  widths = flag_checks.number_list(
+    "widths",
+    config.widths,
+    kind=int,
+    valid=lambda v: v >= 1,
+    expected="a comma-separated list of integers >= 1",
+  )
+  for name in ("dim", "num_train", "num_steps", "max_params", "slq_iterations", "slq_runs"):
+    flag_checks.positive(name, getattr(config, name))
+  flag_checks.positive("learning_rate", config.learning_rate)
+  flag_checks.positive("separation", config.separation)
+  biggest = max(_param_count(config.dim, w, c) for w in widths for c in classes)
+  flag_checks.require(
+    biggest <= config.max_params,
+    "widths",
+    f"small enough for a dense Hessian (<= --max_params={config.max_params} parameters)",
+    f"{','.join(config.widths)} ({biggest} parameters)",
+  )
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
+      for k in ("dim", "num_train", "separation", "num_steps", "learning_rate", "seed")
+    },
+  )
 
-  workdir = _WORKDIR.value
   rows = []
   fig, axes = plt.subplots(
     len(classes),
@@ -163,7 +164,7 @@ def main(argv):
   )
   for i, c in enumerate(classes):
     for j, w in enumerate(widths):
-      row, ev, density = run_one(os.path.join(workdir, f"C{c}_w{w}"), c, w)
+      row, ev, density = run_one(os.path.join(workdir, f"C{c}_w{w}"), c, w, config=config)
       rows.append(row)
       logging.info("C=%d width=%d: %d outliers (C-1=%d)", c, w, row["outliers"], c - 1)
       ax = axes[i][j]
@@ -178,9 +179,9 @@ def main(argv):
   fig.savefig(os.path.join(workdir, "spectra.png"))
   plt.close(fig)
   notes = (
-    f"Gaussian blobs in R^{_DIM.value}, separation {_SEPARATION.value}, {_NUM_TRAIN.value} "
-    f"examples; MLP (width, C); {_NUM_STEPS.value} full-batch GD steps at lr "
-    f"{_LEARNING_RATE.value}. Outliers: the eigenvalues above the largest relative gap among "
+    f"Gaussian blobs in R^{config.dim}, separation {config.separation}, {config.num_train} "
+    f"examples; MLP (width, C); {config.num_steps} full-batch GD steps at lr "
+    f"{config.learning_rate}. Outliers: the eigenvalues above the largest relative gap among "
     "the top 2C+1. Sagun et al. report the outliers' count tracking the number of classes; "
     "Papyan (2020) refines it to C-1 for cross-entropy, the column beside ours. Bulk "
     "statistics exclude the outliers."
@@ -190,4 +191,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/hessian_spectrum')

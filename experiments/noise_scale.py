@@ -21,6 +21,7 @@ noisy and can even be negative where the unbiased |G|^2 dips below zero.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -28,39 +29,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import data, gradstats, models, sharding, train
-
-_WORKDIR = flags.DEFINE_string("workdir", "runs/noise_scale", "Output directory.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Reference run's batch size.")
-_SWEEP = flags.DEFINE_list(
-  "sweep",
-  ["8", "16", "32", "64", "128", "256", "512"],
-  "Batch sizes of the steps-vs-batch-size sweep.",
-)
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.5, "Reference run's SGD learning rate.")
-_LR_GRID = flags.DEFINE_list(
-  "lr_grid",
-  ["0.05", "0.1", "0.2", "0.5", "1", "2"],
-  "SGD learning rates tried at each batch size of the sweep (the "
-  "trade-off assumes the learning rate tuned per batch size).",
-)
-_TARGET = flags.DEFINE_float("target_loss", 0.15, "Training-loss target of the sweep.")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 20000, "Cap on steps per sweep run.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 600, "Reference run's steps.")
-_PROBE_EVERY = flags.DEFINE_integer("probe_every", 10, "Steps between per-example probes.")
-_HIDDEN = flags.DEFINE_integer("hidden", 64, "Hidden width.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 PROG = "noise_scale"
 
 
-def _setup():
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``noise_scale`` (``--name=value``); defaults are the main's."""
+
+  batch_size: int = runner.option(128, "Reference run's batch size.")
+  sweep: list[str] = runner.option(
+    ["8", "16", "32", "64", "128", "256", "512"], "Batch sizes of the steps-vs-batch-size sweep."
+  )
+  learning_rate: float = runner.option(0.5, "Reference run's SGD learning rate.")
+  lr_grid: list[str] = runner.option(
+    ["0.05", "0.1", "0.2", "0.5", "1", "2"],
+    "SGD learning rates tried at each batch size of the sweep (the "
+    "trade-off assumes the learning rate tuned per batch size).",
+  )
+  target_loss: float = runner.option(0.15, "Training-loss target of the sweep.")
+  max_steps: int = runner.option(20000, "Cap on steps per sweep run.")
+  num_steps: int = runner.option(600, "Reference run's steps.")
+  probe_every: int = runner.option(10, "Steps between per-example probes.")
+  hidden: int = runner.option(64, "Hidden width.")
+  seed: int = runner.option(0, "Seed.")
+
+
+def _setup(config):
   ds = data.load_dataset("digits")
-  model = models.MLP((_HIDDEN.value, ds.num_classes))
-  params = model.init(jax.random.key(_SEED.value), jnp.zeros((1, ds.x_train.shape[1])))
+  model = models.MLP((config.hidden, ds.num_classes))
+  params = model.init(jax.random.key(config.seed), jnp.zeros((1, ds.x_train.shape[1])))
 
   def loss(p, b):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, b["x"]), b["y"]).mean()
@@ -68,11 +70,11 @@ def _setup():
   return ds, params, loss
 
 
-def reference_run(workdir, ds, params, loss):
+def reference_run(workdir, ds, params, loss, config):
   n_dev = jax.device_count()
   mesh = sharding.make_mesh()
   train_loss = lambda p, b, k: (loss(p, b), {})
-  opt = optax.sgd(_LEARNING_RATE.value)
+  opt = optax.sgd(config.learning_rate)
   vg = gradstats.noise_scale_value_and_grad(train_loss, mesh) if n_dev >= 2 else None
   step = train.make_train_step(train_loss, opt, mesh=mesh, value_and_grad_fn=vg)
   full = {"x": jnp.asarray(ds.x_train), "y": jnp.asarray(ds.y_train)}
@@ -85,24 +87,24 @@ def reference_run(workdir, ds, params, loss):
     step,
     lambda s: data.iterate_batches(
       {"x": ds.x_train, "y": ds.y_train},
-      batch_size=_BATCH_SIZE.value,
-      seed=_SEED.value,
+      batch_size=config.batch_size,
+      seed=config.seed,
       start_step=s,
       mesh=mesh,
     ),
-    num_steps=_NUM_STEPS.value,
+    num_steps=config.num_steps,
     workdir=workdir,
-    checkpoint_every=_NUM_STEPS.value // 2,
-    log_every=_PROBE_EVERY.value,
+    checkpoint_every=config.num_steps // 2,
+    log_every=config.probe_every,
     eval_fn=lambda p: {"train_loss": loss(p, full)},
-    eval_every=_PROBE_EVERY.value,
-    progress_every=_NUM_STEPS.value,
-    instruments=[train.Instrument("gs", probe, _PROBE_EVERY.value)],
+    eval_every=config.probe_every,
+    progress_every=config.num_steps,
+    instruments=[train.Instrument("gs", probe, config.probe_every)],
   )
   return train.read_metrics(os.path.join(workdir, "metrics.jsonl")), n_dev
 
 
-def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str) -> int | None:
+def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str, config) -> int | None:
   if os.path.exists(cache):
     with open(cache) as f:
       return json.load(f)["steps"]
@@ -116,15 +118,15 @@ def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str) ->
 
   full_loss = jax.jit(lambda p: loss(p, {"x": ds.x_train, "y": ds.y_train}))
   it = data.iterate_batches(
-    {"x": ds.x_train, "y": ds.y_train}, batch_size=batch_size, seed=_SEED.value
+    {"x": ds.x_train, "y": ds.y_train}, batch_size=batch_size, seed=config.seed
   )
   p, s, found = params, opt.init(params), None
-  for i in range(1, _MAX_STEPS.value + 1):
+  for i in range(1, config.max_steps + 1):
     p, s = step(p, s, next(it))
     value = float(full_loss(p))
     if not np.isfinite(value):
       break
-    if value <= _TARGET.value:
+    if value <= config.target_loss:
       found = i
       break
   with open(cache, "w") as f:
@@ -132,60 +134,64 @@ def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str) ->
   return found
 
 
-def main(argv):
-  del argv
-  try:
-    sweep = flag_checks.number_list(
-      "sweep",
-      _SWEEP.value,
-      kind=int,
-      valid=lambda b: b >= 1,
-      min_count=3,
-      expected="at least 3 comma-separated positive batch sizes",
-    )
-    flag_checks.require(
-      max(sweep) <= 1437, "sweep", "batch sizes <= the 1437 training digits", max(sweep)
-    )
-    for name in ("batch_size", "max_steps", "num_steps", "probe_every", "hidden"):
-      flag_checks.positive(name, flags.FLAGS[name].value)
-    flag_checks.require(
-      _BATCH_SIZE.value >= 2 and _BATCH_SIZE.value % jax.device_count() == 0,
-      "batch_size",
-      f">= 2 and divisible by {jax.device_count()} devices",
-      _BATCH_SIZE.value,
-    )
-    flag_checks.positive("learning_rate", _LEARNING_RATE.value)
-    flag_checks.number_list(
-      "lr_grid",
-      _LR_GRID.value,
-      valid=lambda v: v > 0,
-      expected="a comma-separated list of positive numbers",
-    )
-    flag_checks.positive("target_loss", _TARGET.value)
-    flag_checks.check_same_run(
-      _WORKDIR.value,
-      {
-        k: flags.FLAGS[k].value
-        for k in (
-          "batch_size",
-          "learning_rate",
-          "target_loss",
-          "num_steps",
-          "probe_every",
-          "hidden",
-          "seed",
-        )
-      },
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  flag_checks.require(
+    config.num_steps >= 2, "num_steps", ">= 2 (a checkpoint is taken half-way)", config.num_steps
+  )
+  sweep = flag_checks.number_list(
+    "sweep",
+    config.sweep,
+    kind=int,
+    valid=lambda b: b >= 1,
+    min_count=3,
+    expected="at least 3 comma-separated positive batch sizes",
+  )
+  flag_checks.require(
+    max(sweep) <= 1437, "sweep", "batch sizes <= the 1437 training digits", max(sweep)
+  )
+  for name in ("batch_size", "max_steps", "num_steps", "probe_every", "hidden"):
+    flag_checks.positive(name, getattr(config, name))
+  flag_checks.require(
+    config.batch_size <= 1437, "batch_size", "at most the 1437 training digits", config.batch_size
+  )
+  flag_checks.require(
+    config.batch_size >= 2 and config.batch_size % jax.device_count() == 0,
+    "batch_size",
+    f">= 2 and divisible by {jax.device_count()} devices",
+    config.batch_size,
+  )
+  flag_checks.positive("learning_rate", config.learning_rate)
+  flag_checks.number_list(
+    "lr_grid",
+    config.lr_grid,
+    valid=lambda v: v > 0,
+    expected="a comma-separated list of positive numbers",
+  )
+  flag_checks.positive("target_loss", config.target_loss)
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
+      for k in (
+        "batch_size",
+        "learning_rate",
+        "target_loss",
+        "num_steps",
+        "probe_every",
+        "hidden",
+        "seed",
+      )
+    },
+  )
 
-  workdir = _WORKDIR.value
-  ds, params, loss = _setup()
-  records, n_dev = reference_run(os.path.join(workdir, "reference"), ds, params, loss)
+  ds, params, loss = _setup(config=config)
+  records, n_dev = reference_run(
+    os.path.join(workdir, "reference"), ds, params, loss, config=config
+  )
   probes = [r for r in records if "gs/trace_sigma" in r]
-  reached = [r["step"] for r in records if r.get("eval/train_loss", 1e9) <= _TARGET.value]
-  horizon = reached[0] if reached else _NUM_STEPS.value
+  reached = [r["step"] for r in records if r.get("eval/train_loss", 1e9) <= config.target_loss]
+  horizon = reached[0] if reached else config.num_steps
   before = [r for r in probes if r["step"] <= horizon]
   b_simple = float(
     gradstats.ratio_of_means([r["gs/g_sq"] for r in before], [r["gs/trace_sigma"] for r in before])
@@ -231,15 +237,15 @@ def main(argv):
     xlabel="step",
     ylabel="B_simple",
     logy=True,
-    title=f"Gradient noise scale, reference run (batch {_BATCH_SIZE.value})",
+    title=f"Gradient noise scale, reference run (batch {config.batch_size})",
   )
 
   rows = []
-  lrs = [float(v) for v in _LR_GRID.value]
+  lrs = [float(v) for v in config.lr_grid]
   for b in sweep:
     tried = {
       lr: steps_to_target(
-        ds, params, loss, b, lr, os.path.join(workdir, f"sweep_B{b}_lr{lr:g}.json")
+        ds, params, loss, b, lr, os.path.join(workdir, f"sweep_B{b}_lr{lr:g}.json"), config=config
       )
       for lr in lrs
     }
@@ -254,7 +260,7 @@ def main(argv):
         "examples": b * s if s else "",
       }
     )
-    logging.info("batch %d: %s steps to loss %.3f (lr %s)", b, s, _TARGET.value, best)
+    logging.info("batch %d: %s steps to loss %.3f (lr %s)", b, s, config.target_loss, best)
   done = [
     (r["batch size"], r["steps to target"]) for r in rows if isinstance(r["steps to target"], int)
   ]
@@ -266,7 +272,7 @@ def main(argv):
     os.path.join(workdir, "steps_vs_batch.png"),
     {"measured": (list(bs), list(ss)), "S_min (1 + B_crit/B) fit": (list(bs), list(fit))},
     xlabel="batch size",
-    ylabel=f"steps to train loss {_TARGET.value}",
+    ylabel=f"steps to train loss {config.target_loss}",
     logy=True,
     title=f"B_crit = {b_crit:.0f}, B_simple = {b_simple:.0f}",
   )
@@ -281,9 +287,9 @@ def main(argv):
     workdir, rows, title="Steps to the loss target against batch size", name="sweep"
   )
   notes = (
-    f"Digits MLP (64-{_HIDDEN.value}-10). Reference run: SGD lr {_LEARNING_RATE.value}, "
-    f"batch {_BATCH_SIZE.value}. Sweep: SGD, the best of lr in {{{', '.join(_LR_GRID.value)}}} "
-    f"at each batch size, training-loss target {_TARGET.value}. The paper predicts B_crit ~ "
+    f"Digits MLP (64-{config.hidden}-10). Reference run: SGD lr {config.learning_rate}, "
+    f"batch {config.batch_size}. Sweep: SGD, the best of lr in {{{', '.join(config.lr_grid)}}} "
+    f"at each batch size, training-loss target {config.target_loss}. The paper predicts B_crit ~ "
     "B_noise, of which B_simple is the simpler proxy (exact for a well-conditioned Hessian); compare the two rows above. "
     "The sweep's table is sweep.md."
   )
@@ -295,4 +301,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/noise_scale')

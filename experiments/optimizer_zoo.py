@@ -16,14 +16,14 @@ is exercised by ``tests/transforms``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import numpy as np
 import optax
-from absl import app, flags
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import tasks, train, transforms
 
 # What SCALE and AGVM need to know about each task's model (the caller's, not the task's).
@@ -90,39 +90,39 @@ def _optimizers(task: tasks.Task, task_name: str):
   }
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/optimizer_zoo", "Output directory.")
-_TASK = flags.DEFINE_string("task", "classifier", f"One of {', '.join(tasks.TASKS)}.")
-_ONLY = flags.DEFINE_list("only", [], "Run only these optimizers (default: all).")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per optimizer.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Training steps.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
-
 PROG = "optimizer_zoo"
 
 
-def main(argv):
-  del argv
-  try:
-    flag_checks.one_of("task", _TASK.value, tasks.TASKS)
-    flag_checks.positive("seeds", _SEEDS.value)
-    flag_checks.positive("num_steps", _NUM_STEPS.value)
-    flag_checks.positive("batch_size", _BATCH_SIZE.value)
-    flag_checks.require(
-      _BATCH_SIZE.value % 2 == 0, "batch_size", "even (AGVM halves it)", _BATCH_SIZE.value
-    )
-    task = tasks.make_task(_TASK.value, _BATCH_SIZE.value)
-    zoo = _optimizers(task, _TASK.value)
-    for name in _ONLY.value:
-      flag_checks.one_of("only", name, zoo)
-    flag_checks.check_same_run(
-      _WORKDIR.value,
-      {k: flags.FLAGS[k].value for k in ("task", "seeds", "num_steps", "batch_size")},
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
-  workdir = _WORKDIR.value
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``optimizer_zoo`` (``--name=value``); defaults are the main's."""
+
+  task: str = runner.option("classifier", f"One of {', '.join(tasks.TASKS)}.")
+  only: list[str] = runner.option([], "Run only these optimizers (default: all).")
+  seeds: int = runner.option(2, "Seeds per optimizer.")
+  num_steps: int = runner.option(400, "Training steps.")
+  batch_size: int = runner.option(64, "Batch size.")
+
+
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config, may_be_empty=("only",))
+  flag_checks.one_of("task", config.task, tasks.TASKS)
+  flag_checks.positive("seeds", config.seeds)
+  flag_checks.positive("num_steps", config.num_steps)
+  flag_checks.positive("batch_size", config.batch_size)
+  flag_checks.require(
+    config.batch_size % 2 == 0, "batch_size", "even (AGVM halves it)", config.batch_size
+  )
+  task = tasks.make_task(config.task, config.batch_size)
+  zoo = _optimizers(task, config.task)
+  for name in config.only:
+    flag_checks.one_of("only", name, zoo)
+  flag_checks.check_same_run(
+    workdir,
+    {k: getattr(config, k) for k in ("task", "seeds", "num_steps", "batch_size")},
+  )
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  names = _ONLY.value or list(zoo)
+  names = config.only or list(zoo)
   results = {}
   for name in names:
     path = os.path.join(workdir, "runs", name.replace(" ", "_").replace("/", "_") + ".json")
@@ -130,14 +130,14 @@ def main(argv):
 
     def run(make=make, lr=lr, extra=extra):
       losses = np.asarray(
-        train.train_curves(task, make(lr), _SEEDS.value, _NUM_STEPS.value, extra_args_fn=extra)
+        train.train_curves(task, make(lr), config.seeds, config.num_steps, extra_args_fn=extra)
       )
       return {"lr": lr, "curve": np.median(losses, axis=0).tolist()}
 
     results[name], reused = reporting.cached_unit(path, run)
     if not reused:
       print(f"{name}: final median loss {np.mean(results[name]['curve'][-20:]):.4g}", flush=True)
-  window = max(1, _NUM_STEPS.value // 20)
+  window = max(1, config.num_steps // 20)
   smooth = {
     n: np.convolve(r["curve"], np.ones(window) / window, mode="valid") for n, r in results.items()
   }
@@ -161,19 +161,19 @@ def main(argv):
     xlabel="step",
     ylabel="training loss (median over seeds)",
     logy=True,
-    title=f"optimizer zoo on {_TASK.value}",
+    title=f"optimizer zoo on {config.task}",
   )
   reporting.write_table(
     workdir,
     rows,
-    title=f"Optimizer zoo: {_TASK.value}",
+    title=f"Optimizer zoo: {config.task}",
     notes=(
-      f"{_SEEDS.value} seeds x {_NUM_STEPS.value} steps, batch "
-      f"{_BATCH_SIZE.value}; losses smoothed over {window} steps."
+      f"{config.seeds} seeds x {config.num_steps} steps, batch "
+      f"{config.batch_size}; losses smoothed over {window} steps."
     ),
   )
   print(f"results in {workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/optimizer_zoo')

@@ -24,15 +24,15 @@ relative variance REINFORCE 0.783, RLOO 0.537, GRPO 0.559, BNPO 0.504.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import policy, tasks
 
 ESTIMATORS = {
@@ -51,27 +51,32 @@ H = {  # h(k) with A = h(k)(r - mean) for the group-centred ones
   "grpo": lambda g: policy.grpo_h(g),
 }
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/policy_gradient_variance", "Output directory.")
-_GROUPS = flags.DEFINE_list("groups", ["2", "4", "8", "16"], "Group sizes G.")
-_MIXES = flags.DEFINE_list("mixes", ["1:1", "0.5:2"], "Prompt mixes Beta(a:b).")
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 19, "Prompts per batch.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 20000, "Monte Carlo batches per cell.")
-_BUDGET = flags.DEFINE_integer("budget_per_prompt", 8, "Allocation study: samples per prompt.")
 
 PROG = "policy_gradient_variance"
 
 
-def _parse():
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``policy_gradient_variance`` (``--name=value``); defaults are the main's."""
+
+  groups: list[str] = runner.option(["2", "4", "8", "16"], "Group sizes G.")
+  mixes: list[str] = runner.option(["1:1", "0.5:2"], "Prompt mixes Beta(a:b).")
+  num_prompts: int = runner.option(19, "Prompts per batch.")
+  num_batches: int = runner.option(20000, "Monte Carlo batches per cell.")
+  budget_per_prompt: int = runner.option(8, "Allocation study: samples per prompt.")
+
+
+def _parse(config):
   c = flag_checks
   groups = c.number_list(
     "groups",
-    _GROUPS.value,
+    config.groups,
     kind=int,
     valid=lambda g: g >= 2,
     expected="a comma-separated list of group sizes >= 2",
   )
   mixes = []
-  for m in _MIXES.value:
+  for m in config.mixes:
     parts = m.split(":")
     ok = len(parts) == 2
     try:
@@ -81,10 +86,10 @@ def _parse():
     c.require(ok and a > 0 and b > 0, "mixes", "a list of a:b with a, b > 0", m)
     mixes.append((a, b))
   c.require(
-    _NUM_PROMPTS.value >= 2, "num_prompts", ">= 2 (BNPO fits across prompts)", _NUM_PROMPTS.value
+    config.num_prompts >= 2, "num_prompts", ">= 2 (BNPO fits across prompts)", config.num_prompts
   )
-  c.positive("num_batches", _NUM_BATCHES.value)
-  c.require(_BUDGET.value >= 2, "budget_per_prompt", ">= 2", _BUDGET.value)
+  c.positive("num_batches", config.num_batches)
+  c.require(config.budget_per_prompt >= 2, "budget_per_prompt", ">= 2", config.budget_per_prompt)
   return groups, mixes
 
 
@@ -122,23 +127,19 @@ def _allocation_rows(pop, budget_per_prompt, key, num_batches):
   return rows
 
 
-def main(argv):
-  del argv
-  try:
-    groups, mixes = _parse()
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
-  workdir = _WORKDIR.value
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  groups, mixes = _parse(config=config)
   os.makedirs(workdir, exist_ok=True)
   key = jax.random.key(0)
   rows, curves = [], {}
   for a, b in mixes:
-    pop = tasks.bandit.beta_population(_NUM_PROMPTS.value, a, b)
+    pop = tasks.bandit.beta_population(config.num_prompts, a, b)
     truth = tasks.bandit.exact_gradient(pop)
     for g in groups:
       for name, fn in ESTIMATORS.items():
         est = tasks.bandit.sample_estimates(
-          pop, fn, g, jax.random.fold_in(key, g), _NUM_BATCHES.value
+          pop, fn, g, jax.random.fold_in(key, g), config.num_batches
         )
         stats = tasks.bandit.bias_and_variance(est, truth)
         rows.append(
@@ -147,7 +148,7 @@ def main(argv):
             "G": g,
             "estimator": name,
             **stats,
-            "variance per response": stats["trace covariance"] * g * _NUM_PROMPTS.value,
+            "variance per response": stats["trace covariance"] * g * config.num_prompts,
           }
         )
         curves.setdefault(f"Beta({a:g},{b:g})", {}).setdefault(name, ([], []))
@@ -165,8 +166,8 @@ def main(argv):
     rows,
     title="Group policy-gradient estimators: bias and variance",
     notes=(
-      f"{_NUM_PROMPTS.value} tabular prompts (4 answers, 2 correct) at "
-      f"Beta quantiles; {_NUM_BATCHES.value} Monte Carlo batches per cell. "
+      f"{config.num_prompts} tabular prompts (4 answers, 2 correct) at "
+      f"Beta quantiles; {config.num_batches} Monte Carlo batches per cell. "
       "Bias against the exact gradient of the mean success rate; 'scale' is "
       "the projection of E g on grad J (1 = unbiased in magnitude). "
       "Reference (research notes, exact, idealized BNPO): G=8, "
@@ -209,10 +210,10 @@ def main(argv):
     title="difficulty bias of the group estimators",
   )
   alloc = _allocation_rows(
-    tasks.bandit.beta_population(_NUM_PROMPTS.value, *mixes[-1]),
-    _BUDGET.value,
+    tasks.bandit.beta_population(config.num_prompts, *mixes[-1]),
+    config.budget_per_prompt,
     jax.random.key(1),
-    min(_NUM_BATCHES.value, 4000),
+    min(config.num_batches, 4000),
   )
   reporting.write_table(
     workdir,
@@ -231,4 +232,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/policy_gradient_variance')

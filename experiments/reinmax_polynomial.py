@@ -18,6 +18,7 @@ exact gradient), then results.md/.csv, curves.png and gradient_quality.png.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
@@ -25,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import discrete, train
 
 ESTIMATORS = (
@@ -39,36 +40,41 @@ ESTIMATORS = (
   "reinforce",
 )
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/reinmax_polynomial", "Output directory.")
-_POWERS = flags.DEFINE_list("powers", ["1.5", "2", "3"], "Exponents p of the objective.")
-_ESTIMATORS = flags.DEFINE_list("estimators", list(ESTIMATORS), f"Any of {', '.join(ESTIMATORS)}.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "tau of every estimator.")
-_NUM_LATENTS = flags.DEFINE_integer("num_latents", 128, "Number of binary latents.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Monte Carlo samples per step.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 8000, "Adam steps.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per configuration.")
-_C = flags.DEFINE_float("c", 0.45, "The target c in |z - c|^p.")
-_GR_SAMPLES = flags.DEFINE_integer("gumbel_rao_samples", 10, "k of Gumbel-Rao.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 100, "Steps between metrics records.")
-_PROBE_EVERY = flags.DEFINE_integer("probe_every", 1000, "Steps between gradient-quality probes.")
-_PROBE_DRAWS = flags.DEFINE_integer("probe_draws", 256, "Estimator draws per probe.")
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 2000, "Steps between checkpoints.")
 
 PROG = "reinmax_polynomial"
 
 
-def _check_flags() -> list[float]:
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``reinmax_polynomial`` (``--name=value``); defaults are the main's."""
+
+  powers: list[str] = runner.option(["1.5", "2", "3"], "Exponents p of the objective.")
+  estimators: list[str] = runner.option(list(ESTIMATORS), f"Any of {', '.join(ESTIMATORS)}.")
+  temperature: float = runner.option(1.0, "tau of every estimator.")
+  num_latents: int = runner.option(128, "Number of binary latents.")
+  batch_size: int = runner.option(64, "Monte Carlo samples per step.")
+  num_steps: int = runner.option(8000, "Adam steps.")
+  learning_rate: float = runner.option(1e-3, "Adam learning rate.")
+  seeds: int = runner.option(3, "Seeds per configuration.")
+  c: float = runner.option(0.45, "The target c in |z - c|^p.")
+  gumbel_rao_samples: int = runner.option(10, "k of Gumbel-Rao.")
+  log_every: int = runner.option(100, "Steps between metrics records.")
+  probe_every: int = runner.option(1000, "Steps between gradient-quality probes.")
+  probe_draws: int = runner.option(256, "Estimator draws per probe.")
+  checkpoint_every: int = runner.option(2000, "Steps between checkpoints.")
+
+
+def _check_flags(config) -> list[float]:
   c = flag_checks
   powers = c.number_list(
     "powers",
-    _POWERS.value,
+    config.powers,
     valid=lambda p: p >= 1,
     expected="a comma-separated list of numbers >= 1",
   )
-  for e in _ESTIMATORS.value:
+  for e in config.estimators:
     c.one_of("estimators", e, ESTIMATORS)
-  c.positive("temperature", _TEMPERATURE.value)
+  c.positive("temperature", config.temperature)
   for name in (
     "num_latents",
     "batch_size",
@@ -80,15 +86,15 @@ def _check_flags() -> list[float]:
     "probe_draws",
     "checkpoint_every",
   ):
-    c.positive(name, flags.FLAGS[name].value)
-  c.positive("learning_rate", _LEARNING_RATE.value)
-  c.require(0 < _C.value < 1, "c", "in (0, 1)", _C.value)
-  if "reinforce" in _ESTIMATORS.value:
+    c.positive(name, getattr(config, name))
+  c.positive("learning_rate", config.learning_rate)
+  c.require(0 < config.c < 1, "c", "in (0, 1)", config.c)
+  if "reinforce" in config.estimators:
     c.require(
-      _BATCH_SIZE.value >= 2,
+      config.batch_size >= 2,
       "batch_size",
       ">= 2 for REINFORCE's leave-one-out baseline",
-      _BATCH_SIZE.value,
+      config.batch_size,
     )
   return powers
 
@@ -104,36 +110,36 @@ def _objective(p: float, c: float):
   return f, expected
 
 
-def _make_loss(name: str, f, expected):
+def _make_loss(name: str, f, expected, config):
   if name == "exact":
     return lambda theta, batch, key: (expected(theta), {"expected_loss": expected(theta)})
   if name == "reinforce":
 
     def loss(theta, batch, key):
       out = discrete.reinforce(
-        key, theta, f, num_samples=_BATCH_SIZE.value, baseline="leave_one_out"
+        key, theta, f, num_samples=config.batch_size, baseline="leave_one_out"
       )
       return out.loss, {"expected_loss": expected(theta)}
 
     return loss
   sample = discrete.make_estimator(
-    name, temperature=_TEMPERATURE.value, num_samples=_GR_SAMPLES.value
+    name, temperature=config.temperature, num_samples=config.gumbel_rao_samples
   )
 
   def loss(theta, batch, key):
-    keys = jax.random.split(key, _BATCH_SIZE.value)
+    keys = jax.random.split(key, config.batch_size)
     values = jax.vmap(lambda k: f(sample(k, theta)))(keys)
     return jnp.mean(values), {"expected_loss": expected(theta)}
 
   return loss
 
 
-def _gradient_probe(loss_fn, expected):
+def _gradient_probe(loss_fn, expected, config):
   """Cosine and relative bias of the estimator against the exact gradient."""
 
   def probe(theta, batch, key):
     exact = jax.grad(expected)(theta)
-    keys = jax.random.split(key, _PROBE_DRAWS.value)
+    keys = jax.random.split(key, config.probe_draws)
     grads = jax.vmap(lambda k: jax.grad(lambda t: loss_fn(t, batch, k)[0])(theta))(keys)
     norm = jnp.linalg.norm(exact)
     flat = grads.reshape(grads.shape[0], -1)
@@ -146,12 +152,12 @@ def _gradient_probe(loss_fn, expected):
   return probe
 
 
-def run_one(workdir: str, p: float, name: str, seed: int) -> dict:
-  f, expected = _objective(p, _C.value)
-  loss_fn = _make_loss(name, f, expected)
-  optimizer = optax.adam(_LEARNING_RATE.value)
+def run_one(workdir: str, p: float, name: str, seed: int, config) -> dict:
+  f, expected = _objective(p, config.c)
+  loss_fn = _make_loss(name, f, expected, config=config)
+  optimizer = optax.adam(config.learning_rate)
   init_key, run_key = jax.random.split(jax.random.key(seed))
-  theta = jax.random.uniform(init_key, (_NUM_LATENTS.value, 2), minval=-0.01, maxval=0.01)
+  theta = jax.random.uniform(init_key, (config.num_latents, 2), minval=-0.01, maxval=0.01)
   state = train.TrainState.create(theta, optimizer, run_key)
   step = train.make_train_step(loss_fn, optimizer, norm_metrics=False)
   dummy = {"unused": np.zeros((1,), np.float32)}
@@ -159,22 +165,27 @@ def run_one(workdir: str, p: float, name: str, seed: int) -> dict:
     state,
     step,
     lambda start: itertools.repeat(dummy),
-    num_steps=_NUM_STEPS.value,
+    num_steps=config.num_steps,
     workdir=workdir,
-    checkpoint_every=_CHECKPOINT_EVERY.value,
-    log_every=_LOG_EVERY.value,
-    progress_every=_NUM_STEPS.value,
-    instruments=[train.Instrument("grad", _gradient_probe(loss_fn, expected), _PROBE_EVERY.value)],
+    checkpoint_every=config.checkpoint_every,
+    log_every=config.log_every,
+    progress_every=config.num_steps,
+    instruments=[
+      train.Instrument(
+        "grad", _gradient_probe(loss_fn, expected, config=config), config.probe_every
+      )
+    ],
   )
   return last
 
 
-def main(argv):
-  del argv
-  try:
-    powers = _check_flags()
-    config = {
-      k: flags.FLAGS[k].value
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  powers = _check_flags(config=config)
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
       for k in (
         "temperature",
         "num_latents",
@@ -184,19 +195,16 @@ def main(argv):
         "gumbel_rao_samples",
         "num_steps",
       )
-    }
-    flag_checks.check_same_run(_WORKDIR.value, config)
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
+    },
+  )
 
-  workdir = _WORKDIR.value
   rows, curves, quality = [], {}, {}
   for p in powers:
-    for name in _ESTIMATORS.value:
+    for name in config.estimators:
       finals = []
-      for seed in range(_SEEDS.value):
+      for seed in range(config.seeds):
         run_dir = os.path.join(workdir, f"p{p:g}", name, f"seed{seed}")
-        last = run_one(run_dir, p, name, seed)
+        last = run_one(run_dir, p, name, seed, config=config)
         finals.append(last["expected_loss"])
         records = train.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         if seed == 0:
@@ -214,11 +222,11 @@ def main(argv):
           "estimator": name,
           "final loss (mean)": float(np.mean(finals)),
           "final loss (sd)": float(np.std(finals)),
-          "optimum c^p": _C.value**p,
-          f"cosine at step {_PROBE_EVERY.value}": probes[0]["grad/cosine"]
+          "optimum c^p": config.c**p,
+          f"cosine at step {config.probe_every}": probes[0]["grad/cosine"]
           if probes
           else float("nan"),
-          f"relative bias at step {_PROBE_EVERY.value}": probes[0]["grad/relative_bias"]
+          f"relative bias at step {config.probe_every}": probes[0]["grad/relative_bias"]
           if probes
           else float("nan"),
         }
@@ -243,14 +251,14 @@ def main(argv):
       title=f"Gradient quality along seed 0's trajectory, p={p:g}",
     )
   notes = (
-    f"E_D[sum_i |z_i - {_C.value}|^p / {_NUM_LATENTS.value}], Adam lr "
-    f"{_LEARNING_RATE.value:g}, {_BATCH_SIZE.value} samples/step, {_NUM_STEPS.value} steps, "
-    f"tau={_TEMPERATURE.value:g}, {_SEEDS.value} seeds; `final loss` is the exact expected "
+    f"E_D[sum_i |z_i - {config.c}|^p / {config.num_latents}], Adam lr "
+    f"{config.learning_rate:g}, {config.batch_size} samples/step, {config.num_steps} steps, "
+    f"tau={config.temperature:g}, {config.seeds} seeds; `final loss` is the exact expected "
     "loss at the last step. The paper reports this study as training curves only, so no "
     "paper number stands beside ours; its claim is the ordering: ReinMax reaches c^p while "
-    f"ST stalls (for p=2 at c(1-c) = {_C.value * (1 - _C.value):.4f}). Cosine and relative "
+    f"ST stalls (for p=2 at c(1-c) = {config.c * (1 - config.c):.4f}). Cosine and relative "
     "bias are measured at the first probe (seed 0) over "
-    f"{_PROBE_DRAWS.value} draws; the bias includes a Monte Carlo floor logged as "
+    f"{config.probe_draws} draws; the bias includes a Monte Carlo floor logged as "
     "grad/bias_noise_floor in each run's metrics.jsonl."
   )
   reporting.write_table(workdir, rows, title="ReinMax polynomial programming", notes=notes)
@@ -258,4 +266,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/reinmax_polynomial')

@@ -327,6 +327,7 @@ def _summary(rows, cxl, name, key):
 
 
 def run(config: Config, workdir: str) -> list[dict]:
+  flag_checks.check_config(config)
   num_devices = check(config)
   flag_checks.check_same_run(
     workdir,

@@ -22,15 +22,15 @@ best or near-best across k.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import models, policy, train
 from gradlab.tasks import digit_sum as ds
 
@@ -43,17 +43,24 @@ METHODS = {
 }
 KS = (1, 2, 4, 8, 16, 32, 64)
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/rlvr_toy", "Output directory.")
-_METHODS = flags.DEFINE_list("methods", ["psr", "nsr", "w_reinforce", "grpo"], "Methods to run.")
-_GROUP = flags.DEFINE_integer("group", 8, "Responses per prompt (G).")
-_RL_STEPS = flags.DEFINE_integer("rl_steps", 100, "RL steps per method.")
-_SFT_STEPS = flags.DEFINE_integer("sft_steps", 40, "SFT steps for the base model.")
-_SFT_NOISE = flags.DEFINE_float("sft_noise", 0.5, "Fraction of random answers in the SFT data.")
-_LR = flags.DEFINE_float("learning_rate", 1e-3, "RL learning rate (Adam).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 25, "Steps between exact pass@k evaluations.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 PROG = "rlvr_toy"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``rlvr_toy`` (``--name=value``); defaults are the main's."""
+
+  methods: list[str] = runner.option(["psr", "nsr", "w_reinforce", "grpo"], "Methods to run.")
+  group: int = runner.option(8, "Responses per prompt (G).")
+  rl_steps: int = runner.option(100, "RL steps per method.")
+  sft_steps: int = runner.option(40, "SFT steps for the base model.")
+  sft_noise: float = runner.option(0.5, "Fraction of random answers in the SFT data.")
+  learning_rate: float = runner.option(1e-3, "RL learning rate (Adam).")
+  eval_every: int = runner.option(25, "Steps between exact pass@k evaluations.")
+  seed: int = runner.option(0, "Seed.")
+
+
 MODEL = models.TinyTransformer(
   vocab=ds.VOCAB, dim=32, heads=2, layers=2, max_len=ds.RESPONSE_LEN + 1
 )
@@ -121,46 +128,48 @@ def _train(method: str, base, steps: int, group: int, lr: float, eval_every: int
   return history
 
 
-def main(argv):
-  del argv
-  try:
-    c = flag_checks
-    for m in _METHODS.value:
-      c.one_of("methods", m, METHODS)
-    c.require(_GROUP.value >= 2, "group", ">= 2", _GROUP.value)
-    for name in ("rl_steps", "eval_every", "learning_rate"):
-      c.positive(name, flags.FLAGS[name].value)
-    c.non_negative("sft_steps", _SFT_STEPS.value)
-    c.require(0 <= _SFT_NOISE.value <= 1, "sft_noise", "in [0, 1]", _SFT_NOISE.value)
-    c.check_same_run(
-      _WORKDIR.value,
-      {
-        k: flags.FLAGS[k].value
-        for k in (
-          "group",
-          "rl_steps",
-          "sft_steps",
-          "sft_noise",
-          "learning_rate",
-          "eval_every",
-          "seed",
-        )
-      },
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
-  workdir = _WORKDIR.value
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  c = flag_checks
+  for m in config.methods:
+    c.one_of("methods", m, METHODS)
+  c.require(config.group >= 2, "group", ">= 2", config.group)
+  for name in ("rl_steps", "eval_every", "learning_rate"):
+    c.positive(name, getattr(config, name))
+  c.non_negative("sft_steps", config.sft_steps)
+  c.require(0 <= config.sft_noise <= 1, "sft_noise", "in [0, 1]", config.sft_noise)
+  c.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
+      for k in (
+        "group",
+        "rl_steps",
+        "sft_steps",
+        "sft_noise",
+        "learning_rate",
+        "eval_every",
+        "seed",
+      )
+    },
+  )
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  base = _base_model(_SEED.value, _SFT_STEPS.value, _SFT_NOISE.value)
+  base = _base_model(config.seed, config.sft_steps, config.sft_noise)
   base_pass = ds.pass_at_k(ds.success_rates(MODEL.apply, base), KS)
   print("base: " + ", ".join(f"pass@{k} {v:.3f}" for k, v in base_pass.items()), flush=True)
   results = {}
-  for method in _METHODS.value:
+  for method in config.methods:
     path = os.path.join(workdir, "runs", f"{method}.json")
     results[method], reused = reporting.cached_unit(
       path,
       lambda method=method: _train(
-        method, base, _RL_STEPS.value, _GROUP.value, _LR.value, _EVAL_EVERY.value, _SEED.value
+        method,
+        base,
+        config.rl_steps,
+        config.group,
+        config.learning_rate,
+        config.eval_every,
+        config.seed,
       ),
     )
     if not reused:
@@ -175,9 +184,9 @@ def main(argv):
     rows,
     title="RLVR toy: exact pass@k after RL",
     notes=(
-      f"Digit-sum task, 28 prompts x G={_GROUP.value}, {_RL_STEPS.value} "
-      f"on-policy steps, Adam lr {_LR.value:g}; base SFT on sorted correct "
-      f"answers + {_SFT_NOISE.value:.0%} noise. Paper (Zhu et al. 2025, "
+      f"Digit-sum task, 28 prompts x G={config.group}, {config.rl_steps} "
+      f"on-policy steps, Adam lr {config.learning_rate:g}; base SFT on sorted correct "
+      f"answers + {config.sft_noise:.0%} noise. Paper (Zhu et al. 2025, "
       "Qwen2.5-Math-7B on MATH): PSR best at pass@1 and worst at large k; "
       "NSR and W-REINFORCE keep pass@k at large k."
     ),
@@ -203,4 +212,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/rlvr_toy')

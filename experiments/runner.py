@@ -38,8 +38,12 @@ def option(default: Any, help: str) -> Any:  # noqa: A002 - absl's word
   return dataclasses.field(default=default, metadata={"help": help})
 
 
-_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
-           bool: flags.DEFINE_bool}
+_DEFINE = {
+  int: flags.DEFINE_integer,
+  float: flags.DEFINE_float,
+  str: flags.DEFINE_string,
+  bool: flags.DEFINE_bool,
+}
 
 
 def _base(kind: Any) -> Any:

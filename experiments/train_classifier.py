@@ -9,6 +9,7 @@ checkpoint and ends exactly where an uninterrupted run would.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -16,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import data, models, sharding, train
 
 OPTIMIZERS = {
@@ -29,65 +30,70 @@ OPTIMIZERS = {
   "adam_clip": lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr)),
 }
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", "runs/train_classifier", "Output and checkpoint directory."
-)
-_DATASET = flags.DEFINE_string("dataset", "digits", f"One of {', '.join(data.DATASETS)}.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 1500, "Total training steps.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
-_OPTIMIZER = flags.DEFINE_string("optimizer", "adam", f"One of {', '.join(OPTIMIZERS)}.")
-_HIDDEN = flags.DEFINE_list("hidden", ["256", "256"], "Hidden layer widths.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the initialization and the batch order.")
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between test evaluations.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Steps between metrics records.")
-_NUM_MICROBATCHES = flags.DEFINE_integer("num_microbatches", 1, "Gradient accumulation.")
-_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices to use (0: all).")
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed", False, "Call jax.distributed.initialize() first (multi-host pods)."
-)
-_CRASH_AFTER_STEP = flags.DEFINE_integer(
-  "crash_after_step", 0, "Testing only: SIGKILL this process once this many steps are done."
-)
 
 PROG = "train_classifier"
 
 
-def _check_flags() -> tuple[list[int], int]:
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``train_classifier`` (``--name=value``); defaults are the main's."""
+
+  dataset: str = runner.option("digits", f"One of {', '.join(data.DATASETS)}.")
+  num_steps: int = runner.option(1500, "Total training steps.")
+  batch_size: int = runner.option(128, "Global batch size.")
+  learning_rate: float = runner.option(1e-3, "Learning rate.")
+  optimizer: str = runner.option("adam", f"One of {', '.join(OPTIMIZERS)}.")
+  hidden: list[str] = runner.option(["256", "256"], "Hidden layer widths.")
+  seed: int = runner.option(0, "Seeds the initialization and the batch order.")
+  checkpoint_every: int = runner.option(500, "Steps between checkpoints.")
+  eval_every: int = runner.option(250, "Steps between test evaluations.")
+  log_every: int = runner.option(10, "Steps between metrics records.")
+  num_microbatches: int = runner.option(1, "Gradient accumulation.")
+  num_devices: int = runner.option(0, "Devices to use (0: all).")
+  distributed: bool = runner.option(
+    False, "Call jax.distributed.initialize() first (multi-host pods)."
+  )
+  crash_after_step: int = runner.option(
+    0, "Testing only: SIGKILL this process once this many steps are done."
+  )
+
+
+def check(config: Config) -> tuple[list[int], int]:
+  """Refuses a bad config before any compute; returns the widths and the device count."""
   c = flag_checks
-  c.one_of("dataset", _DATASET.value, data.DATASETS)
-  c.one_of("optimizer", _OPTIMIZER.value, OPTIMIZERS)
-  c.positive("num_steps", _NUM_STEPS.value)
-  c.positive("batch_size", _BATCH_SIZE.value)
-  c.positive("learning_rate", _LEARNING_RATE.value)
-  c.require(np.isfinite(_LEARNING_RATE.value), "learning_rate", "finite", _LEARNING_RATE.value)
-  c.positive("checkpoint_every", _CHECKPOINT_EVERY.value)
-  c.non_negative("eval_every", _EVAL_EVERY.value)
-  c.positive("log_every", _LOG_EVERY.value)
-  c.positive("num_microbatches", _NUM_MICROBATCHES.value)
-  c.non_negative("crash_after_step", _CRASH_AFTER_STEP.value)
+  c.one_of("dataset", config.dataset, data.DATASETS)
+  c.one_of("optimizer", config.optimizer, OPTIMIZERS)
+  c.positive("num_steps", config.num_steps)
+  c.non_negative("seed", config.seed)
+  c.positive("batch_size", config.batch_size)
+  c.positive("learning_rate", config.learning_rate)
+  c.require(np.isfinite(config.learning_rate), "learning_rate", "finite", config.learning_rate)
+  c.positive("checkpoint_every", config.checkpoint_every)
+  c.non_negative("eval_every", config.eval_every)
+  c.positive("log_every", config.log_every)
+  c.positive("num_microbatches", config.num_microbatches)
+  c.non_negative("crash_after_step", config.crash_after_step)
   hidden = c.number_list(
     "hidden",
-    _HIDDEN.value,
+    config.hidden,
     kind=int,
     valid=lambda h: h > 0,
     expected="a comma-separated list of positive widths",
   )
   available = jax.device_count()
   c.require(
-    0 <= _NUM_DEVICES.value <= available,
+    0 <= config.num_devices <= available,
     "num_devices",
     f"between 0 and the {available} devices available",
-    _NUM_DEVICES.value,
+    config.num_devices,
   )
-  num_devices = _NUM_DEVICES.value or available
-  divisor = num_devices * _NUM_MICROBATCHES.value
+  num_devices = config.num_devices or available
+  divisor = num_devices * config.num_microbatches
   c.require(
-    _BATCH_SIZE.value % divisor == 0,
+    config.batch_size % divisor == 0,
     "batch_size",
-    f"divisible by {num_devices} devices x {_NUM_MICROBATCHES.value} microbatches",
-    _BATCH_SIZE.value,
+    f"divisible by {num_devices} devices x {config.num_microbatches} microbatches",
+    config.batch_size,
   )
   return hidden, num_devices
 
@@ -110,21 +116,23 @@ def _crash_after(step_fn, crash_step: int):
   return wrapped
 
 
-def main(argv):
-  del argv
-  if _DISTRIBUTED.value:
+def run(config: Config, workdir: str) -> dict:
+  """Trains, evaluates and writes the results; returns the last metrics record."""
+  flag_checks.check_config(config)
+  if config.distributed:
     jax.distributed.initialize()
-  try:
-    hidden, num_devices = _check_flags()
-    ds = data.load_dataset(_DATASET.value)
-    flag_checks.require(
-      _BATCH_SIZE.value <= len(ds.x_train),
-      "batch_size",
-      f"at most the {len(ds.x_train)} training examples",
-      _BATCH_SIZE.value,
-    )
-    config = {
-      k: flags.FLAGS[k].value
+  hidden, num_devices = check(config)
+  ds = data.load_dataset(config.dataset)
+  flag_checks.require(
+    config.batch_size <= len(ds.x_train),
+    "batch_size",
+    f"at most the {len(ds.x_train)} training examples",
+    config.batch_size,
+  )
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
       for k in (
         "dataset",
         "batch_size",
@@ -134,16 +142,12 @@ def main(argv):
         "seed",
         "num_microbatches",
       )
-    }
-    flag_checks.check_same_run(_WORKDIR.value, config)
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
-
-  workdir = _WORKDIR.value
+    },
+  )
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
   model = models.MLP((*hidden, ds.num_classes))
-  optimizer = OPTIMIZERS[_OPTIMIZER.value](_LEARNING_RATE.value)
-  init_key, train_key = jax.random.split(jax.random.key(_SEED.value))
+  optimizer = OPTIMIZERS[config.optimizer](config.learning_rate)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
   params = model.init(init_key, jnp.zeros((1, ds.x_train.shape[1])))
   state = jax.device_put(
     train.TrainState.create(params, optimizer, train_key), sharding.replicated(mesh)
@@ -162,15 +166,15 @@ def main(argv):
     return {"loss": loss, **aux}
 
   step = train.make_train_step(
-    loss_fn, optimizer, mesh=mesh, num_microbatches=_NUM_MICROBATCHES.value
+    loss_fn, optimizer, mesh=mesh, num_microbatches=config.num_microbatches
   )
-  if _CRASH_AFTER_STEP.value:
-    step = _crash_after(step, _CRASH_AFTER_STEP.value)
+  if config.crash_after_step:
+    step = _crash_after(step, config.crash_after_step)
   arrays = {"x": ds.x_train, "y": ds.y_train}
   logging.info(
     "Training an MLP %s on %s (%d train / %d test) over %d device(s)",
     hidden,
-    _DATASET.value,
+    config.dataset,
     len(ds.x_train),
     len(ds.x_test),
     num_devices,
@@ -179,18 +183,18 @@ def main(argv):
     state,
     step,
     lambda start: data.iterate_batches(
-      arrays, batch_size=_BATCH_SIZE.value, seed=_SEED.value, start_step=start, mesh=mesh
+      arrays, batch_size=config.batch_size, seed=config.seed, start_step=start, mesh=mesh
     ),
-    num_steps=_NUM_STEPS.value,
+    num_steps=config.num_steps,
     workdir=workdir,
-    checkpoint_every=_CHECKPOINT_EVERY.value,
-    log_every=_LOG_EVERY.value,
+    checkpoint_every=config.checkpoint_every,
+    log_every=config.log_every,
     eval_fn=eval_fn,
-    eval_every=_EVAL_EVERY.value,
+    eval_every=config.eval_every,
   )
 
   if jax.process_index() != 0:
-    return
+    return last
   records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   evals = [r for r in records if "eval/loss" in r]
   reporting.plot_curves(
@@ -202,14 +206,14 @@ def main(argv):
     xlabel="step",
     ylabel="cross-entropy",
     logy=True,
-    title=f"MLP {hidden} on {_DATASET.value}, {_OPTIMIZER.value} lr={_LEARNING_RATE.value:g}",
+    title=f"MLP {hidden} on {config.dataset}, {config.optimizer} lr={config.learning_rate:g}",
   )
   reporting.write_table(
     workdir,
     [
       {
-        "dataset": _DATASET.value,
-        "optimizer": _OPTIMIZER.value,
+        "dataset": config.dataset,
+        "optimizer": config.optimizer,
         "steps": last["step"],
         "train loss": last["loss"],
         "test loss": last["eval/loss"],
@@ -217,12 +221,13 @@ def main(argv):
       }
     ],
     title="MLP classifier",
-    notes=f"Devices: {num_devices}. Seed: {_SEED.value}.",
+    notes=f"Devices: {num_devices}. Seed: {config.seed}.",
   )
   print(
     f"test accuracy {last['eval/accuracy']:.4f} after {last['step']} steps; results in {workdir}"
   )
+  return last
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/train_classifier')

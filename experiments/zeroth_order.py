@@ -22,74 +22,81 @@ for each compiled step (``memory_analysis``), the quantity MeZO's
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
 
-from experiments import flag_checks, reporting
+from experiments import flag_checks, reporting, runner
 from gradlab import data, models, train, zeroth_order
-
-_WORKDIR = flags.DEFINE_string("workdir", "runs/zeroth_order", "Output directory.")
-_BUDGET = flags.DEFINE_integer("forward_budget", 30000, "Forward-pass equivalents per method.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
-_HIDDEN = flags.DEFINE_integer("hidden", 128, "Hidden width.")
-_FO_LR = flags.DEFINE_float("first_order_lr", 0.1, "SGD learning rate with backpropagation.")
-_ZO_LR = flags.DEFINE_float(
-  "zo_lr",
-  0.003,
-  "SGD learning rate with MeZO estimates (the "
-  "estimate's variance grows with the dimension: ~(d+1)|g|^2).",
-)
-_SPARSE_LR = flags.DEFINE_float(
-  "sparse_zo_lr",
-  0.01,
-  "SGD learning rate with Sparse MeZO (fewer perturbed weights tolerate a larger step).",
-)
-_EPSILON = flags.DEFINE_float("epsilon", 1e-3, "MeZO perturbation scale.")
-_PROBES = flags.DEFINE_integer("num_probes", 1, "SPSA probes per step.")
-_SPARSE = flags.DEFINE_float("sparse_fraction", 0.25, "Sparse MeZO: share of weights perturbed.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between metrics records.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 PROG = "zeroth_order"
 
 
-def main(argv):
-  del argv
-  try:
-    for name in ("forward_budget", "batch_size", "hidden", "num_probes", "log_every"):
-      flag_checks.positive(name, flags.FLAGS[name].value)
-    for name in ("first_order_lr", "zo_lr", "sparse_zo_lr", "epsilon"):
-      flag_checks.positive(name, flags.FLAGS[name].value)
-    flag_checks.require(0 < _SPARSE.value <= 1, "sparse_fraction", "in (0, 1]", _SPARSE.value)
-    flag_checks.check_same_run(
-      _WORKDIR.value,
-      {
-        k: flags.FLAGS[k].value
-        for k in (
-          "forward_budget",
-          "batch_size",
-          "hidden",
-          "first_order_lr",
-          "zo_lr",
-          "sparse_zo_lr",
-          "epsilon",
-          "num_probes",
-          "sparse_fraction",
-          "seed",
-        )
-      },
-    )
-  except flag_checks.FlagError as e:
-    flag_checks.exit_on_flag_error(PROG, e)
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The flags of ``zeroth_order`` (``--name=value``); defaults are the main's."""
 
-  workdir = _WORKDIR.value
+  forward_budget: int = runner.option(30000, "Forward-pass equivalents per method.")
+  batch_size: int = runner.option(64, "Batch size.")
+  hidden: int = runner.option(128, "Hidden width.")
+  first_order_lr: float = runner.option(0.1, "SGD learning rate with backpropagation.")
+  zo_lr: float = runner.option(
+    0.003,
+    "SGD learning rate with MeZO estimates (the "
+    "estimate's variance grows with the dimension: ~(d+1)|g|^2).",
+  )
+  sparse_zo_lr: float = runner.option(
+    0.01, "SGD learning rate with Sparse MeZO (fewer perturbed weights tolerate a larger step)."
+  )
+  epsilon: float = runner.option(1e-3, "MeZO perturbation scale.")
+  num_probes: int = runner.option(1, "SPSA probes per step.")
+  sparse_fraction: float = runner.option(0.25, "Sparse MeZO: share of weights perturbed.")
+  log_every: int = runner.option(50, "Steps between metrics records.")
+  seed: int = runner.option(0, "Seed.")
+
+
+def run(config: Config, workdir: str):
+  flag_checks.check_config(config)
+  for name in ("forward_budget", "batch_size", "hidden", "num_probes", "log_every"):
+    flag_checks.positive(name, getattr(config, name))
+  for name in ("first_order_lr", "zo_lr", "sparse_zo_lr", "epsilon"):
+    flag_checks.positive(name, getattr(config, name))
+  flag_checks.require(
+    0 < config.sparse_fraction <= 1, "sparse_fraction", "in (0, 1]", config.sparse_fraction
+  )
+  # the steps each method gets are derived from the budget: name the flag the user set
+  most = max(3, 2 * config.num_probes)  # forward passes per step: backprop 3, MeZO 2 per probe
+  flag_checks.require(
+    config.forward_budget >= 2 * most,
+    "forward_budget",
+    f">= {2 * most} (2 steps of the costliest method, {most} forward passes a step)",
+    config.forward_budget,
+  )
+  flag_checks.check_same_run(
+    workdir,
+    {
+      k: getattr(config, k)
+      for k in (
+        "forward_budget",
+        "batch_size",
+        "hidden",
+        "first_order_lr",
+        "zo_lr",
+        "sparse_zo_lr",
+        "epsilon",
+        "num_probes",
+        "sparse_fraction",
+        "seed",
+      )
+    },
+  )
+
   ds = data.load_dataset("digits")
-  model = models.MLP((_HIDDEN.value, ds.num_classes))
-  params = model.init(jax.random.key(_SEED.value), jnp.zeros((1, ds.x_train.shape[1])))
+  model = models.MLP((config.hidden, ds.num_classes))
+  params = model.init(jax.random.key(config.seed), jnp.zeros((1, ds.x_train.shape[1])))
   loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(
     model.apply(p, b["x"]), b["y"]
   ).mean()
@@ -101,46 +108,51 @@ def main(argv):
     "accuracy": jnp.mean(jnp.argmax(model.apply(p, x_test), -1) == y_test),
   }
   methods = {
-    "first order (backprop)": (None, _FO_LR.value, 3),
+    "first order (backprop)": (None, config.first_order_lr, 3),
     "MeZO": (
-      zeroth_order.zo_value_and_grad(train_loss, epsilon=_EPSILON.value, num_probes=_PROBES.value),
-      _ZO_LR.value,
-      2 * _PROBES.value,
+      zeroth_order.zo_value_and_grad(
+        train_loss, epsilon=config.epsilon, num_probes=config.num_probes
+      ),
+      config.zo_lr,
+      2 * config.num_probes,
     ),
     "Sparse MeZO": (
       zeroth_order.zo_value_and_grad(
-        train_loss, epsilon=_EPSILON.value, num_probes=_PROBES.value, sparse_fraction=_SPARSE.value
+        train_loss,
+        epsilon=config.epsilon,
+        num_probes=config.num_probes,
+        sparse_fraction=config.sparse_fraction,
       ),
-      _SPARSE_LR.value,
-      2 * _PROBES.value,
+      config.sparse_zo_lr,
+      2 * config.num_probes,
     ),
   }
   rows, curves = [], {}
-  batch0 = {"x": ds.x_train[: _BATCH_SIZE.value], "y": ds.y_train[: _BATCH_SIZE.value]}
+  batch0 = {"x": ds.x_train[: config.batch_size], "y": ds.y_train[: config.batch_size]}
   for name, (vg, lr, cost) in methods.items():
     opt = optax.sgd(lr)
     step = train.make_train_step(train_loss, opt, value_and_grad_fn=vg, norm_metrics=False)
-    state = train.TrainState.create(params, opt, jax.random.key(_SEED.value + 1))
+    state = train.TrainState.create(params, opt, jax.random.key(config.seed + 1))
     mem = step.jitted.lower(state, batch0).compile().memory_analysis()
     big = {"x": ds.x_train[:1024], "y": ds.y_train[:1024]}
     mem_big = step.jitted.lower(state, big).compile().memory_analysis()
-    num_steps = _BUDGET.value // cost
+    num_steps = config.forward_budget // cost
     run_dir = os.path.join(workdir, name.split()[0].lower() if name != "Sparse MeZO" else "sparse")
     _, last = train.fit(
       state,
       step,
       lambda s: data.iterate_batches(
         {"x": ds.x_train, "y": ds.y_train},
-        batch_size=_BATCH_SIZE.value,
-        seed=_SEED.value,
+        batch_size=config.batch_size,
+        seed=config.seed,
         start_step=s,
       ),
       num_steps=num_steps,
       workdir=run_dir,
       checkpoint_every=max(num_steps // 2, 1),
-      log_every=_LOG_EVERY.value,
+      log_every=config.log_every,
       eval_fn=eval_fn,
-      eval_every=_LOG_EVERY.value,
+      eval_every=config.log_every,
       progress_every=num_steps,
     )
     records = [
@@ -170,9 +182,9 @@ def main(argv):
     title="Zeroth- against first-order training, digits MLP",
   )
   notes = (
-    f"Digits, MLP 64-{_HIDDEN.value}-10, batch {_BATCH_SIZE.value}, SGD, "
-    f"{_BUDGET.value} forward-pass equivalents each; MeZO eps {_EPSILON.value}, "
-    f"{_PROBES.value} probe(s); Sparse MeZO perturbs {_SPARSE.value:.0%} of each layer. "
+    f"Digits, MLP 64-{config.hidden}-10, batch {config.batch_size}, SGD, "
+    f"{config.forward_budget} forward-pass equivalents each; MeZO eps {config.epsilon}, "
+    f"{config.num_probes} probe(s); Sparse MeZO perturbs {config.sparse_fraction:.0%} of each layer. "
     "MeZO's paper fine-tunes pretrained language models, where the loss landscape's low "
     "effective rank makes ZO competitive; training a small net from scratch is the hard "
     "case for it, so expect first order far ahead per forward pass. The memory columns are "
@@ -186,4 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.main(run, Config, prog=PROG, workdir='runs/zeroth_order')

@@ -2,7 +2,10 @@
 
 Subpackages (import the one you need):
 
-* ``gradlab.train``: ``TrainState``, the sharded train step, the training loop.
+* ``gradlab.train``: ``TrainState``, one pure update, the sharded train step,
+  many seeds at once (``train_curves``), the training loop.
+* ``gradlab.tasks``: task builders (data + model + loss) shared by the
+  experiments, notebooks, benchmarks and tests.
 * ``gradlab.data``: embedded datasets (no network) and the resumable batcher.
 * ``gradlab.models``: the small flax models the experiments use.
 * ``gradlab.discrete``: gradient estimators for discrete samples (ST,
@@ -15,6 +18,8 @@ Subpackages (import the one you need):
   and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG).
 * ``gradlab.policy``: policy-gradient estimators for RL with verifiable rewards.
 * ``gradlab.sharding``: meshes and batch placement.
+
+Design, conventions and where each estimator lives: ``docs/design.md``.
 """
 
 __version__ = "0.1.0"

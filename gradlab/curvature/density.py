@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gradlab import _checks
 from gradlab.curvature.lanczos import lanczos_tridiagonal, tridiagonal_matrix
 from gradlab.curvature.probes import dimension
 from gradlab.curvature.products import make_hvp
@@ -38,8 +39,7 @@ def quadrature(
   matvec: Callable[[Any], Any], like: Any, key: jax.Array, *, num_iterations: int, num_runs: int
 ) -> tuple[jax.Array, jax.Array]:
   """SLQ nodes and weights, [num_runs, num_iterations] each."""
-  if not isinstance(num_runs, int) or num_runs < 1:
-    raise ValueError(f"num_runs: expected an integer >= 1, got {num_runs!r}")
+  num_runs = _checks.integer("num_runs", num_runs, minimum=1)
 
   def one(k):
     t = lanczos_tridiagonal(matvec, like, k, num_iterations=num_iterations)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from gradlab import _checks
 from gradlab.curvature.probes import Sampler, check_sampler, dimension, sampler_signs
 from gradlab.curvature.products import make_hvp
 
@@ -43,8 +44,7 @@ class EigenResult(NamedTuple):
 
 
 def _check_iterations(num_iterations: int, n: int) -> None:
-  if not isinstance(num_iterations, int) or num_iterations < 1:
-    raise ValueError(f"num_iterations: expected an integer >= 1, got {num_iterations!r}")
+  num_iterations = _checks.integer("num_iterations", num_iterations, minimum=1)
   if num_iterations > n:
     raise ValueError(f"num_iterations: {num_iterations} exceeds the dimension {n}")
 
@@ -106,8 +106,7 @@ def top_eigenvalues(
       ``min(dimension, max(4k, 40))``. The residuals tell whether m sufficed.
   """
   n = dimension(like)
-  if not isinstance(k, int) or k < 1:
-    raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+  k = _checks.integer("k", k, minimum=1)
   if k > n:
     raise ValueError(f"k: {k} exceeds the dimension {n}")
   m = min(n, max(4 * k, 40)) if num_iterations is None else num_iterations
@@ -150,8 +149,7 @@ def power_iteration(
   sampler: Sampler = sampler_signs,
 ) -> tuple[jax.Array, Any]:
   """Dominant (largest-magnitude) eigenpair by ``optax.power_iteration``."""
-  if not isinstance(num_iterations, int) or num_iterations < 1:
-    raise ValueError(f"num_iterations: expected an integer >= 1, got {num_iterations!r}")
+  num_iterations = _checks.integer("num_iterations", num_iterations, minimum=1)
   check_sampler(sampler)
   return optax.power_iteration(
     matvec, v0=sampler(key, like), num_iters=num_iterations, error_tolerance=tol

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from gradlab import _checks
 from gradlab.curvature.probes import Sampler, check_sampler, sampler_signs
 from gradlab.curvature.products import make_hvp
 
@@ -48,10 +49,8 @@ class DiagonalEstimate(NamedTuple):
 
 
 def _check_counts(num_probes: int, probe_batch: int) -> int:
-  if not isinstance(num_probes, int) or num_probes < 1:
-    raise ValueError(f"num_probes: expected an integer >= 1, got {num_probes!r}")
-  if not isinstance(probe_batch, int) or probe_batch < 1:
-    raise ValueError(f"probe_batch: expected an integer >= 1, got {probe_batch!r}")
+  num_probes = _checks.integer("num_probes", num_probes, minimum=1)
+  probe_batch = _checks.integer("probe_batch", probe_batch, minimum=1)
   return min(probe_batch, num_probes)
 
 
@@ -189,7 +188,8 @@ def hutch_plus_plus(
   standard error. Memory: n x num_matvecs/3 floats for the sketch.
   """
   check_sampler(sampler)
-  if not isinstance(num_matvecs, int) or num_matvecs < 3 or num_matvecs % 3:
+  num_matvecs = _checks.integer("num_matvecs", num_matvecs, minimum=3)
+  if num_matvecs % 3:
     raise ValueError(f"num_matvecs: expected a positive multiple of 3, got {num_matvecs!r}")
   k = num_matvecs // 3
   flat, unravel = ravel_pytree(like)

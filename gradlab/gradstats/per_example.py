@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradlab import _checks
+
 LossFn = Callable[[Any, Any], jax.Array]
 
 
@@ -35,8 +37,7 @@ def _batch_size(batch: Any) -> int:
 def _check_chunk(chunk_size: int | None, batch_size: int) -> int:
   if chunk_size is None:
     return batch_size
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"chunk_size: expected an integer >= 1 or None, got {chunk_size!r}")
+  chunk_size = _checks.integer("chunk_size", chunk_size, minimum=1)
   if batch_size % chunk_size:
     raise ValueError(f"chunk_size: {chunk_size} does not divide the batch size {batch_size}")
   return chunk_size

@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from gradlab import _checks
 from gradlab import sharding as sharding_lib
 from gradlab.train.state import TrainState
 
@@ -116,8 +117,7 @@ def make_update(
   :func:`make_train_step`'s; ``key`` is the loss's and the optimizer's
   randomness for this step.
   """
-  if not isinstance(num_microbatches, int) or num_microbatches < 1:
-    raise ValueError(f"num_microbatches: expected an integer >= 1, got {num_microbatches}")
+  num_microbatches = _checks.integer("num_microbatches", num_microbatches, minimum=1)
   tx = optax.with_extra_args_support(optimizer)
   if value_and_grad_fn is not None:
     if num_microbatches != 1:

@@ -297,3 +297,21 @@ def test_bad_input_gets_clear_errors():
     curvature.sharpness(loss, params, batch, key, learning_rate=0.0)
   with pytest.raises(ValueError, match="per_example_loss_fn: expected a vector"):
     curvature.empirical_fisher_vp(loss, params, batch, params)
+
+
+def test_numpy_integer_counts_are_accepted_like_python_ones():
+  # Counts often come from NumPy (np.arange, a config read back from .npz): an
+  # np.int64 is an integer, and refusing it with "expected an integer" misled.
+  params, batch, _, _, loss = _problem()
+  key = jax.random.key(0)
+  a = curvature.hessian_trace(
+    loss, params, batch, key, num_probes=np.int64(4), probe_batch=np.int32(2)
+  )
+  b = curvature.hessian_trace(loss, params, batch, key, num_probes=4, probe_batch=2)
+  np.testing.assert_array_equal(a.estimate, b.estimate)
+  top = curvature.hessian_top_eigenvalues(
+    loss, params, batch, key, k=np.int64(2), num_iterations=np.int64(10)
+  )
+  assert top.eigenvalues.shape == (2,)
+  with pytest.raises(ValueError, match="num_probes: expected an integer >= 1, got 2.5"):
+    curvature.hessian_trace(loss, params, batch, key, num_probes=2.5)

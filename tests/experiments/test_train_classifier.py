@@ -6,7 +6,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.experiments.run_main import assert_flag_error, run_main
+from tests.experiments.run_main import assert_flag_error, run_main, run_process
 
 
 def _metrics(workdir):
@@ -42,11 +42,11 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_same_end(tmp_path):
     "--hidden=32",
   ]
   clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-  assert run_main("train_classifier", f"--workdir={clean}", *flags).returncode == 0
-  killed = run_main("train_classifier", f"--workdir={crashed}", *flags, "--crash_after_step=50")
+  assert run_process("train_classifier", f"--workdir={clean}", *flags).returncode == 0
+  killed = run_process("train_classifier", f"--workdir={crashed}", *flags, "--crash_after_step=50")
   assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no cleanup ran
   assert _metrics(crashed)[-1]["step"] == 50  # steps 41-50 were done after checkpoint 40
-  resumed = run_main("train_classifier", f"--workdir={crashed}", *flags)
+  resumed = run_process("train_classifier", f"--workdir={crashed}", *flags)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   # Saves are asynchronous: the kill may land before step 40's save is
   # finalized, and orbax then discards it and resumes from step 20.

@@ -37,14 +37,23 @@ def _setup():
 
 def _run(workdir, num_steps, params, loss_fn, batch, mesh):
   opt = optax.adam(1e-2)
-  state = jax.device_put(train.TrainState.create(params, opt, jax.random.key(1)),
-                         sharding.replicated(mesh))
+  state = jax.device_put(
+    train.TrainState.create(params, opt, jax.random.key(1)), sharding.replicated(mesh)
+  )
   step = train.make_train_step(loss_fn, opt, mesh=mesh)
-  probe = curvature.sharpness_instrument(loss_fn, learning_rate=1e-2, num_probes=4,
-                                         num_iterations=5)
-  return train.fit(state, step, lambda s: iter([sharding.shard_batch(batch, mesh)] * (100 - s)),
-                   num_steps=num_steps, workdir=str(workdir), checkpoint_every=5, log_every=5,
-                   instruments=[train.Instrument("curv", probe, every=5)])
+  probe = curvature.sharpness_instrument(
+    loss_fn, learning_rate=1e-2, num_probes=4, num_iterations=5
+  )
+  return train.fit(
+    state,
+    step,
+    lambda s: iter([sharding.shard_batch(batch, mesh)] * (100 - s)),
+    num_steps=num_steps,
+    workdir=str(workdir),
+    checkpoint_every=5,
+    log_every=5,
+    instruments=[train.Instrument("curv", probe, every=5)],
+  )
 
 
 def test_nnx_module_trains_checkpoints_resumes_and_is_probed(tmp_path):
