@@ -83,7 +83,7 @@ def check_same_run(
   there, refuses flags that would make resuming it meaningless."""
   path = os.path.join(workdir, "config.json")
   may_change = set(may_change)
-  _check_writable(workdir)
+  check_writable(workdir)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -99,7 +99,8 @@ def check_same_run(
   write_json_atomically(path, dict(config))
 
 
-def _check_writable(workdir: str) -> None:
+def check_writable(workdir: str) -> None:
+  """Creates ``workdir`` if needed; a FlagError naming --workdir when it cannot be written."""
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".writable-"):

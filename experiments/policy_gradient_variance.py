@@ -130,7 +130,7 @@ def _allocation_rows(pop, budget_per_prompt, key, num_batches):
 def run(config: Config, workdir: str):
   flag_checks.check_config(config)
   groups, mixes = _parse(config=config)
-  os.makedirs(workdir, exist_ok=True)
+  flag_checks.check_writable(workdir)
   key = jax.random.key(0)
   rows, curves = [], {}
   for a, b in mixes:
