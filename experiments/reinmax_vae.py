@@ -153,8 +153,9 @@ def _temperature(name: str, cxl: str, config: Config) -> float:
   return config.reinmax_temperature or PAPER_SETTINGS[cxl][2]
 
 
-def _mean_negative_elbo(vae, params, x, sample_fn, key, num_draws, chunk=500):
-  """Mean over images and ``num_draws`` draws of the single-sample -ELBO."""
+def _elbo_evaluator(vae, sample_fn, num_draws, chunk=500):
+  """``(params, x, key) -> `` mean over images and ``num_draws`` draws of the
+  single-sample -ELBO; one compiled chunk serves the train and the test set."""
 
   @jax.jit
   def chunk_mean(params, xc, key):
@@ -163,11 +164,14 @@ def _mean_negative_elbo(vae, params, x, sample_fn, key, num_draws, chunk=500):
       jax.vmap(lambda k: models.negative_elbo(vae, params, xc, sample_fn, k)[0])(keys)
     )
 
-  total = 0.0
-  for i, start in enumerate(range(0, len(x), chunk)):
-    xc = x[start : start + chunk]
-    total += float(chunk_mean(params, xc, jax.random.fold_in(key, i))) * len(xc)
-  return total / len(x)
+  def mean(params, x, key):
+    total = 0.0
+    for i, start in enumerate(range(0, len(x), chunk)):
+      xc = x[start : start + chunk]
+      total += float(chunk_mean(params, xc, jax.random.fold_in(key, i))) * len(xc)
+    return total / len(x)
+
+  return mean
 
 
 def _seed_batches(x_train, config: Config, start: int, mesh):
@@ -260,6 +264,7 @@ def run_one(workdir, cxl, name, x_train, x_test, mesh, config: Config):
     progress_every=max(num_steps // 4, 1),
   )
   records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  negative_elbo = _elbo_evaluator(vae, sample_fn, config.eval_samples)
   rows = []
   for i, seed in enumerate(seeds):
     params = state.params if config.seeds == 1 else jax.tree.map(lambda x: x[i], state.params)
@@ -274,12 +279,8 @@ def run_one(workdir, cxl, name, x_train, x_test, mesh, config: Config):
         "tau": tau,
         "optimizer": f"{opt_name} {lr:g}",
         "train -ELBO (last epoch, running)": float(np.mean(last_epoch)),
-        "train -ELBO": _mean_negative_elbo(
-          vae, params, x_train, sample_fn, eval_keys[i], config.eval_samples
-        ),
-        "test -ELBO": _mean_negative_elbo(
-          vae, params, x_test, sample_fn, jax.random.fold_in(eval_keys[i], 1), config.eval_samples
-        ),
+        "train -ELBO": negative_elbo(params, x_train, eval_keys[i]),
+        "test -ELBO": negative_elbo(params, x_test, jax.random.fold_in(eval_keys[i], 1)),
       }
     )
   return rows, records

@@ -7,6 +7,16 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One persistent compilation cache for the whole run, shared by the xdist
+# workers and the processes and notebook kernels the tests start (they inherit
+# the environment): a program compiled once (the same train step in the clean,
+# killed and resumed runs of a resume test) is not compiled again. It starts
+# empty in every run, so it saves compiles and hides no failure.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradlab-jax-cache-")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 import jax  # noqa: E402
 

@@ -66,7 +66,7 @@ def test_vae_small_setting_reports_every_estimator(tmp_path):
     "--num_epochs=1",
     "--batch_size=80",
     "--eval_samples=2",
-    "--log_every=10",
+    "--log_every=1",  # every step logged: one compiled step, no lean twin
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = _rows(tmp_path)
