@@ -86,6 +86,7 @@ def run_one(workdir, method, lr, full, config):
     log_every=config.probe_every,
     progress_every=config.num_steps,
     instruments=[instrument],
+    stop_on_nonfinite=False,  # divergence past 2/eta is what this study records
   )
   return last
 

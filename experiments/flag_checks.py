@@ -122,5 +122,5 @@ def write_json_atomically(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def exit_on_flag_error(prog: str, error: FlagError) -> None:
+def exit_on_flag_error(prog: str, error: Exception) -> None:
   sys.exit(f"{prog}: {error}")

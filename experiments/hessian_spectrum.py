@@ -176,8 +176,7 @@ def run(config: Config, workdir: str):
       ax.set_xlabel("eigenvalue")
   axes[0][0].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "spectra.png"))
-  plt.close(fig)
+  reporting.save_figure(fig, os.path.join(workdir, "spectra.png"))
   notes = (
     f"Gaussian blobs in R^{config.dim}, separation {config.separation}, {config.num_train} "
     f"examples; MLP (width, C); {config.num_steps} full-batch GD steps at lr "

@@ -129,8 +129,9 @@ def steps_to_target(ds, params, loss, batch_size: int, lr: float, cache: str, co
     if value <= config.target_loss:
       found = i
       break
-  with open(cache, "w") as f:
-    json.dump({"batch_size": batch_size, "learning_rate": lr, "steps": found}, f)
+  flag_checks.write_json_atomically(
+    cache, {"batch_size": batch_size, "learning_rate": lr, "steps": found}
+  )
   return found
 
 
@@ -245,7 +246,13 @@ def run(config: Config, workdir: str):
   for b in sweep:
     tried = {
       lr: steps_to_target(
-        ds, params, loss, b, lr, os.path.join(workdir, f"sweep_B{b}_lr{lr:g}.json"), config=config
+        ds,
+        params,
+        loss,
+        b,
+        lr,
+        os.path.join(workdir, f"sweep_B{b}_lr{lr:g}_max{config.max_steps}.json"),
+        config=config,
       )
       for lr in lrs
     }
@@ -265,22 +272,33 @@ def run(config: Config, workdir: str):
     (r["batch size"], r["steps to target"]) for r in rows if isinstance(r["steps to target"], int)
   ]
   bs, ss = np.array([d[0] for d in done], float), np.array([d[1] for d in done], float)
-  slope, s_min = np.polyfit(1.0 / bs, ss, 1)  # S = S_min + S_min B_crit / B
-  b_crit = slope / s_min
-  fit = s_min * (1 + b_crit / bs)
-  reporting.plot_curves(
-    os.path.join(workdir, "steps_vs_batch.png"),
-    {"measured": (list(bs), list(ss)), "S_min (1 + B_crit/B) fit": (list(bs), list(fit))},
-    xlabel="batch size",
-    ylabel=f"steps to train loss {config.target_loss}",
-    logy=True,
-    title=f"B_crit = {b_crit:.0f}, B_simple = {b_simple:.0f}",
+  if len(done) >= 2:
+    slope, s_min = np.polyfit(1.0 / bs, ss, 1)  # S = S_min + S_min B_crit / B
+    b_crit = slope / s_min
+    fit = s_min * (1 + b_crit / bs)
+    reporting.plot_curves(
+      os.path.join(workdir, "steps_vs_batch.png"),
+      {"measured": (list(bs), list(ss)), "S_min (1 + B_crit/B) fit": (list(bs), list(fit))},
+      xlabel="batch size",
+      ylabel=f"steps to train loss {config.target_loss}",
+      logy=True,
+      title=f"B_crit = {b_crit:.0f}, B_simple = {b_simple:.0f}",
+    )
+    summary = [
+      {"quantity": "B_crit (fit of S = S_min (1 + B_crit/B))", "value": b_crit},
+      {"quantity": "S_min (steps)", "value": s_min},
+    ]
+    missing = ""
+  else:  # report what was measured, and why the fit is absent
+    summary = []
+    missing = (
+      f"\n\nNo B_crit fit: only {len(done)} of the {len(rows)} sweep batch sizes reached "
+      f"the training-loss target {config.target_loss} within --max_steps={config.max_steps} "
+      "(the fit needs two). Raise --max_steps, or --target_loss."
+    )
+  summary.append(
+    {"quantity": "B_simple, per-example, ratio of means before the target", "value": b_simple}
   )
-  summary = [
-    {"quantity": "B_crit (fit of S = S_min (1 + B_crit/B))", "value": b_crit},
-    {"quantity": "S_min (steps)", "value": s_min},
-    {"quantity": "B_simple, per-example, ratio of means before the target", "value": b_simple},
-  ]
   if free is not None:
     summary.append({"quantity": f"B_simple, free ({n_dev} devices), same stretch", "value": free})
   reporting.write_table(
@@ -291,7 +309,7 @@ def run(config: Config, workdir: str):
     f"batch {config.batch_size}. Sweep: SGD, the best of lr in {{{', '.join(config.lr_grid)}}} "
     f"at each batch size, training-loss target {config.target_loss}. The paper predicts B_crit ~ "
     "B_noise, of which B_simple is the simpler proxy (exact for a well-conditioned Hessian); compare the two rows above. "
-    "The sweep's table is sweep.md."
+    "The sweep's table is sweep.md." + missing
   )
   reporting.write_table(
     workdir, summary, title="Gradient noise scale and critical batch size", notes=notes

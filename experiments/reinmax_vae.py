@@ -318,8 +318,7 @@ def _plot(path, curves, tests, title):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  reporting.save_figure(fig, path)
 
 
 def _summary(rows, cxl, name, key):

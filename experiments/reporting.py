@@ -1,12 +1,19 @@
-"""Results tables (results.md and results.csv) and curves (PNG) for the mains."""
+"""Results tables (results.md and results.csv) and curves (PNG) for the mains.
+
+Every file is written to a temporary name and renamed into place, so a reader
+(or a run killed mid-write) sees the old file or the new one, never a torn
+one; on a pod only process 0 writes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -36,12 +43,24 @@ def write_table(
   lines.append("|" + "---|" * len(columns))
   for row in rows:
     lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
-  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+  if jax.process_index() != 0:
+    return
+  with _atomic(os.path.join(workdir, f"{name}.md")) as f:
     f.write("\n".join(lines) + "\n")
-  with open(os.path.join(workdir, f"{name}.csv"), "w", newline="") as f:
+  with _atomic(os.path.join(workdir, f"{name}.csv"), newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def _atomic(path: str, mode: str = "w", **kwargs):
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, mode, **kwargs) as f:
+    yield f
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def plot_curves(
@@ -66,7 +85,14 @@ def plot_curves(
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+  """``fig`` as a PNG at ``path``, atomically, by process 0 only; closes it."""
+  if jax.process_index() == 0:
+    with _atomic(path, "wb") as f:
+      fig.savefig(f, format="png")
   plt.close(fig)
 
 
@@ -77,7 +103,7 @@ def cached_unit(path: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
     with open(path) as f:
       return json.load(f), True
   result = compute()
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f)
-  os.replace(path + ".tmp", path)
+  if jax.process_index() == 0:
+    with _atomic(path) as f:
+      json.dump(result, f)
   return result, False

@@ -11,8 +11,10 @@ is one line::
     runner.main(run, Config, prog="train_classifier", workdir="runs/train_classifier")
 
 which defines one flag per field (so ``--help`` lists them), builds the
-config from the command line and turns a ``FlagError`` into one line on
-stderr and exit code 1. Tests call ``run`` in process with a small config.
+config from the command line, holds the workdir's lock while it runs (a
+second run on the same workdir is refused, naming the holder) and turns a
+``FlagError``, a divergence (``train.NonFiniteError``), a busy workdir or a
+mismatched restart into one line on stderr and exit code 1. Tests call ``run`` in process with a small config.
 Flags are defined only when a module runs as a main, so any number of mains
 can be imported into one process.
 """
@@ -29,6 +31,17 @@ from typing import Any
 from absl import app, flags
 
 from experiments import flag_checks
+from gradlab import train
+
+# What a main reports in one line (exit code 1) instead of a traceback: a bad
+# flag, a run that diverged, a workdir another run holds, a restart whose flags
+# would corrupt the run's records.
+USER_ERRORS = (
+  flag_checks.FlagError,
+  train.NonFiniteError,
+  train.WorkdirBusy,
+  train.RestartMismatch,
+)
 
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - absl's word
@@ -85,9 +98,12 @@ def main(run: Callable[[Any, str], Any], config_cls: type, *, prog: str, workdir
   def absl_main(argv):
     if len(argv) > 1:
       sys.exit(f"{prog}: unexpected arguments {argv[1:]}; flags are --name=value")
+    workdir = flags.FLAGS.workdir
     try:
-      run(config_from_flags(config_cls), flags.FLAGS.workdir)
-    except flag_checks.FlagError as e:
+      flag_checks.check_writable(workdir)
+      with train.workdir_lock(workdir):  # one run per workdir, for the whole main
+        run(config_from_flags(config_cls), workdir)
+    except USER_ERRORS as e:
       flag_checks.exit_on_flag_error(prog, e)
 
   app.run(absl_main)

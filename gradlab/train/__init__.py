@@ -6,7 +6,8 @@ caller's.
 
 from gradlab.train.checkpoint import make_manager, restore_latest
 from gradlab.train.curves import train_curves
-from gradlab.train.loop import Instrument, fit
+from gradlab.train.lock import WorkdirBusy, workdir_lock
+from gradlab.train.loop import Instrument, NonFiniteError, RestartMismatch, fit
 from gradlab.train.metrics import MetricsWriter, read_metrics
 from gradlab.train.state import TrainState
 from gradlab.train.step import make_train_step, make_update, make_value_and_grad
@@ -14,7 +15,10 @@ from gradlab.train.step import make_train_step, make_update, make_value_and_grad
 __all__ = [
   "Instrument",
   "MetricsWriter",
+  "NonFiniteError",
+  "RestartMismatch",
   "TrainState",
+  "WorkdirBusy",
   "fit",
   "make_manager",
   "make_train_step",
@@ -23,4 +27,5 @@ __all__ = [
   "read_metrics",
   "restore_latest",
   "train_curves",
+  "workdir_lock",
 ]

@@ -9,15 +9,18 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from gradlab.train import checkpoint as ckpt_lib
+from gradlab.train.lock import workdir_lock
 from gradlab.train.metrics import MetricsWriter, read_metrics, to_python
 from gradlab.train.state import TrainState
 
@@ -54,6 +57,7 @@ def fit(
   eval_every: int = 0,
   instruments: Sequence[Instrument] = (),
   progress_every: int = 100,
+  stop_on_nonfinite: bool = True,
 ) -> tuple[TrainState, dict[str, Any]]:
   """Trains ``state`` to ``num_steps`` updates, resuming from ``workdir``.
 
@@ -74,9 +78,21 @@ def fit(
     eval_every: evaluate every this many steps (0: only at the end).
     instruments: probes run every ``instrument.every`` steps.
     progress_every: log progress to the terminal every this many steps.
+    stop_on_nonfinite: on every logged step (and every checkpoint step is
+      one) the loop checks that the loss and the parameters are finite; if
+      not, it raises :class:`NonFiniteError` naming the step and what went
+      non-finite, and the last checkpoint (a finite one) is kept. ``False``
+      trains on and records the values (for studies of divergence).
 
   Returns:
     The final state and the last metrics record.
+
+  Raises:
+    NonFiniteError: see ``stop_on_nonfinite``.
+    WorkdirBusy: another process is training in ``workdir``.
+    ValueError: a bad argument, or a restart that would corrupt the run's
+      records (a ``num_steps`` below the checkpointed step, another
+      ``log_every`` or ``eval_every`` than the run was started with).
   """
   for name, value in (
     ("num_steps", num_steps),
@@ -92,10 +108,95 @@ def fit(
     if inst.every < 1:
       raise ValueError(f"instruments: {inst.name!r} has every={inst.every}, expected >= 1")
 
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock(workdir):
+    return _fit(
+      state,
+      train_step,
+      batches,
+      num_steps=num_steps,
+      workdir=workdir,
+      checkpoint_every=checkpoint_every,
+      max_to_keep=max_to_keep,
+      log_every=log_every,
+      eval_fn=eval_fn,
+      eval_every=eval_every,
+      instruments=instruments,
+      progress_every=progress_every,
+      stop_on_nonfinite=stop_on_nonfinite,
+    )
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the parameters became NaN or Inf."""
+
+
+class RestartMismatch(ValueError):
+  """A restart whose arguments would corrupt the run's records."""
+
+
+def _check_cadence(workdir: str, cadence: dict[str, int]) -> None:
+  """A restart keeps the cadence the run started with (metrics.jsonl reads as one run)."""
+  path = os.path.join(workdir, "fit.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    for k, v in cadence.items():
+      if k in old and old[k] != v:
+        raise RestartMismatch(
+          f"{k}: the run in {workdir} was started with {k}={old[k]}; "
+          f"restarting with {v} would mix cadences in metrics.jsonl (use "
+          f"{old[k]}, or a new workdir)"
+        )
+  elif jax.process_index() == 0:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(cadence, f)
+    os.replace(tmp, path)
+
+
+def _nonfinite(metrics: Mapping[str, Any], params: Any) -> str | None:
+  """What is non-finite among the loss and the parameters, if anything."""
+  loss = np.asarray(metrics.get("loss", 0.0), np.float64)
+  if not np.all(np.isfinite(loss)):
+    return f"the loss is {loss.tolist()}"
+  if "param_norm" in metrics:  # the step measured it anyway
+    finite = np.all(np.isfinite(np.asarray(metrics["param_norm"], np.float64)))
+  else:
+    finite = bool(_params_finite(params))
+  return None if finite else "the parameters hold NaN or Inf"
+
+
+@jax.jit
+def _params_finite(params):
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
+def _fit(
+  state,
+  train_step,
+  batches,
+  *,
+  num_steps,
+  workdir,
+  checkpoint_every,
+  max_to_keep,
+  log_every,
+  eval_fn,
+  eval_every,
+  instruments,
+  progress_every,
+  stop_on_nonfinite,
+):
+  _check_cadence(workdir, {"log_every": log_every, "eval_every": eval_every})
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
   state, restored = ckpt_lib.restore_latest(manager, state)
   start = 0 if restored is None else restored
+  if start > num_steps:
+    manager.close()
+    raise RestartMismatch(
+      f"num_steps: {num_steps} is below step {start}, where the run in "
+      f"{workdir} has its checkpoint; use num_steps >= {start} or a new workdir"
+    )
   if restored is None and any(
     getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)
   ):
@@ -119,7 +220,9 @@ def fit(
     is_last = s == num_steps
     due = [(i, inst, fn) for i, inst, fn in jitted_instruments if s % inst.every == 0 or is_last]
     evaluate = jitted_eval is not None and ((eval_every and s % eval_every == 0) or is_last)
-    logged = bool(due) or evaluate or s % log_every == 0 or is_last
+    checkpoint = s % checkpoint_every == 0 or is_last
+    # every checkpoint step is checked before it is saved: a checkpoint is finite
+    logged = bool(due) or evaluate or s % log_every == 0 or checkpoint
     record: dict[str, Any] = {}
     # Instruments measure the state the step is about to update, on the batch
     # it updates with, as the step's own loss and gradient norm do. (After the
@@ -134,7 +237,15 @@ def fit(
         record.update({f"eval/{k}": v for k, v in jitted_eval(state.params).items()})
       last = {"step": s, **to_python(metrics), **to_python(record)}
       writer.write(last)
-    if s % checkpoint_every == 0 or is_last:
+      bad = _nonfinite(last, state.params) if stop_on_nonfinite else None
+      if bad is not None:
+        kept = manager.latest_step()
+        manager.close()
+        raise NonFiniteError(
+          f"step {s}: {bad}; training stopped, the last finite checkpoint is "
+          + (f"step {kept} in {workdir}" if kept is not None else "none (no step was saved)")
+        )
+    if checkpoint:
       ckpt_lib.save(manager, s, state)
     if s % progress_every == 0 or is_last:
       rate = (s - s0) / max(time.perf_counter() - t0, 1e-9)

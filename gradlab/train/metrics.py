@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -19,12 +20,32 @@ def to_python(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _nan_to_null(v: Any) -> Any:
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  if isinstance(v, list):
+    return [_nan_to_null(x) for x in v]
+  return v
+
+
+def _null_to_nan(v: Any) -> Any:
+  if v is None:
+    return float("nan")
+  if isinstance(v, list):
+    return [_null_to_nan(x) for x in v]
+  return v
+
+
 def read_metrics(path: str) -> list[dict[str, Any]]:
-  """All records of a metrics.jsonl file (an absent file has none)."""
+  """All records of a metrics.jsonl file (an absent file has none).
+
+  The file holds strict JSON: a NaN or Inf metric is written as ``null`` (which
+  every JSON reader accepts) and read back here as ``float("nan")``.
+  """
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [{k: _null_to_nan(v) for k, v in json.loads(line).items()} for line in f if line.strip()]
 
 
 class MetricsWriter:
@@ -58,5 +79,6 @@ class MetricsWriter:
     if not self.enabled:
       return
     with open(self.path, "a") as f:
-      f.write(json.dumps(dict(record)) + "\n")
+      line = json.dumps({k: _nan_to_null(v) for k, v in record.items()}, allow_nan=False)
+      f.write(line + "\n")
       f.flush()

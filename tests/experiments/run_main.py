@@ -17,7 +17,7 @@ import subprocess
 import sys
 import typing
 
-from experiments import flag_checks, runner
+from experiments import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,7 +66,7 @@ def run_main(name: str, *args: str, timeout: float = 300) -> subprocess.Complete
   try:
     with contextlib.redirect_stdout(out):
       module.run(module.Config(**overrides), workdir)
-  except flag_checks.FlagError as e:
+  except runner.USER_ERRORS as e:
     return subprocess.CompletedProcess(args, 1, out.getvalue(), f"{name}: {e}\n")
   return subprocess.CompletedProcess(args, 0, out.getvalue(), "")
 

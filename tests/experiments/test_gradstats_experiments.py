@@ -58,3 +58,25 @@ def test_zeroth_order_small_setting(tmp_path):
 )
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
   assert_flag_error(main, tmp_path, flag, message)
+
+
+def test_noise_scale_reports_what_it_measured_when_the_fit_is_impossible(tmp_path):
+  # The repro: too few sweep sizes reach the target; the run crashed after all its
+  # compute, wrote no results.md, and a rerun with more --max_steps reused the failures.
+  flags = [
+    "--sweep=16,64,256",
+    "--lr_grid=0.5",
+    "--num_steps=20",
+    "--probe_every=10",
+    "--learning_rate=0.5",
+    "--target_loss=0.3",
+  ]
+  proc = run_main("noise_scale", f"--workdir={tmp_path}", *flags, "--max_steps=3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = (tmp_path / "results.md").read_text()
+  assert "No B_crit fit: only 0 of the 3 sweep batch sizes reached" in text
+  assert "B_simple" in text
+  assert [r["steps to target"] for r in _rows(tmp_path / "sweep.csv")] == ["not reached"] * 3
+  again = run_main("noise_scale", f"--workdir={tmp_path}", *flags, "--max_steps=400")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "No B_crit fit" not in (tmp_path / "results.md").read_text()

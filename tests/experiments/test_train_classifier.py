@@ -112,3 +112,20 @@ def test_changed_flags_on_an_existing_workdir_are_refused(tmp_path):
   proc = run_main("train_classifier", f"--workdir={tmp_path}", *flags, "--seed=3")
   assert proc.returncode == 1
   assert "--seed is 3 but the run in --workdir" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_divergence_stops_nonzero_naming_the_step(tmp_path):
+  # The repro: --learning_rate=1e308 trained to NaN and exited 0 with a NaN table.
+  proc = run_main(
+    "train_classifier",
+    f"--workdir={tmp_path}",
+    "--learning_rate=1e308",
+    "--num_steps=20",
+    "--hidden=8",
+    "--checkpoint_every=10",
+  )
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert re.match(r"train_classifier: step \d+: the (loss is|parameters hold)", last), last
+  assert "the last finite checkpoint is" in last
+  assert not (tmp_path / "results.md").exists()
