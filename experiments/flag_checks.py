@@ -14,6 +14,8 @@ import sys
 import tempfile
 from typing import Any, Iterable, Mapping
 
+import jax
+
 
 class FlagError(ValueError):
   """A flag holds a value the experiment cannot run with."""
@@ -113,7 +115,10 @@ def check_writable(workdir: str) -> None:
 
 def write_json_atomically(path: str, obj: Any) -> None:
   """Writes ``obj`` to ``path`` through a temporary file and a rename: a reader
-  (or a run killed mid-write) sees the old file or the new one, never half."""
+  (or a run killed mid-write) sees the old file or the new one, never half.
+  On a multi-process run only process 0 writes."""
+  if jax.process_index() != 0:
+    return
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)

@@ -91,13 +91,68 @@ def config_from_flags(config_cls: type) -> Any:
   return config_cls(**values)
 
 
+def define_distributed_flags() -> None:
+  """The multi-process flags every main takes (see :func:`initialize_distributed`)."""
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first (TPU pods, SLURM: auto-detected).",
+  )
+  flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0; with --num_processes and --process_id."
+  )
+  flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+
+
+def initialize_distributed(
+  *,
+  distributed: bool,
+  coordinator_address: str | None,
+  num_processes: int | None,
+  process_id: int | None,
+) -> None:
+  """``jax.distributed.initialize`` when asked, before anything touches a device.
+
+  With no address JAX detects the cluster (Cloud TPU, SLURM, ...); with one
+  (``python -m gradlab.launch`` passes it) the three flags are passed on. On a
+  CPU the processes all-reduce through gloo.
+  """
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise flag_checks.FlagError(
+      "--coordinator_address, --num_processes and --process_id must be given together, got "
+      f"{coordinator_address!r}, {num_processes!r}, {process_id!r}"
+    )
+  if not (distributed or all(given)):
+    return
+  import jax  # noqa: PLC0415 - the backend must not start before this
+
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if all(given):
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  else:
+    jax.distributed.initialize()
+
+
 def main(run: Callable[[Any, str], Any], config_cls: type, *, prog: str, workdir: str) -> None:
   """Defines the flags and runs ``run(config, workdir)`` under ``absl.app``."""
   define_flags(config_cls, workdir=workdir)
+  define_distributed_flags()
 
   def absl_main(argv):
     if len(argv) > 1:
       sys.exit(f"{prog}: unexpected arguments {argv[1:]}; flags are --name=value")
+    f = flags.FLAGS
+    try:
+      initialize_distributed(
+        distributed=f.distributed,
+        coordinator_address=f.coordinator_address,
+        num_processes=f.num_processes,
+        process_id=f.process_id,
+      )
+    except flag_checks.FlagError as e:
+      flag_checks.exit_on_flag_error(prog, e)
     workdir = flags.FLAGS.workdir
     try:
       flag_checks.check_writable(workdir)

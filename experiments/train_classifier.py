@@ -50,9 +50,6 @@ class Config:
   log_every: int = runner.option(10, "Steps between metrics records.")
   num_microbatches: int = runner.option(1, "Gradient accumulation.")
   num_devices: int = runner.option(0, "Devices to use (0: all).")
-  distributed: bool = runner.option(
-    False, "Call jax.distributed.initialize() first (multi-host pods)."
-  )
   crash_after_step: int = runner.option(
     0, "Testing only: SIGKILL this process once this many steps are done."
   )
@@ -119,8 +116,6 @@ def _crash_after(step_fn, crash_step: int):
 def run(config: Config, workdir: str) -> dict:
   """Trains, evaluates and writes the results; returns the last metrics record."""
   flag_checks.check_config(config)
-  if config.distributed:
-    jax.distributed.initialize()
   hidden, num_devices = check(config)
   ds = data.load_dataset(config.dataset)
   flag_checks.require(

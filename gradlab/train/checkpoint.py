@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class _DropOrbaxInfo(py_logging.Filter):
@@ -121,6 +122,11 @@ def verify(manager: ocp.CheckpointManager, step: int) -> str | None:
 
 
 def _reject(manager: ocp.CheckpointManager, step: int, why: str) -> None:
+  """Moves checkpoint ``step`` aside (process 0; the others wait for it)."""
+  if jax.process_index() != 0:
+    multihost_utils.sync_global_devices(f"gradlab_reject_{step}")
+    manager.reload()
+    return
   root = os.path.dirname(str(manager.directory))
   aside = os.path.join(root, "checkpoints_rejected")
   os.makedirs(aside, exist_ok=True)
@@ -135,6 +141,8 @@ def _reject(manager: ocp.CheckpointManager, step: int, why: str) -> None:
   message = f"checkpoint {step} in {manager.directory} rejected: {why}; moved to {target}"
   logging.warning(message)
   print(f"gradlab: {message}", flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"gradlab_reject_{step}")
   manager.reload()
 
 

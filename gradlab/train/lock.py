@@ -8,6 +8,8 @@ import os
 import socket
 from collections.abc import Iterator
 
+import jax
+
 # Locks this process holds: path -> (file, depth). Re-entrant within a process
 # (a main holds its workdir's lock and the loop inside it takes it again).
 _HELD: dict[str, list] = {}
@@ -26,7 +28,10 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   (``host:pid``) for the message the second run prints.
   """
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.realpath(os.path.join(workdir, ".lock"))
+  # The processes of one multi-process run share the workdir: each holds its
+  # own lock file, so a second run's process i collides with the first's.
+  pid = jax.process_index()
+  path = os.path.realpath(os.path.join(workdir, ".lock" if pid == 0 else f".lock.{pid}"))
   if path in _HELD:
     _HELD[path][1] += 1
     try:
