@@ -9,7 +9,12 @@ interleaved run (``benchmarks/timing.py``):
 * **step**: ``jit(value_and_grad + update + apply_updates)``, the number a
   training run feels (goal <= 1.15x);
 * **update**: the optimizer's ``update`` + ``apply_updates`` alone, on a fixed
-  gradient, which isolates the transform's own memory traffic.
+  gradient, which isolates the transform's own memory traffic;
+* **bytes** and **flops**: XLA's compiled cost analysis of one jitted
+  ``update`` against ``optax.adam``'s (``jit(f).lower(...).compile()
+  .cost_analysis()``): machine-independent, so it judges the elementwise
+  transforms where this CPU's timing noise (Adam's own step varies 2x between
+  repeats) cannot. Goal for the elementwise ones: bytes <= 1.15x.
 
 STORM, exact MARS and SVRG evaluate a second gradient per step by design
 (``grad_fn``), so their step ratio is ~2x; their update-only row then includes
@@ -60,6 +65,17 @@ TRANSFORMS = {
 }
 
 
+def cost_analysis(tx, params, grads) -> dict[str, float]:
+  """Bytes accessed and flops of one jitted ``tx.update`` (non-finite policy on)."""
+  tx = optax.with_extra_args_support(tx)
+  extra = {"grad_fn": lambda q: grads, "full_grad_fn": lambda q: grads}
+  split = {"split_grads": jax.tree.map(lambda g: jax.numpy.stack([g, g]), grads)}
+  fn = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra, **split))
+  ca = fn.lower(grads, tx.init(params), params).compile().cost_analysis()
+  ca = ca[0] if isinstance(ca, list) else ca
+  return {"bytes": float(ca["bytes accessed"]), "flops": float(ca.get("flops", 0.0))}
+
+
 def main(argv):
   del argv
   prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
@@ -98,6 +114,7 @@ def main(argv):
     return step, update_only
 
   names = _ONLY.value or list(TRANSFORMS)
+  adam_cost = cost_analysis(optax.adam(1e-3), params, fixed_grads)
   rows = []
   for name in names:
     contenders = {"adam": optax.adam(1e-3), name: TRANSFORMS[name]()}
@@ -128,6 +145,10 @@ def main(argv):
         "update ms": 1e3 * tu[name],
         "adam update ms": 1e3 * tu["adam"],
         "update ratio": tu[name] / tu["adam"],
+        **{
+          f"{k} ratio (XLA cost)": v / adam_cost[k]
+          for k, v in cost_analysis(TRANSFORMS[name](), params, fixed_grads).items()
+        },
       }
     )
     print(rows[-1], flush=True)

@@ -51,11 +51,13 @@ def _diffgrad_direction(b1, b2, eps):
     del params
     c = optax.safe_increment(state.count)
     mu, nu = torch_adam.torch_adam_moments(updates, state.mu, state.nu, b1, b2)
-    friction = jax.tree.map(
-      lambda p, g: 1.0 / (1.0 + jnp.exp(-jnp.abs(p - g))), state.prev_grad, updates
-    )
-    damped = jax.tree.map(jnp.multiply, mu, friction)
-    out = torch_adam.torch_adam_direction(damped, nu, c, b1, b2, eps)
+
+    def direction(m, v, prev, g):  # one fused pass: friction, damping and the step
+      t = c.astype(m.dtype)
+      friction = 1.0 / (1.0 + jnp.exp(-jnp.abs(prev - g)))
+      return friction * m / (jnp.sqrt(v) + eps) * (jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t))
+
+    out = jax.tree.map(direction, mu, nu, state.prev_grad, updates)
     return out, ScaleByDiffGradState(c, mu, nu, updates)
 
   return init_fn, update_fn

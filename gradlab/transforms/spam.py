@@ -90,24 +90,36 @@ def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_a
     c = optax.safe_increment(state.count)
     resets = jnp.asarray(reset_interval) > 0
     interval = jnp.maximum(jnp.asarray(reset_interval), 1)
-    reset = resets & (c % interval == 0)
-    keep = lambda x: jnp.where(reset, jnp.zeros_like(x), x)  # noqa: E731
-    mu, nu = jax.tree.map(keep, state.mu), jax.tree.map(keep, state.nu)
+    keep = ~(resets & (c % interval == 0))  # False: this step resets both moments
     active = (
       (jnp.asarray(threshold) != 0) & (c >= clip_after) & (~resets | (c % interval >= clip_after))
     )
 
-    def clip(g, v):
+    # One pass per output, written so that XLA fuses each into one loop: the
+    # clipped gradient's square is min(g^2, theta v) (no square root to share
+    # between the moments, which XLA would otherwise materialize), and the
+    # reset is a select folded into each moment's update.
+    def first(g, m, v):
       spike = active & (g * g > threshold * v)
-      return jnp.where(spike, jnp.sign(g) * jnp.sqrt(v * threshold), g).astype(g.dtype)
+      g = jnp.where(spike, jnp.sign(g) * jnp.sqrt(v * threshold), g)
+      return jnp.where(keep, b1 * m, 0.0).astype(m.dtype) + (1 - b1) * g
 
-    updates = jax.tree.map(clip, updates, nu)
-    mu, nu = torch_adam.torch_adam_moments(updates, mu, nu, b1, b2)
-    direction = torch_adam.torch_adam_direction(mu, nu, c, b1, b2, eps)
+    def second(g, v):
+      g2 = jnp.where(active, jnp.minimum(g * g, threshold * v), g * g)
+      return jnp.where(keep, b2 * v, 0.0).astype(v.dtype) + (1 - b2) * g2
+
+    mu = jax.tree.map(first, updates, state.mu, state.nu)
+    nu = jax.tree.map(second, updates, state.nu)
     factor = spam_warmup_factor(
       state.count, warmup_steps=warmup_steps, reset_interval=reset_interval
     )
-    out = jax.tree.map(lambda d: d * factor.astype(d.dtype), direction)
+
+    def direction(m, v):
+      t = c.astype(m.dtype)
+      step = factor.astype(m.dtype) * jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+      return m / (jnp.sqrt(v) + eps) * step
+
+    out = jax.tree.map(direction, mu, nu)
     return out, ScaleBySpamState(count=c, mu=mu, nu=nu)
 
   return init_fn, update_fn

@@ -32,6 +32,10 @@ def test_quantize_matches_the_argmin_reference_exactly():
     q = transforms.quantize_blockwise(jnp.asarray(xx), jnp.asarray(code), 256)
     idx, absmax = references.quantize_blockwise_reference(xx, code, 256)
     np.testing.assert_array_equal(np.asarray(q.codes), idx)
+    closed = transforms.quantize_blockwise(
+      jnp.asarray(xx), jnp.asarray(code), 256, signed=code is SIGNED
+    )  # the optimizer's path
+    np.testing.assert_array_equal(np.asarray(closed.codes), idx)
     np.testing.assert_array_equal(np.asarray(q.absmax), absmax)
     back = transforms.dequantize_blockwise(q, jnp.asarray(code), xx.shape)
     np.testing.assert_array_equal(
@@ -194,3 +198,53 @@ def test_against_bitsandbytes_on_cpu():
   # mean gap is ~1e-6 and the largest a fraction of one step.
   gap = np.abs(np.asarray(p["w"]) - wt.detach().numpy())
   assert np.mean(gap) < 2e-5 and np.max(gap) < 5e-3, (np.mean(gap), np.max(gap))
+
+
+def _float32_classes(code, signed):
+  """Every float32 class where a nearest-code rule can go wrong: zeros, subnormals,
+  the smallest normals, every decade's boundaries 10^k and every midpoint between
+  two adjacent codes (where the nearest index changes) with the 4 float32
+  neighbours on each side, +-1, and a log-uniform sweep of each decade."""
+  f32 = np.float32
+  tiny = np.finfo(f32).tiny
+  xs = [
+    f32(0.0),
+    f32(-0.0),
+    np.nextafter(f32(0), f32(1)),
+    f32(tiny),
+    f32(tiny) * 3,
+    np.nextafter(f32(tiny), f32(0)),
+    f32(1.0),
+    np.nextafter(f32(1), f32(0)),
+  ]
+  xs += [f32(10.0**k) for k in range(-12, 1)]
+  mids = ((code[:-1].astype(np.float64) + code[1:]) / 2).astype(f32)
+  for m in list(mids) + xs[8:]:
+    v = f32(m)
+    for _ in range(5):
+      xs.append(v)
+      v = np.nextafter(v, f32(2))
+    v = f32(m)
+    for _ in range(4):
+      v = np.nextafter(v, f32(-2))
+      xs.append(v)
+  rng = np.random.default_rng(0)
+  xs += list((10.0 ** rng.uniform(-9, 0, 20000)).astype(f32))
+  x = np.asarray(xs, f32)
+  x = x[np.abs(x) <= 1]
+  return np.concatenate([x, -x]) if signed else np.abs(x)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_closed_form_nearest_code_equals_the_search_and_argmin_on_every_float32_class(signed):
+  # Run once over *all* 2.1e9 (signed) and 1.1e9 (unsigned) float32 values in
+  # range, the closed form and the binary search agreed everywhere (0
+  # mismatches; benchmarks/quantizer_speed.py --exhaustive repeats it, ~90 s).
+  code = SIGNED if signed else UNSIGNED
+  x = _float32_classes(code, signed)
+  closed = np.asarray(transforms.nearest_code(jnp.asarray(code), jnp.asarray(x), signed=signed))
+  search = np.asarray(transforms.nearest_by_search(jnp.asarray(code), jnp.asarray(x)))
+  argmin = np.argmin(np.abs(x[:, None].astype(np.float32) - code[None, :]), axis=1)
+  np.testing.assert_array_equal(closed, search)
+  np.testing.assert_array_equal(closed, argmin)
+  assert len(x) > 20000 and len(np.unique(closed)) == (256 if signed else 256)
