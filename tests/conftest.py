@@ -2,8 +2,15 @@
 
 import os
 
+# The suite is compile-bound (hundreds of small programs, each run a few
+# times): XLA's CPU backend at optimization level 0 compiles them about a
+# quarter faster (measured: tests/transforms + tests/curvature 134 s -> 102 s)
+# and changes no result a test asserts (every tolerance is the math's, and
+# runs compared bit for bit are compiled alike). Processes and notebook kernels
+# the tests start inherit it.
 os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "")
+  + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -20,8 +20,8 @@ def test_readme_python_blocks_run(tmp_path):
       ),
       namespace,
     )
-  assert namespace["last"]["step"] == 1500  # the second block resumed the first's run
+  assert namespace["last"]["step"] == 800  # the second block resumed the first's run
   assert namespace["last"]["curvature/lambda_max"] > 0
   assert (tmp_path / "run" / "metrics.jsonl").exists()
-  assert namespace["nnx_last"]["step"] == 200  # the Flax NNX block
+  assert namespace["nnx_last"]["step"] == 100  # the Flax NNX block
   assert (tmp_path / "run_nnx" / "metrics.jsonl").exists()
