@@ -349,7 +349,9 @@ FINDINGS_8X4 = (
 
 def _summary(rows, cxl, name, key):
   vals = [r[key] for r in rows if r["config (CxL)"] == cxl and r["estimator"] == name]
-  return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+  return float(np.mean(vals)), (
+    float(np.std(vals, ddof=1)) if len(vals) > 1 else ""
+  )  # no sd of one seed
 
 
 def run(config: Config, workdir: str) -> list[dict]:
