@@ -12,18 +12,30 @@ needed (e.g. for the SLQ density's quadrature weights).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 Sampler = Callable[[jax.Array, Any], Any]
 
 
+def _signs(key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
+  """+-1 entries from the bits of ``ceil(n / 32)`` random words: 32 signs per
+  word instead of one uniform float each (the sampler was 0.29x a gradient of
+  a 1.9M-parameter MLP, and is 0.03x this way; each bit is a fair coin)."""
+  n = math.prod(shape)
+  words = jax.random.bits(key, (-(-n // 32),), jnp.uint32)
+  bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  return (bits.reshape(-1)[:n].astype(dtype) * 2 - 1).reshape(shape)
+
+
 def sampler_signs(key: jax.Array, like: Any) -> Any:
-  """Rademacher signs (+-1, each with probability 1/2) shaped like ``like``."""
-  return optax.tree.random_like(key, like, jax.random.rademacher)
+  """Rademacher signs (+-1, each with probability 1/2, independent) shaped like ``like``."""
+  return optax.tree.random_like(key, like, _signs)
 
 
 def sampler_normal(key: jax.Array, like: Any) -> Any:

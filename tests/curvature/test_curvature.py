@@ -315,3 +315,18 @@ def test_numpy_integer_counts_are_accepted_like_python_ones():
   assert top.eigenvalues.shape == (2,)
   with pytest.raises(ValueError, match="num_probes: expected an integer >= 1, got 2.5"):
     curvature.hessian_trace(loss, params, batch, key, num_probes=2.5)
+
+
+def test_sampler_signs_are_fair_independent_rademacher_signs():
+  like = {"a": jnp.zeros((1000, 37)), "b": jnp.zeros(3)}
+  v = curvature.sampler_signs(jax.random.key(0), like)
+  x = np.asarray(v["a"]).ravel()
+  assert set(np.unique(x)) == {-1.0, 1.0} and v["b"].shape == (3,)
+  # mean 0 and no correlation between neighbours (which share a random word):
+  # each statistic has standard error 1/sqrt(n); 4 standard errors
+  n = x.size
+  assert abs(x.mean()) < 4 / np.sqrt(n)
+  assert abs(np.mean(x[1:] * x[:-1])) < 4 / np.sqrt(n - 1)
+  assert abs(np.mean(x[32:] * x[:-32])) < 4 / np.sqrt(n - 32)
+  w = curvature.sampler_signs(jax.random.key(1), like)
+  assert abs(np.mean(x * np.asarray(w["a"]).ravel())) < 4 / np.sqrt(n)  # keys differ
