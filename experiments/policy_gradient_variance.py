@@ -17,9 +17,10 @@ Writes ``results.md/.csv`` (the Monte Carlo table), ``scale.md/.csv``,
 ``allocation.md/.csv``, ``relative_variance_<mix>.png`` and ``scale.png``. Each cell
 is one jitted program of seconds; a restart recomputes (nothing to resume).
 
-Reference figures (``../shared/research/policy_gradients.md`` Sec. 6, exact,
-with BNPO's alpha, beta from the population): at G = 8, Beta(0.5, 2):
-relative variance REINFORCE 0.783, RLOO 0.537, GRPO 0.559, BNPO 0.504.
+Reference figures (an exact computation on a related population, with BNPO's
+alpha, beta fitted to it in closed form): at G = 8, Beta(0.5, 2): relative
+variance REINFORCE 0.783, RLOO 0.537, GRPO 0.559, BNPO 0.504. That population
+splits correct and wrong answers unevenly, so it is not exactly this one.
 """
 
 from __future__ import annotations
