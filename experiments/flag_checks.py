@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 import jax
 
+from gradlab.train import atomic
+
 
 class FlagError(ValueError):
   """A flag holds a value the experiment cannot run with."""
@@ -119,12 +121,7 @@ def write_json_atomically(path: str, obj: Any) -> None:
   On a multi-process run only process 0 writes."""
   if jax.process_index() != 0:
     return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  atomic.write_json_atomically(path, obj, indent=2, sort_keys=True)
 
 
 def exit_on_flag_error(prog: str, error: Exception) -> None:

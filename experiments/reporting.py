@@ -7,7 +7,6 @@ one; on a pod only process 0 writes.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -15,6 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import matplotlib
+
+from gradlab.train.atomic import atomic_open
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,22 +46,12 @@ def write_table(
     lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
   if jax.process_index() != 0:
     return
-  with _atomic(os.path.join(workdir, f"{name}.md")) as f:
+  with atomic_open(os.path.join(workdir, f"{name}.md")) as f:
     f.write("\n".join(lines) + "\n")
-  with _atomic(os.path.join(workdir, f"{name}.csv"), newline="") as f:
+  with atomic_open(os.path.join(workdir, f"{name}.csv"), newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-
-
-@contextlib.contextmanager
-def _atomic(path: str, mode: str = "w", **kwargs):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, mode, **kwargs) as f:
-    yield f
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def plot_curves(
@@ -91,7 +82,7 @@ def plot_curves(
 def save_figure(fig, path: str) -> None:
   """``fig`` as a PNG at ``path``, atomically, by process 0 only; closes it."""
   if jax.process_index() == 0:
-    with _atomic(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
       fig.savefig(f, format="png")
   plt.close(fig)
 
@@ -104,6 +95,6 @@ def cached_unit(path: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
       return json.load(f), True
   result = compute()
   if jax.process_index() == 0:
-    with _atomic(path) as f:
+    with atomic_open(path) as f:
       json.dump(result, f)
   return result, False

@@ -28,6 +28,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from gradlab.train.atomic import write_json_atomically
+
 
 class _DropOrbaxInfo(py_logging.Filter):
   """Orbax reports every save and close at INFO; keep its warnings only."""
@@ -79,15 +81,6 @@ def digest(directory: str) -> dict[str, Any]:
   return {"sha256": h.hexdigest(), "files": count}
 
 
-def _write_atomically(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Saves ``state`` as checkpoint ``step`` and records its checksum once it is final."""
   manager.save(step, args=ocp.args.StandardSave(state))
@@ -95,7 +88,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   if jax.process_index() != 0:
     return
   os.makedirs(_checksum_dir(manager), exist_ok=True)
-  _write_atomically(_checksum_path(manager, step), digest(_step_dir(manager, step)))
+  write_json_atomically(_checksum_path(manager, step), digest(_step_dir(manager, step)))
   kept = {str(s) for s in manager.all_steps()}
   for name in os.listdir(_checksum_dir(manager)):  # checksums of checkpoints orbax removed
     if name.endswith(".json") and name[: -len(".json")] not in kept:

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from gradlab.train import checkpoint as ckpt_lib
+from gradlab.train.atomic import write_json_atomically
 from gradlab.train.lock import workdir_lock
 from gradlab.train.metrics import MetricsWriter, read_metrics, to_python
 from gradlab.train.state import TrainState
@@ -148,10 +149,7 @@ def _check_cadence(workdir: str, cadence: dict[str, int]) -> None:
           f"{old[k]}, or a new workdir)"
         )
   elif jax.process_index() == 0:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(cadence, f)
-    os.replace(tmp, path)
+    write_json_atomically(path, cadence)
 
 
 def _nonfinite(metrics: Mapping[str, Any], params: Any) -> str | None:
