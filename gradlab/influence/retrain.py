@@ -45,8 +45,18 @@ def train_on_subset(
   optimizer: optax.GradientTransformation,
   steps: int,
   batch_size: int | None = None,
+  segments: int = 1,
 ) -> Any:
-  """Parameters after ``steps`` optimizer steps on the examples with ``mask = 1``."""
+  """Parameters after ``steps`` optimizer steps on the examples with ``mask = 1``.
+
+  With ``segments = K > 1``, the parameters at the end of each of K equal
+  stretches (checkpoints, e.g. for TracIn-CP), stacked ``[K, ...]``; ``steps``
+  must be a multiple of K.
+  """
+  steps = _checks.integer("steps", steps, minimum=1)
+  segments = _checks.integer("segments", segments, minimum=1)
+  if steps % segments:
+    raise ValueError(f"segments: {segments} does not divide steps={steps}")
   n = mask.shape[0]
   mask = mask.astype(jnp.float32)
 
@@ -62,8 +72,14 @@ def train_on_subset(
     updates, state = optimizer.update(g, state, p)
     return (optax.apply_updates(p, updates), state), None
 
-  (p, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(key, steps))
-  return p
+  keys = jax.random.split(key, steps).reshape(segments, steps // segments)
+
+  def segment(carry, ks):
+    carry, _ = jax.lax.scan(step, carry, ks)
+    return carry, carry[0]
+
+  (p, _), stacked = jax.lax.scan(segment, (params, optimizer.init(params)), keys)
+  return p if segments == 1 else stacked
 
 
 def newton_fit(
