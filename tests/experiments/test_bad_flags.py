@@ -9,9 +9,12 @@ import pytest
 from tests.experiments.run_main import assert_flag_error, run_main
 
 MAINS = (
+  "attribution_benchmark",
   "dynamical_stability",
   "gradient_spikes",
   "hessian_spectrum",
+  "less_selection",
+  "mislabel_detection",
   "noise_scale",
   "optimizer_zoo",
   "policy_gradient_variance",
