@@ -17,6 +17,8 @@ Subpackages (import the one you need):
 * ``gradlab.transforms``: optax gradient transformations (SPAM, ZClip, per-layer
   and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG).
 * ``gradlab.policy``: policy-gradient estimators for RL with verifiable rewards.
+* ``gradlab.influence``: data attribution and valuation (influence functions,
+  TracIn, TRAK, LESS, Z0-Inf, Data Shapley) and the retraining that scores them.
 * ``gradlab.sharding``: meshes and batch placement.
 
 Design, conventions and where each estimator lives: ``docs/design.md``.
