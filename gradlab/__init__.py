@@ -19,6 +19,8 @@ Subpackages (import the one you need):
 * ``gradlab.policy``: policy-gradient estimators for RL with verifiable rewards.
 * ``gradlab.influence``: data attribution and valuation (influence functions,
   TracIn, TRAK, LESS, Z0-Inf, Data Shapley) and the retraining that scores them.
+* ``gradlab.losses``: losses studied for themselves (StableMax cross-entropy)
+  and the softmax-collapse instrument.
 * ``gradlab.sharding``: meshes and batch placement.
 
 Design, conventions and where each estimator lives: ``docs/design.md``.

@@ -15,6 +15,8 @@ optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
   ``column_normalize``; ``agvm`` with ``half_batch_grads``.
 * Quantized state: ``adam_8bit`` / ``scale_by_adam_8bit`` and the block-wise
   quantizer.
+* Training dynamics: ``orthogonal_gradient`` (the perpendicular gradient of
+  "Grokking at the Edge of Numerical Stability").
 * Variance reduction: ``storm``, ``mars`` / ``scale_by_mars``, ``svrg``, fed by
   a ``grad_fn`` extra argument (``extra_args_fn=grad_fn_extra_args`` in
   ``gradlab.train.make_train_step``).
@@ -34,6 +36,7 @@ from gradlab.transforms.layerwise import (
   per_layer_clip,
 )
 from gradlab.transforms.nonfinite import all_finite, guarded_chain, skip_nonfinite
+from gradlab.transforms.orthogonal import orthogonal_gradient
 from gradlab.transforms.quantized import (
   QuantizedArray,
   ScaleByAdam8bitState,
@@ -67,6 +70,7 @@ from gradlab.transforms.variance_reduced import (
 )
 
 __all__ = [
+  "orthogonal_gradient",
   "AGVMState",
   "DPAggregateState",
   "LAYOUTS",

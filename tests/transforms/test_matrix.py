@@ -53,6 +53,10 @@ CASES = {
     None,
   ),
   "diffgrad": (lambda: transforms.diffgrad(1e-2), None),
+  "orthogonal_gradient": (
+    lambda: optax.chain(transforms.orthogonal_gradient(), optax.sgd(0.1)),
+    None,
+  ),
   "scale": (lambda: transforms.scale(1e-2, last_layer="dense_1/kernel"), None),
   "agvm": (
     lambda: optax.chain(
