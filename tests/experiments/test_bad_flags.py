@@ -12,6 +12,7 @@ MAINS = (
   "attribution_benchmark",
   "dynamical_stability",
   "gradient_spikes",
+  "grokking",
   "hessian_spectrum",
   "less_selection",
   "mislabel_detection",
