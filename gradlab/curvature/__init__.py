@@ -28,7 +28,7 @@ from gradlab.curvature.lanczos import (
   power_iteration,
   top_eigenvalues,
 )
-from gradlab.curvature.probes import Sampler, sampler_normal, sampler_signs
+from gradlab.curvature.probes import Sampler, rademacher, sampler_normal, sampler_signs
 from gradlab.curvature.products import check_scalar_loss, empirical_fisher_vp, ggn_vp, hvp, make_hvp
 from gradlab.curvature.sharpness import Sharpness, sharpness, sharpness_instrument
 from gradlab.curvature.trace import (
@@ -64,6 +64,7 @@ __all__ = [
   "make_hvp",
   "power_iteration",
   "quadrature",
+  "rademacher",
   "sampler_normal",
   "sampler_signs",
   "sharpness",

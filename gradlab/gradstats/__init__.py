@@ -2,6 +2,7 @@
 alignment, and Cockpit-style instruments for the training loop."""
 
 from gradlab.gradstats.alignment import Alignment, gradient_alignment
+from gradlab.gradstats.coherence import coherence, coherence_instrument, per_layer_coherence
 from gradlab.gradstats.dense_moments import dense_gradient_moments
 from gradlab.gradstats.instruments import gradient_statistics_instrument
 from gradlab.gradstats.noise_scale import (
@@ -26,6 +27,9 @@ from gradlab.gradstats.per_example import (
 )
 
 __all__ = [
+  "coherence",
+  "coherence_instrument",
+  "per_layer_coherence",
   "Alignment",
   "GradientMoments",
   "NoiseScaleEstimate",

@@ -9,7 +9,10 @@ gradients, never N of them, when a projection or a reduction follows.
 Projection (``project``) multiplies by a ``d x k`` random matrix that is never
 held: it is regenerated from ``fold_in(key, block)`` one ``block_size x k``
 block of rows at a time, as TRAK's and LESS's projectors do, so peak memory
-is ``block_size * k``. Entries are Rademacher signs or standard normals
+is ``block_size * k`` (by default at most 2^24 entries: a small model's P is
+one block and one matmul). The same key, k and block size give the same P, so
+train and test rows projected in separate calls share one space. Entries are
+Rademacher signs (from random bits, 32 per word) or standard normals
 scaled by ``1 / sqrt(k)``, so ``E[(P^T x) . (P^T y)] = x . y`` and, by the
 Johnson-Lindenstrauss lemma, inner products of unit vectors are kept within
 ``eps`` with probability ``1 - delta`` once ``k >= 8 log(2 m / delta) / eps^2``
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
+from gradlab.curvature import rademacher
 
 ExampleFn = Callable[[Any, Any], jax.Array]
 PROJECTIONS = ("rademacher", "normal")
@@ -86,14 +90,18 @@ def per_example_gradients(
 def _block(key: jax.Array, i: jax.Array, rows: int, k: int, kind: str, dtype) -> jax.Array:
   sub = jax.random.fold_in(key, i)
   if kind == "rademacher":
-    return jax.random.rademacher(sub, (rows, k), dtype)
+    return rademacher(sub, (rows, k), dtype)
   return jax.random.normal(sub, (rows, k), dtype)
 
 
-def check_projection(dim: int, kind: str, block_size: int) -> None:
+BLOCK_ENTRIES = 2**24  # the default block of P: 64 MiB in float32
+
+
+def check_projection(dim: int, kind: str, block_size: int | None) -> None:
   _checks.integer("dim", dim, minimum=1)
   _checks.one_of("kind", kind, PROJECTIONS)
-  _checks.integer("block_size", block_size, minimum=1)
+  if block_size is not None:
+    _checks.integer("block_size", block_size, minimum=1)
 
 
 def project(
@@ -102,7 +110,7 @@ def project(
   dim: int,
   *,
   kind: str = "rademacher",
-  block_size: int = 1024,
+  block_size: int | None = None,
 ) -> jax.Array:
   """``x @ P / sqrt(dim)`` for a ``d x dim`` random ``P`` regenerated per block of rows.
 
@@ -112,13 +120,19 @@ def project(
       call, so train and test rows projected separately live in one space.
     dim: the projected dimension k.
     kind: ``"rademacher"`` (+-1 entries) or ``"normal"``.
-    block_size: rows of ``P`` generated at once; peak memory ``block_size * dim``.
+    block_size: rows of ``P`` generated at once; peak memory ``block_size * dim``
+      entries. Default: all d rows when ``d * dim <= 2^24`` (one matmul),
+      else ``2^24 // dim`` rows per block.
   """
   check_projection(dim, kind, block_size)
   _checks.is_key("key", key)
   x = jnp.asarray(x)
   d = x.shape[-1]
-  b = min(block_size, d)
+  b = min(d if d * dim <= BLOCK_ENTRIES else max(1, BLOCK_ENTRIES // dim), d)
+  b = b if block_size is None else min(block_size, d)
+  scale = jnp.sqrt(jnp.asarray(dim, x.dtype))
+  if b == d:
+    return (x @ _block(key, jnp.asarray(0), d, dim, kind, x.dtype)) / scale
   nblocks = -(-d // b)
   xp = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nblocks * b - d)])
   xb = jnp.moveaxis(xp.reshape(*x.shape[:-1], nblocks, b), -2, 0)  # [nblocks, ..., b]
@@ -129,7 +143,7 @@ def project(
 
   init = jnp.zeros((*x.shape[:-1], dim), x.dtype)
   out, _ = jax.lax.scan(body, init, (jnp.arange(nblocks), xb))
-  return out / jnp.sqrt(jnp.asarray(dim, x.dtype))
+  return out / scale
 
 
 def gradient_features(
@@ -141,7 +155,7 @@ def gradient_features(
   dim: int | None = None,
   kind: str = "rademacher",
   chunk_size: int | None = None,
-  block_size: int = 1024,
+  block_size: int | None = None,
   transform: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
   """Per-example gradients of ``fn``, optionally transformed and projected, chunk by chunk.

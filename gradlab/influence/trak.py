@@ -65,15 +65,16 @@ def trak(
     raise ValueError("models: expected at least one parameter pytree, got none")
   _checks.is_key("key", key)
   _checks.positive("damping", damping, allow_zero=True)
-  num_examples("train", train)
+  n = num_examples("train", train)
   num_examples("test", test)
+  both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), train, test)
   q_fn = weight_fn or (lambda p, e: 1.0 - jax.nn.sigmoid(output_fn(p, e)))
   taus, qs = [], []
   for m, params in enumerate(models):
     k = jax.random.fold_in(key, m)
     kw = dict(key=k, dim=dim, kind=kind, chunk_size=chunk_size)
-    phi = gradient_features(output_fn, params, train, **kw)
-    phi_test = gradient_features(output_fn, params, test, **kw)
+    feats = gradient_features(output_fn, params, both, **kw)  # one program for both sets
+    phi, phi_test = feats[:n], feats[n:]
     kernel = phi.T @ phi + damping * jnp.eye(dim, dtype=phi.dtype)
     taus.append(phi_test @ jnp.linalg.solve(kernel, phi.T))
     qs.append(map_examples(lambda e, p=params: q_fn(p, e), train, chunk_size))

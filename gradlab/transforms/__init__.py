@@ -17,6 +17,8 @@ optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
   quantizer.
 * Training dynamics: ``orthogonal_gradient`` (the perpendicular gradient of
   "Grokking at the Edge of Numerical Stability").
+* Robust aggregation of per-example gradients: ``winsorized_mean``,
+  ``median_of_means`` (suppressing weak gradient directions).
 * Variance reduction: ``storm``, ``mars`` / ``scale_by_mars``, ``svrg``, fed by
   a ``grad_fn`` extra argument (``extra_args_fn=grad_fn_extra_args`` in
   ``gradlab.train.make_train_step``).
@@ -49,6 +51,7 @@ from gradlab.transforms.quantized import (
   scale_by_adam_8bit,
   state_bytes,
 )
+from gradlab.transforms.robust import median_of_means, winsorize, winsorized_mean
 from gradlab.transforms.scale import LAYOUTS, column_normalize, scale, scale_labels
 from gradlab.transforms.spam import (
   ScaleBySpamState,
@@ -70,6 +73,9 @@ from gradlab.transforms.variance_reduced import (
 )
 
 __all__ = [
+  "median_of_means",
+  "winsorize",
+  "winsorized_mean",
   "orthogonal_gradient",
   "AGVMState",
   "DPAggregateState",
