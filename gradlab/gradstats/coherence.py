@@ -4,8 +4,9 @@ With per-example gradients g_1..g_B,
 
     alpha = |(1/B) sum_i g_i|^2 / ((1/B) sum_i |g_i|^2),
 
-between 1/B (pairwise orthogonal gradients of equal norm: every example pulls
-its own way, as when memorizing random labels) and 1 (identical gradients).
+in [0, 1]: 1 for identical gradients, 1/B for pairwise orthogonal gradients
+of equal norm (every example pulls its own way, as when memorizing random
+labels), 0 for gradients that cancel.
 ``per_layer_coherence`` is the same ratio per leaf. Both read the moments
 that :func:`gradstats.gradient_moments` accumulates chunk by chunk, so the
 per-example gradients are never all held at once.

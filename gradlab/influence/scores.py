@@ -91,14 +91,21 @@ def tracin_cp(
     raise ValueError(
       f"learning_rates: expected one per checkpoint ({len(checkpoints)}), got shape {lrs.shape}"
     )
-  num_examples("train", train)
+  n = num_examples("train", train)
   num_examples("test", test)
   prj = (lambda x: x) if project is None else project
-  total = 0.0
-  for lr, params in zip(lrs, checkpoints):
-    a = prj(per_example_gradients(loss_fn, params, train, chunk_size=chunk_size))
-    b = prj(per_example_gradients(loss_fn, params, test, chunk_size=chunk_size))
-    total = total + lr * (b @ a.T)
+  both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), train, test)
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *checkpoints)
+
+  def one(total, args):
+    # one program for every checkpoint (a scan), and train and test rows together
+    lr, params = args
+    f = prj(per_example_gradients(loss_fn, params, both, chunk_size=chunk_size))
+    return total + lr * (f[n:] @ f[:n].T), None
+
+  t = jax.tree.leaves(test)[0].shape[0]
+  dtype = jax.tree.leaves(checkpoints[0])[0].dtype
+  total, _ = jax.lax.scan(one, jnp.zeros((t, n), dtype), (lrs.astype(dtype), stacked))
   return total
 
 

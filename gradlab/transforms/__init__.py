@@ -5,7 +5,8 @@ Every transform here is an ``optax.GradientTransformation`` (or
 all: a step whose incoming gradient holds a NaN or Inf is skipped (zero
 update, state untouched); see ``gradlab.transforms.nonfinite``. Every
 optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
-``static_args=("block_size", "min_8bit_size")``), ``optax.MultiSteps``,
+``static_args=("block_size", "min_8bit_size")``, ``mfac`` with
+``static_args=("num_grads",)``), ``optax.MultiSteps``,
 ``optax.apply_if_finite`` and inside ``optax.chain``.
 
 * Spikes: ``spam`` / ``scale_by_spam`` (SPAM), ``spike_clip`` (ZClip).
@@ -15,6 +16,8 @@ optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
   ``column_normalize``; ``agvm`` with ``half_batch_grads``.
 * Quantized state: ``adam_8bit`` / ``scale_by_adam_8bit`` and the block-wise
   quantizer.
+* Second order: ``mfac`` / ``scale_by_mfac`` (M-FAC's sliding-window inverse
+  empirical Fisher), ``inverse_fisher_product``.
 * Training dynamics: ``orthogonal_gradient`` (the perpendicular gradient of
   "Grokking at the Edge of Numerical Stability").
 * Robust aggregation of per-example gradients: ``winsorized_mean``,
@@ -29,6 +32,12 @@ from gradlab.transforms.diffgrad import (
   ScaleByDiffGradState,
   diffgrad,
   scale_by_diffgrad,
+)
+from gradlab.transforms.inverse_fisher import (
+  ScaleByMFACState,
+  inverse_fisher_product,
+  mfac,
+  scale_by_mfac,
 )
 from gradlab.transforms.layerwise import (
   DPAggregateState,
@@ -73,6 +82,10 @@ from gradlab.transforms.variance_reduced import (
 )
 
 __all__ = [
+  "ScaleByMFACState",
+  "inverse_fisher_product",
+  "mfac",
+  "scale_by_mfac",
   "median_of_means",
   "winsorize",
   "winsorized_mean",

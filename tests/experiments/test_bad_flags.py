@@ -10,6 +10,7 @@ from tests.experiments.run_main import assert_flag_error, run_main
 
 MAINS = (
   "attribution_benchmark",
+  "coherence",
   "dynamical_stability",
   "gradient_spikes",
   "grokking",

@@ -4,6 +4,7 @@ enumerated games, NumPy replays of the official formulas."""
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -245,7 +246,7 @@ def test_projection_keeps_inner_products_within_the_jl_bound_and_never_holds_d_b
     for eq in jx.eqns:
       for v in eq.outvars:
         yield int(np.prod(v.aval.shape))
-      for sub in jax.core.jaxprs_in_params(eq.params):
+      for sub in jax.extend.core.jaxprs_in_params(eq.params):
         yield from sizes(sub)
 
   assert max(sizes(jaxpr.jaxpr)) <= max(128 * k, 4 * d + 4 * 128)

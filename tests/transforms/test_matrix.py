@@ -67,6 +67,7 @@ CASES = {
   "adam_8bit": (lambda: transforms.adam_8bit(1e-2, min_8bit_size=0), None),
   "storm": (lambda: transforms.storm(k=0.1, w=0.1, c=10.0), transforms.grad_fn_extra_args),
   "mars": (lambda: transforms.mars(1e-2), None),
+  "mfac": (lambda: transforms.mfac(1e-2, num_grads=4, damping=1e-2), None),
   "mars_exact": (lambda: transforms.mars(1e-2, exact=True), transforms.grad_fn_extra_args),
   "svrg": (
     lambda: optax.chain(transforms.svrg(2), optax.sgd(0.1)),
@@ -240,6 +241,12 @@ ALIASES = {
     False,
   ),
   "mars": (transforms.mars, dict(learning_rate=1e-2, weight_decay=1e-3), (), False),
+  "mfac": (
+    transforms.mfac,
+    dict(learning_rate=1e-2, num_grads=4, damping=1e-2, momentum=0.5),
+    ("num_grads",),
+    False,
+  ),
   "mars_exact": (transforms.mars, dict(learning_rate=1e-2, exact=True), (), True),
   "scale": (transforms.scale, dict(learning_rate=1e-2, last_layer="b"), (), False),
   "storm": (transforms.storm, dict(k=0.1, w=0.1, c=10.0), (), True),
