@@ -1,5 +1,6 @@
 """Gradient statistics: per-example gradients, variance, GSNR, noise scale,
-alignment, and Cockpit-style instruments for the training loop."""
+alignment, coherence, Cockpit-style instruments for the training loop, and
+sliced Wasserstein estimators (with control variates) and their gradients."""
 
 from gradlab.gradstats.alignment import Alignment, gradient_alignment
 from gradlab.gradstats.coherence import coherence, coherence_instrument, per_layer_coherence
@@ -25,8 +26,16 @@ from gradlab.gradstats.per_example import (
   trace_covariance,
   variance,
 )
+from gradlab.gradstats.sliced_wasserstein import (
+  random_directions,
+  sliced_wasserstein,
+  sliced_wasserstein_power,
+)
 
 __all__ = [
+  "random_directions",
+  "sliced_wasserstein",
+  "sliced_wasserstein_power",
   "coherence",
   "coherence_instrument",
   "per_layer_coherence",

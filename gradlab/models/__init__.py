@@ -8,7 +8,14 @@
 from gradlab.models.categorical_vae import CategoricalVAE, negative_elbo
 from gradlab.models.mlp import MLP
 from gradlab.models.transformer import TinyTransformer
-from gradlab.models.wta_crs import RowPlan, plan_rows, row_probabilities, winners, wta_crs_dense
+from gradlab.models.wta_crs import (
+  RowPlan,
+  plan_rows,
+  row_probabilities,
+  sampled_dense_layers,
+  winners,
+  wta_crs_dense,
+)
 
 __all__ = [
   "CategoricalVAE",
@@ -18,6 +25,7 @@ __all__ = [
   "negative_elbo",
   "plan_rows",
   "row_probabilities",
+  "sampled_dense_layers",
   "winners",
   "wta_crs_dense",
 ]

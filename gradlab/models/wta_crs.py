@@ -22,13 +22,17 @@ over c, and c = 0 (plain CRS) when ``1 / k`` is below that minimum.
 ``wta_crs_dense`` is a Dense layer whose forward pass is exact and whose
 ``custom_vjp`` stores only the k kept rows (times their weights): the input
 gradient ``dy W^T`` and the bias gradient are exact, the kernel gradient is
-the estimate above.
+the estimate above. ``sampled_dense_layers`` routes every flax ``nn.Dense``
+of a model through it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -140,3 +144,31 @@ def _bwd(res, dy):
 
 
 _sampled_dense.defvjp(_fwd, _bwd)
+
+
+@contextlib.contextmanager
+def sampled_dense_layers(key: jax.Array, *, keep_fraction: float, wta: bool = True):
+  """Inside this context every flax ``nn.Dense`` call made by ``Module.apply`` runs
+  through :func:`wta_crs_dense` (exact forward, sampled kernel gradient), each
+  call with its own ``fold_in(key, i)``; initialization is untouched::
+
+    with models.sampled_dense_layers(key, keep_fraction=0.3):
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+  """
+  _checks.is_key("key", key)
+  keep_count(2, keep_fraction)  # validates the fraction
+  counter = itertools.count()
+
+  def interceptor(next_fun, args, kwargs, context):
+    mod = context.module
+    if not isinstance(mod, nn.Dense) or context.method_name != "__call__" or mod.is_initializing():
+      return next_fun(*args, **kwargs)
+    kernel = mod.get_variable("params", "kernel")
+    bias = mod.get_variable("params", "bias")
+    if bias is None:
+      bias = jnp.zeros(kernel.shape[-1], kernel.dtype)
+    k = jax.random.fold_in(key, next(counter))
+    return wta_crs_dense(args[0], kernel, bias, k, keep_fraction=keep_fraction, wta=wta)
+
+  with nn.intercept_methods(interceptor):
+    yield

@@ -24,6 +24,7 @@ MAINS = (
   "reinmax_vae",
   "rlvr_toy",
   "train_classifier",
+  "wta_crs",
   "zeroth_order",
 )
 
