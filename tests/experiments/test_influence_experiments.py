@@ -14,7 +14,7 @@ def _rows(path):
 def test_attribution_benchmark_small_setting_scores_every_method(tmp_path):
   proc = run_main(
     "attribution_benchmark", f"--workdir={tmp_path}", "--dataset=digits", "--num_train=160",
-    "--num_test=16", "--epochs=4", "--num_subsets=8", "--seeds=2", "--loo_examples=8",
+    "--num_test=16", "--epochs=2", "--num_subsets=8", "--seeds=2", "--loo_examples=8",
     "--arnoldi_rank=20", "--proj_dim=32", "--trak_models=2", "--lissa_depth=20",
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,7 +32,7 @@ def test_attribution_benchmark_small_setting_scores_every_method(tmp_path):
 
 def test_mislabel_detection_small_setting_beats_random(tmp_path):
   proc = run_main(
-    "mislabel_detection", f"--workdir={tmp_path}", "--num_train=200", "--epochs=8",
+    "mislabel_detection", f"--workdir={tmp_path}", "--num_train=160", "--epochs=5",
     "--batch_size=40", "--checkpoints=4", "--permutations=2",
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -58,28 +58,27 @@ def test_polynomial_st_stalls_where_reinmax_reaches_the_optimum(tmp_path):
   }
 
 
-def test_vae_small_setting_reports_every_estimator(tmp_path):
+def test_vae_small_setting_reports_the_estimators_it_ran(tmp_path):
+  # Two of the four estimators (each is one more compiled step; all four run by
+  # default and every estimator is checked against the exact gradient in
+  # tests/discrete); 1 epoch, batches of 200: 20 steps.
   proc = run_main(
     "reinmax_vae",
     f"--workdir={tmp_path}",
     "--configs=8x4",
+    "--estimators=straight_through_gumbel,reinmax",
     "--num_epochs=1",
-    "--batch_size=80",
+    "--batch_size=200",
     "--eval_samples=1",
     "--log_every=1",  # every step logged: one compiled step, no lean twin
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = _rows(tmp_path)
-  assert [r["estimator"] for r in rows] == [
-    "straight_through",
-    "straight_through_gumbel",
-    "gumbel_rao",
-    "reinmax",
-  ]
+  assert [r["estimator"] for r in rows] == ["straight_through_gumbel", "reinmax"]
   for r in rows:
     # 784 Bernoulli pixels: a 1-epoch model sits between a good fit and chance (543 nats)
     assert 50 < float(r["test -ELBO"]) < 543.5 and 50 < float(r["train -ELBO"]) < 543.5
-  assert sorted(int(r["rank (test)"]) for r in rows) == [1, 2, 3, 4]
+  assert sorted(int(r["rank (test)"]) for r in rows) == [1, 2]
   assert (tmp_path / "train_curves_8x4.png").stat().st_size > 0
   assert "Paper numbers" in (tmp_path / "results.md").read_text()
 
