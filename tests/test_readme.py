@@ -20,7 +20,7 @@ def test_readme_python_blocks_run(tmp_path):
       ),
       namespace,
     )
-  assert namespace["last"]["step"] == 800  # the second block resumed the first's run
+  assert namespace["last"]["step"] == 400  # the second block resumed the first's run
   assert namespace["last"]["curvature/lambda_max"] > 0
   assert (tmp_path / "run" / "metrics.jsonl").exists()
   assert namespace["nnx_last"]["step"] == 100  # the Flax NNX block

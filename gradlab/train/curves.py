@@ -58,14 +58,19 @@ def train_curves(
     spike_steps: steps at which the gradient is multiplied by ``spike_scale``
       before the optimizer sees it (the same steps for every optimizer).
   """
+  spikes = jnp.zeros(num_steps, bool)
   if spike_steps:
-    spikes = jnp.zeros(num_steps, bool).at[jnp.asarray(list(spike_steps), jnp.int32)].set(True)
-    optimizer = optax.chain(_scale_at_steps(spikes, spike_scale), optimizer)
-  update = make_update(task.loss_fn, optimizer, extra_args_fn=extra_args_fn, norm_metrics=False)
+    spikes = spikes.at[jnp.asarray(list(spike_steps), jnp.int32)].set(True)
 
-  def one_run(key):
+  def one_run(key, spikes, scale):
+    # The spike schedule and scale are arguments, not constants: spiked and clean
+    # runs of one task and optimizer are one program, compiled once (with JAX's
+    # persistent compilation cache on, the second call reuses it). A step
+    # without a spike passes the gradient through bit for bit.
+    tx = optax.chain(_scale_at_steps(spikes, scale), optimizer)
+    update = make_update(task.loss_fn, tx, extra_args_fn=extra_args_fn, norm_metrics=False)
     init_key, data_key = jax.random.split(key)
-    state = TrainState.create(task.init(init_key), optimizer, init_key)
+    state = TrainState.create(task.init(init_key), tx, init_key)
 
     def step(state, t):
       key = jax.random.fold_in(data_key, t)
@@ -76,4 +81,5 @@ def train_curves(
     return losses
 
   keys = jax.random.split(jax.random.key(0), seeds)
-  return jax.jit(jax.vmap(one_run))(keys)
+  scale = jnp.asarray(spike_scale, jnp.float32)
+  return jax.jit(jax.vmap(one_run, in_axes=(0, None, None)))(keys, spikes, scale)
