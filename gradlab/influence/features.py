@@ -72,7 +72,7 @@ def map_examples(f: Callable[[Any], Any], examples: Any, chunk_size: int | None)
   return map_chunks(jax.vmap(f), examples, chunk_size)
 
 
-def flat_grad_fn(fn: ExampleFn, params: Any) -> Callable[[Any, Any], jax.Array]:
+def flat_grad_fn(fn: ExampleFn) -> Callable[[Any, Any], jax.Array]:
   """``(params, example) -> ravel(grad fn)``: one example's gradient as a flat vector."""
   g = jax.grad(fn)
   return lambda p, example: ravel_pytree(g(p, example))[0]
@@ -83,7 +83,7 @@ def per_example_gradients(
 ) -> jax.Array:
   """``[N, d]``: row i is the gradient of ``fn(params, example_i)``, flattened like
   ``jax.flatten_util.ravel_pytree(params)``."""
-  g = flat_grad_fn(fn, params)
+  g = flat_grad_fn(fn)
   return map_examples(lambda e: g(params, e), examples, chunk_size)
 
 
@@ -172,7 +172,7 @@ def gradient_features(
     if key is None:
       raise ValueError("key: expected a typed key from jax.random.key when dim is given, got None")
     _checks.is_key("key", key)
-  g = flat_grad_fn(fn, params)
+  g = flat_grad_fn(fn)
   tf = (lambda v: v) if transform is None else transform
 
   rows = jax.vmap(lambda example: tf(g(params, example)))

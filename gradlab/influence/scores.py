@@ -29,9 +29,9 @@ import jax.numpy as jnp
 from gradlab import _checks
 from gradlab.influence.features import (
   normalize_rows,
-  num_examples,
   per_example_gradients,
 )
+from gradlab.influence.functions import check_sets
 
 ExampleFn = Callable[[Any, Any], jax.Array]
 
@@ -91,8 +91,7 @@ def tracin_cp(
     raise ValueError(
       f"learning_rates: expected one per checkpoint ({len(checkpoints)}), got shape {lrs.shape}"
     )
-  n = num_examples("train", train)
-  num_examples("test", test)
+  n, _ = check_sets(train, test)  # one structure: train and test rows share one program
   prj = (lambda x: x) if project is None else project
   both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), train, test)
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *checkpoints)

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import _checks
-from gradlab.influence.features import gradient_features, map_examples, num_examples
+from gradlab.influence.features import gradient_features, map_examples
+from gradlab.influence.functions import check_sets
 
 OutputFn = Callable[[Any, Any], jax.Array]
 
@@ -65,8 +66,7 @@ def trak(
     raise ValueError("models: expected at least one parameter pytree, got none")
   _checks.is_key("key", key)
   _checks.positive("damping", damping, allow_zero=True)
-  n = num_examples("train", train)
-  num_examples("test", test)
+  n, _ = check_sets(train, test)  # one structure: train and test rows share one program
   both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), train, test)
   q_fn = weight_fn or (lambda p, e: 1.0 - jax.nn.sigmoid(output_fn(p, e)))
   taus, qs = [], []
