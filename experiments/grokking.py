@@ -17,7 +17,9 @@ p^2 pairs, **no weight decay**. Four runs per task:
   (``gradlab.transforms.orthogonal_gradient`` chained before Adam).
 
 Logged every ``--log_every`` steps: train and test accuracy, the collapse
-fraction (``gradlab.losses.softmax_collapse_fraction`` on the training set),
+fraction (``gradlab.losses.softmax_collapse_fraction`` of the float32 softmax
+of the logits on the training set, in every run: for the StableMax run it
+shows how large the logits grew, since its own loss never takes a softmax),
 and the weight norm; figures ``curves_{task}.png`` plot them against steps.
 results.md gives each run's final test accuracy and the first step at 90%
 test accuracy, beside the paper's statements.
@@ -195,7 +197,10 @@ def run(config: Config, workdir: str):
   notes = (
     f"(a op b) mod {config.modulus}, {config.train_fraction:.0%} of the pairs trained on, "
     f"MLP {2 * config.modulus}-{config.hidden}-{config.hidden}-{config.modulus}, full-batch "
-    f"Adam lr {config.learning_rate}, no weight decay, {config.steps} steps.\n\nPaper: {PAPER}"
+    f"Adam lr {config.learning_rate}, no weight decay, {config.steps} steps. The collapse "
+    "fraction is that of the float32 softmax of each run's logits on the training set; for "
+    "the StableMax run it measures how far its logits grew, not a vanished gradient (its "
+    f"loss does not use softmax).\n\nPaper: {PAPER}"
   )
   reporting.write_table(workdir, rows, title="Grokking and softmax collapse", notes=notes)
   return rows
