@@ -72,7 +72,11 @@ def plan_rows(probs: jax.Array, k: int, key: jax.Array, *, wta: bool = True) -> 
   p_c = jnp.sum(jnp.where(chosen, probs, 0.0))
   residual = jnp.where(chosen, 0.0, probs)
   s = jnp.maximum(k - c, 1)
-  draws = jax.random.categorical(key, jnp.log(residual), shape=(k,))
+  # inverse-CDF draws: O(n + k log n) memory and time (a Gumbel-max categorical
+  # would build a [k, n] array, more than the rows it saves)
+  cdf = jnp.cumsum(residual)
+  u = jax.random.uniform(key, (k,), probs.dtype) * cdf[-1]
+  draws = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n - 1)
   stoc_w = (1 - p_c) / (s * probs[draws])
   deter = slot < c
   indices = jnp.where(deter, order, draws).astype(jnp.int32)
