@@ -41,12 +41,12 @@ PAPER = (
 class Config:
   """The flags of ``coherence`` (``--name=value``); defaults are the main's."""
 
-  steps: int = runner.option(3000, "SGD steps per run.")
+  steps: int = runner.option(1000, "SGD steps per run.")
   batch_size: int = runner.option(128, "Per-example gradients per step.")
   learning_rate: float = runner.option(0.1, "SGD learning rate.")
-  hidden: int = runner.option(256, "Hidden width.")
+  hidden: int = runner.option(128, "Hidden width.")
   winsor_c: int = runner.option(6, "Winsorizing rank c (c = 1 is the plain mean).")
-  log_every: int = runner.option(100, "Steps between logged points.")
+  log_every: int = runner.option(50, "Steps between logged points.")
   num_train: int = runner.option(1000, "Training digits used.")
   seed: int = runner.option(0, "Seed.")
 
