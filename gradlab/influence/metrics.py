@@ -22,13 +22,12 @@ import jax.numpy as jnp
 def rank(x: jax.Array) -> jax.Array:
   """Ranks 0..n-1 of a vector, ties given their average rank (scipy's ``rankdata`` - 1)."""
   x = jnp.asarray(x)
-  n = x.shape[0]
   dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-  order = jnp.argsort(x)
-  ranks = jnp.empty(n, dtype).at[order].set(jnp.arange(n, dtype=dtype))
-  # average ties: mean rank among equal values
-  eq = x[:, None] == x[None, :]
-  return jnp.sum(jnp.where(eq, ranks[None, :], 0.0), axis=1) / jnp.sum(eq, axis=1)
+  s = jnp.sort(x)
+  # equal values occupy ranks left..right-1; each gets their mean (O(n log n))
+  left = jnp.searchsorted(s, x, side="left")
+  right = jnp.searchsorted(s, x, side="right")
+  return ((left + right - 1) / 2).astype(dtype)
 
 
 def pearson(x: jax.Array, y: jax.Array) -> jax.Array:
