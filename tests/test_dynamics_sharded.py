@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradlab import gradstats, losses, models, sharding
+from gradlab import gradstats, losses, models, sharding, transforms
 
 
-def test_losses_coherence_sliced_wasserstein_and_wta_crs_on_eight_devices():
+def test_losses_coherence_robust_aggregation_sliced_wasserstein_and_wta_crs_on_eight_devices():
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   batch = {
@@ -26,11 +26,16 @@ def test_losses_coherence_sliced_wasserstein_and_wta_crs_on_eight_devices():
       model.apply(p, bb["x"]), bb["y"]
     ).mean()
     m = gradstats.gradient_moments(loss, params, b, chunk_size=8)
+    per_example = gradstats.per_example_grads(loss, params, b)
+    wins = transforms.winsorized_mean(3).update(per_example, optax.EmptyState())[0]
+    mom = transforms.median_of_means(8).update(per_example, optax.EmptyState())[0]
     y = 0.5 + b["x"] * 1.5
     return {
       "stablemax": losses.stablemax_cross_entropy(logits, b["y"]),
       "collapse": losses.softmax_collapse_fraction(logits * 100, b["y"]),
       "coherence": gradstats.coherence(m),
+      "winsorized": jax.tree.leaves(wins)[0],
+      "median_of_means": jax.tree.leaves(mom)[0],
       "sw": gradstats.sliced_wasserstein_power(
         b["x"], y, jax.random.key(1), num_projections=8, control_variate="upper"
       ),
