@@ -8,6 +8,9 @@ token arrays (log-probabilities, masks) are ``[batch, group, time]``.
 * ``objectives``: the token-level (IS-corrected) surrogate, PPO clip with
   clip-higher and dual clip, GPPO, truncated IS weights, explicit aggregation.
 * ``allocation``: GVM-RAFT budgets, Reinforce-Ada successive elimination.
+* ``selection``: variance-aware prompt selection, MMR1's VAS and VADE.
+* ``mixture``: BVPO's MSE-optimal mixture of two gradient estimators.
+* ``contrastive``: CoPG, the off-policy KL-regularized contrastive gradient.
 * ``exact``: tabular sequence policies with exact objectives and gradients.
 
 The tasks these are studied on (the digit-sum task, the bandit population)
@@ -38,6 +41,12 @@ from gradlab.policy.allocation import (
   reinforce_ada_select,
   round_preserving_sum,
 )
+from gradlab.policy.contrastive import (
+  copg_advantages,
+  copg_loss,
+  regularized_optimum,
+  regularized_rewards,
+)
 from gradlab.policy.exact import (
   all_sequences,
   exact_objective,
@@ -48,6 +57,7 @@ from gradlab.policy.exact import (
   sample_sequences,
   tabular_token_logp,
 )
+from gradlab.policy.mixture import estimate_mixture_weight, mix, mixture_mse, mixture_weight
 from gradlab.policy.objectives import (
   AGGREGATIONS,
   aggregate,
@@ -56,16 +66,31 @@ from gradlab.policy.objectives import (
   ppo_clip_loss,
   truncated_is_weights,
 )
+from gradlab.policy.selection import (
+  VADEState,
+  distinct_n,
+  outcome_variance,
+  vade_init,
+  vade_select,
+  vade_update,
+  vas_sample,
+  vas_scores,
+)
 
 __all__ = [
   "AGGREGATIONS",
   "BNPOParams",
   "SPOTracker",
+  "VADEState",
   "aggregate",
   "all_sequences",
   "bnpo_advantages",
   "bnpo_beta_params",
+  "copg_advantages",
+  "copg_loss",
+  "distinct_n",
   "dr_grpo_advantages",
+  "estimate_mixture_weight",
   "exact_objective",
   "expected_group_estimate",
   "gppo_loss",
@@ -74,10 +99,16 @@ __all__ = [
   "grpo_h",
   "gvm_allocation",
   "init_tabular",
+  "mix",
+  "mixture_mse",
+  "mixture_weight",
   "nsr_advantages",
+  "outcome_variance",
   "policy_gradient_loss",
   "ppo_clip_loss",
   "psr_advantages",
+  "regularized_optimum",
+  "regularized_rewards",
   "reinforce_ada_done",
   "reinforce_ada_sample",
   "reinforce_ada_select",
@@ -91,5 +122,10 @@ __all__ = [
   "spo_update",
   "tabular_token_logp",
   "truncated_is_weights",
+  "vade_init",
+  "vade_select",
+  "vade_update",
+  "vas_sample",
+  "vas_scores",
   "weighted_reinforce_advantages",
 ]

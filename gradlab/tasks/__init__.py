@@ -6,10 +6,12 @@
 * ``synthetic``: generated data (``gaussian_blobs``, ``fibonacci_sequences``).
 * ``digit_sum``: the verifiable digit-sum task with exact pass@k.
 * ``bandit``: a population of tabular prompts with the exact policy gradient.
+* ``inventory``: a base-stock inventory simulator with its closed-form optimum,
+  for pathwise (HDPO) against score-function gradients.
 * ``mlp_problem``: the MNIST-shaped MLP the benchmarks share.
 """
 
-from gradlab.tasks import bandit, digit_sum
+from gradlab.tasks import bandit, digit_sum, inventory
 from gradlab.tasks.mlp_problem import MLPProblem, mlp_problem
 from gradlab.tasks.synthetic import fibonacci_sequences, gaussian_blobs
 from gradlab.tasks.toy import TASKS, Task, make_task
@@ -22,6 +24,7 @@ __all__ = [
   "digit_sum",
   "fibonacci_sequences",
   "gaussian_blobs",
+  "inventory",
   "make_task",
   "mlp_problem",
 ]

@@ -9,6 +9,7 @@ exact gradient of ``J = mean_x p_x`` is known in closed form.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -51,17 +52,25 @@ def exact_gradient(pop: Population) -> jax.Array:
 
 
 def sample_estimates(
-  pop: Population, adv_fn: Callable, group: int, key: jax.Array, num_batches: int
+  pop: Population,
+  adv_fn: Callable,
+  group: int,
+  key: jax.Array,
+  num_batches: int,
+  *,
+  with_logp: bool = False,
 ) -> jax.Array:
   """``[num_batches, P * outcomes]`` estimates ``(1/G) sum_i A_{x,i}(e_y - pi_x)`` per prompt,
-  averaged over prompts (the gradient of the mean success rate)."""
+  averaged over prompts (the gradient of the mean success rate). ``with_logp``:
+  ``adv_fn(rewards, logp)`` also gets the responses' log-probabilities ``[P, G]``
+  (for CoPG's regularized reward). The same ``key`` gives every estimator the same draws."""
   probs = jax.nn.softmax(pop.logits)
   num_prompts, outcomes = pop.logits.shape
 
   def one(k):
     y = jax.random.categorical(k, pop.logits, shape=(group, num_prompts)).T  # [P, G]
     r = (y < pop.correct).astype(jnp.float32)
-    adv = adv_fn(r)
+    adv = adv_fn(r, jnp.take_along_axis(jnp.log(probs), y, 1)) if with_logp else adv_fn(r)
     score = jax.nn.one_hot(y, outcomes) - probs[:, None]
     return (jnp.einsum("pg,pgk->pk", adv, score) / (group * num_prompts)).ravel()
 
@@ -112,3 +121,42 @@ def raft_target(pop: Population) -> jax.Array:
     return jnp.mean(jnp.log(jnp.sum(jax.nn.softmax(logits)[:, : pop.correct], -1)))
 
   return jax.grad(j)(pop.logits).ravel()
+
+
+def _count_vectors(group: int, outcomes: int) -> np.ndarray:
+  """Every ``[outcomes]`` vector of non-negative counts summing to ``group``."""
+  out = []
+  for cut in itertools.combinations(range(group + outcomes - 1), outcomes - 1):
+    edges = (-1, *cut, group + outcomes - 1)
+    out.append([edges[i + 1] - edges[i] - 1 for i in range(outcomes)])
+  return np.asarray(out, np.int64)
+
+
+def exact_moments(pop: Population, adv_fn: Callable, group: int) -> tuple[jax.Array, jax.Array]:
+  r"""The exact mean ``[P * outcomes]`` and ``tr Cov`` of :func:`sample_estimates`' estimator.
+
+  For estimators computed prompt by prompt from the group's rewards (every
+  ``adv_fn`` here but the batch-baselined REINFORCE, and BNPO only with its
+  ``params`` fixed): a group's estimate depends only on its multinomial count
+  vector, so the moments are sums over the ``C(G + K - 1, K - 1)`` count vectors
+  with their multinomial probabilities, no Monte Carlo error.
+  """
+  num_prompts, outcomes = pop.logits.shape
+  counts = _count_vectors(group, outcomes)  # [M, K]
+  ys = jnp.asarray(np.stack([np.repeat(np.arange(outcomes), c) for c in counts]))  # [M, G]
+  log_coef = jax.scipy.special.gammaln(group + 1.0) - jnp.sum(
+    jax.scipy.special.gammaln(jnp.asarray(counts, jnp.float32) + 1), 1
+  )
+  probs = jax.nn.softmax(pop.logits)
+  r = (ys < pop.correct).astype(jnp.float32)
+  adv = adv_fn(r)  # [M, G]: one group per row
+  onehot = jax.nn.one_hot(ys, outcomes)  # [M, G, K]
+
+  def one(pi):
+    w = jnp.exp(log_coef + jnp.asarray(counts, jnp.float32) @ jnp.log(pi))
+    g = jnp.einsum("mg,mgk->mk", adv, onehot - pi) / (group * num_prompts)
+    mean = w @ g
+    return mean, w @ jnp.sum(g**2, 1) - jnp.sum(mean**2)
+
+  means, variances = jax.vmap(one)(probs)
+  return means.ravel(), jnp.sum(variances)
