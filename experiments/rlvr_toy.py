@@ -1,28 +1,46 @@
-r"""RLVR on a toy verifiable task: PSR, NSR, W-REINFORCE and GRPO, with exact pass@k.
+r"""RLVR on a toy verifiable task: PSR, NSR, W-REINFORCE, GRPO, RLOO, CoPG and VADE, with exact pass@k.
 
   python -m experiments.rlvr_toy --workdir=/tmp/gradlab/rlvr
 
 The comparison of "The Surprising Effectiveness of Negative Reinforcement in
-LLM Reasoning" (Zhu et al. 2025) on a task where pass@k is exact: a tiny
-flax transformer answers "three digits summing to t" (t = 0..27, the
-digit-sum task of ``gradlab.policy.digit_sum``). The base model is first
-fine-tuned (SFT) on a *subset* of the correct answers (non-decreasing digits)
-mixed with ``--sft_noise`` random answers, so it starts with a low pass@1 and
-limited coverage. Then each method trains from that base with ``G`` responses
-per prompt (every prompt every step), on-policy, Adam; pass@k for k = 1..64
-is computed exactly (all 1000 responses per prompt) every ``--eval_every``
-steps. Writes ``results.md/.csv`` (final pass@k per method), ``pass_at_k.png``
-(pass@k against k, base and final), ``pass1.png`` (pass@1 over training) and
+LLM Reasoning" (Zhu et al. 2025) on a task where pass@k is exact: a tiny flax
+transformer answers "three digits summing to t, none equal to f"
+(``gradlab.tasks.digit_sum``: 286 prompts, every one with at least one correct
+answer), split into training prompts and ``--held_out`` prompts never trained
+on. The base model is fine-tuned (SFT) on a *subset* of the correct answers
+(non-decreasing digits) of the training prompts mixed with ``--sft_noise``
+random answers, so it starts with a low pass@1 and limited coverage. Then
+each method trains from that base in the paper's regime as far as a tiny
+model allows: ``--prompts_per_step`` prompts x ``--group`` responses per
+step, the clipped token-mean loss (PPO clip ``--clip_eps``,
+``--updates_per_batch`` Adam steps on each batch of rollouts, so the clip
+acts), for every learning rate of ``--learning_rates`` and ``--seeds`` seeds,
+all vmapped in one program per method. pass@k for k = 1..256 is exact (all
+1000 responses of every prompt) every ``--eval_every`` steps, on both splits.
+
+Methods: the advantages of ``gradlab.policy`` (``psr``, ``nsr``,
+``w_reinforce`` with lambda = 0.1, ``grpo``, ``rloo``), ``copg`` (CoPG's
+regularized-reward advantages with the base model as the reference,
+``--copg_beta``) and ``grpo_vade`` (GRPO on prompts chosen by VADE's
+Thompson sampler instead of uniformly).
+
+The learning rate of each method is chosen on the *training* prompts (mean
+pass@k over k) and the table reports the *held-out* prompts at that rate,
+mean +- sd over seeds. Writes ``results.md/.csv`` (that table and a verdict on
+the paper's claim, with the differences' standard errors), ``sweep.csv``
+(every method, rate and seed), ``pass_at_k.png``, ``pass1.png`` and
 ``runs/<method>.json`` per finished method (a restart skips those).
 
-The paper's finding to compare with: PSR raises pass@1 but lowers pass@k at
-large k; NSR keeps or raises pass@k across k; W-REINFORCE (lambda = 0.1) is
-best or near-best across k.
+The paper's finding to compare with (Qwen2.5-Math-7B, MATH): PSR raises
+pass@1 but lowers pass@k at large k; NSR keeps or raises pass@k across k;
+W-REINFORCE (lambda = 0.1) is best or near-best across k.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import os
 
 import jax
@@ -34,16 +52,16 @@ from experiments import flag_checks, reporting, runner
 from gradlab import models, policy, train
 from gradlab.tasks import digit_sum as ds
 
-METHODS = {
+ADVANTAGES = {
   "psr": policy.psr_advantages,
   "nsr": policy.nsr_advantages,
   "w_reinforce": policy.weighted_reinforce_advantages,
   "grpo": policy.grpo_advantages,
   "rloo": policy.rloo_advantages,
+  "grpo_vade": policy.grpo_advantages,
 }
-KS = (1, 2, 4, 8, 16, 32, 64)
-
-
+METHODS = (*ADVANTAGES, "copg")
+KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PROG = "rlvr_toy"
 
 
@@ -51,47 +69,55 @@ PROG = "rlvr_toy"
 class Config:
   """The flags of ``rlvr_toy`` (``--name=value``); defaults are the main's."""
 
-  methods: list[str] = runner.option(["psr", "nsr", "w_reinforce", "grpo"], "Methods to run.")
+  methods: list[str] = runner.option(list(METHODS), "Methods to run.")
+  learning_rates: list[str] = runner.option(["3e-4", "1e-3", "3e-3"], "Adam rates swept.")
+  seeds: int = runner.option(3, "RL seeds per method and rate (vmapped).")
   group: int = runner.option(8, "Responses per prompt (G).")
-  rl_steps: int = runner.option(100, "RL steps per method.")
-  sft_steps: int = runner.option(40, "SFT steps for the base model.")
+  prompts_per_step: int = runner.option(32, "Training prompts per step.")
+  rl_steps: int = runner.option(200, "RL steps per method.")
+  updates_per_batch: int = runner.option(2, "Clipped Adam steps on each batch of rollouts.")
+  clip_eps: float = runner.option(0.2, "PPO clip epsilon.")
+  copg_beta: float = runner.option(0.05, "CoPG's KL weight to the base model.")
+  held_out: float = runner.option(0.25, "Fraction of prompts held out of SFT and RL.")
+  sft_steps: int = runner.option(300, "SFT steps for the base model.")
   sft_noise: float = runner.option(0.5, "Fraction of random answers in the SFT data.")
-  learning_rate: float = runner.option(1e-3, "RL learning rate (Adam).")
-  eval_every: int = runner.option(25, "Steps between exact pass@k evaluations.")
-  seed: int = runner.option(0, "Seed.")
+  eval_every: int = runner.option(50, "Steps between exact pass@k evaluations.")
+  eval_prompts: int = runner.option(0, "Prompts of each split evaluated exactly (0: all).")
+  seed: int = runner.option(0, "Seed of the split and the base model.")
 
 
 MODEL = models.TinyTransformer(
-  vocab=ds.VOCAB, dim=32, heads=2, layers=2, max_len=ds.RESPONSE_LEN + 1
+  vocab=ds.VOCAB, dim=32, heads=2, layers=2, max_len=ds.PROMPT_LEN + ds.RESPONSE_LEN
 )
 
 
-def _sft_data(noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _sft_data(prompts, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(seed)
-  sums = ds.RESPONSES.sum(1)
   sorted_ok = np.all(np.diff(ds.RESPONSES, axis=1) >= 0, axis=1)
-  targets, answers = [], []
-  for t in range(ds.NUM_TARGETS):
-    subset = ds.RESPONSES[(sums == t) & sorted_ok]
-    n = 64
+  correct = ds.correct_mask(prompts)
+  out_p, out_a = [], []
+  for i, p in enumerate(prompts):
+    subset = ds.RESPONSES[correct[i] & sorted_ok]
+    if len(subset) == 0:  # no sorted answer avoids the forbidden digit: any correct one
+      subset = ds.RESPONSES[correct[i]]
+    n = 16
     pick = subset[rng.integers(0, len(subset), n)]
     random = ds.RESPONSES[rng.integers(0, len(ds.RESPONSES), n)]
     noisy = rng.random(n) < noise
-    answers.append(np.where(noisy[:, None], random, pick))
-    targets.append(np.full(n, t))
-  return np.concatenate(targets), np.concatenate(answers)
+    out_a.append(np.where(noisy[:, None], random, pick))
+    out_p.append(np.repeat(p[None], n, 0))
+  return np.concatenate(out_p), np.concatenate(out_a)
 
 
-def _base_model(seed: int, steps: int, noise: float):
-  targets, answers = _sft_data(noise, seed)
-  params = MODEL.init(jax.random.key(seed), jnp.zeros((1, ds.RESPONSE_LEN), jnp.int32))
+def _base_model(prompts, seed: int, steps: int, noise: float):
+  p_all, a_all = (jnp.asarray(x) for x in _sft_data(prompts, noise, seed))
+  params = MODEL.init(jax.random.key(seed), jnp.zeros((1, ds.PROMPT_LEN + 2), jnp.int32))
   opt = optax.adam(3e-3)
-  t_all, a_all = jnp.asarray(targets), jnp.asarray(answers)
 
   def sft_loss(p, batch, key):  # the batch is drawn from the key
     del batch
-    idx = jax.random.randint(key, (256,), 0, t_all.shape[0])
-    return -ds.response_logp(MODEL.apply, p, t_all[idx], a_all[idx]).sum(-1).mean(), {}
+    idx = jax.random.randint(key, (256,), 0, p_all.shape[0])
+    return -ds.response_logp(MODEL.apply, p, p_all[idx], a_all[idx]).sum(-1).mean(), {}
 
   update = jax.jit(train.make_update(sft_loss, opt, norm_metrics=False))
   state = train.TrainState.create(params, opt, jax.random.key(seed))
@@ -100,32 +126,144 @@ def _base_model(seed: int, steps: int, noise: float):
   return state.params
 
 
-def _train(method: str, base, steps: int, group: int, lr: float, eval_every: int, seed: int):
-  adv_fn = METHODS[method]
-  opt = optax.adam(lr)
-  targets = jnp.arange(ds.NUM_TARGETS)
+def _rl_step(method, config, base, train_prompts):
+  """One replica's step: ``(params, opt_state, vade), key -> (..., mean reward)``."""
+  opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+  num = train_prompts.shape[0]
+  b, g = config.prompts_per_step, config.group
 
-  def rl_loss(p, batch, key):  # on-policy: the responses are drawn from the key
-    del batch
-    responses = ds.sample(MODEL.apply, jax.lax.stop_gradient(p), key, targets, group)  # [28, G, 3]
-    r = ds.rewards(targets[:, None], responses)  # [28, G]
+  def step(carry, key):
+    params, opt_state, vade = carry
+    k_pick, k_sample = jax.random.split(key)
+    if method == "grpo_vade":
+      idx, _ = policy.vade_select(k_pick, vade, b)
+    else:
+      idx = jax.random.choice(k_pick, num, (b,), replace=False)
+    prompts = train_prompts[idx]
+    responses = ds.sample(MODEL.apply, params, k_sample, prompts, g)  # [B, G, 3]
+    r = ds.rewards(prompts[:, None], responses)  # [B, G]
+    pb = jnp.broadcast_to(prompts[:, None], (b, g, 2))
+    old = ds.response_logp(MODEL.apply, params, pb, responses)
+    if method == "copg":
+      ref = ds.response_logp(MODEL.apply, base, pb, responses)
+      adv = policy.copg_advantages(r, old.sum(-1), ref.sum(-1), beta=config.copg_beta)
+    else:
+      adv = ADVANTAGES[method](r)
     mask = jnp.ones(responses.shape, jnp.float32)
-    logp = ds.response_logp(MODEL.apply, p, jnp.broadcast_to(targets[:, None], r.shape), responses)
-    loss = policy.policy_gradient_loss(logp, adv_fn(r), mask, aggregation="token_mean")
-    return loss, {"reward": jnp.mean(r)}
 
-  update = jax.jit(train.make_update(rl_loss, opt, norm_metrics=False))
-  success = jax.jit(lambda p: ds.success_rates(MODEL.apply, p))
-  state = train.TrainState.create(base, opt, jax.random.key(seed + 1))
-  history = []
-  for i in range(steps + 1):
-    if i % eval_every == 0 or i == steps:
-      history.append(
-        {"step": i, **{f"pass@{k}": v for k, v in ds.pass_at_k(success(state.params), KS).items()}}
+    def loss(p):
+      logp = ds.response_logp(MODEL.apply, p, pb, responses)
+      return policy.ppo_clip_loss(
+        logp, old, adv, mask, eps_low=config.clip_eps, aggregation="token_mean"
       )
-    if i < steps:
-      state, _ = update(state, None, jax.random.fold_in(jax.random.key(seed + 1), i))
-  return history
+
+    for _ in range(config.updates_per_batch):
+      grads = jax.grad(loss)(params)
+      updates, opt_state = opt.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    # VADE's posterior learns from the rollouts the step made anyway (decays: ours)
+    vade = policy.vade_update(vade, idx, r.sum(1), g, global_decay=0.99, revisit_decay=0.7)
+    return (params, opt_state, vade), jnp.mean(r)
+
+  return opt, step
+
+
+def _train(method, config, base, train_prompts, lrs, evaluate, base_rates):
+  """Every (rate, seed) replica of one method in one vmapped program; exact pass@k history.
+
+  ``evaluate(stacked_params) -> (train rates, held-out rates)``; at step 0 every
+  replica is the base model, whose ``base_rates`` are known."""
+  opt, step = _rl_step(method, config, base, jnp.asarray(train_prompts))
+  reps = list(itertools.product(range(len(lrs)), range(config.seeds)))
+  rate = jnp.asarray([lrs[i] for i, _ in reps], jnp.float32)
+
+  def init(lr):
+    st = opt.init(base)
+    st.hyperparams["learning_rate"] = lr
+    return base, st, policy.vade_init(train_prompts.shape[0])
+
+  carry = jax.vmap(init)(rate)
+  keys = jnp.stack([jax.random.key(1000 * config.seed + 17 * s + 1) for _, s in reps])
+
+  @jax.jit
+  def chunk(carry, keys, start, length_mask):
+    def body(c, i):
+      new, reward = jax.vmap(step)(c, jax.vmap(lambda k: jax.random.fold_in(k, start + i))(keys))
+      keep = length_mask[i]
+      return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, c), reward
+
+    return jax.lax.scan(body, carry, jnp.arange(length_mask.shape[0]))
+
+  history = []
+  done = 0
+  while True:
+    if done == 0:
+      p_train, p_test = (np.broadcast_to(r, (len(reps), *r.shape)) for r in base_rates)
+    else:
+      p_train, p_test = (np.asarray(r) for r in evaluate(carry[0]))
+    for j, (li, s) in enumerate(reps):
+      history.append(
+        {
+          "step": done,
+          "lr": lrs[li],
+          "seed": s,
+          **{f"train pass@{k}": v for k, v in ds.pass_at_k(p_train[j], KS).items()},
+          **{f"pass@{k}": v for k, v in ds.pass_at_k(p_test[j], KS).items()},
+        }
+      )
+    if done >= config.rl_steps:
+      return history
+    n = min(config.eval_every, config.rl_steps - done)
+    mask = jnp.arange(config.eval_every) < n  # one compiled chunk length for all chunks
+    carry, _ = chunk(carry, keys, done, mask)
+    done += n
+
+
+def _mean_sd(values):
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _select(history, steps):
+  """The final evaluation at the rate with the best *training* mean pass@k: (lr, rows)."""
+  final = [h for h in history if h["step"] == steps]
+  by_lr = {}
+  for h in final:
+    by_lr.setdefault(h["lr"], []).append(h)
+  score = {
+    lr: np.mean([np.mean([h[f"train pass@{k}"] for k in KS]) for h in hs])
+    for lr, hs in by_lr.items()
+  }
+  best = max(score, key=score.get)
+  return best, by_lr[best]
+
+
+def _verdict(chosen, base_test) -> str:
+  """How the evidence on NSR / PSR / W-REINFORCE points, with standard errors."""
+  lines = []
+
+  def diff(a, b, k):
+    xa = np.asarray([h[f"pass@{k}"] for h in chosen[a]])
+    xb = np.asarray([h[f"pass@{k}"] for h in chosen[b]]) if b != "base" else None
+    if xb is None:
+      d = xa.mean() - base_test[k]
+      se = xa.std(ddof=1) / np.sqrt(len(xa)) if len(xa) > 1 else float("nan")
+    else:
+      d = xa.mean() - xb.mean()
+      se = np.sqrt(
+        (xa.var(ddof=1) / len(xa) if len(xa) > 1 else np.nan)
+        + (xb.var(ddof=1) / len(xb) if len(xb) > 1 else np.nan)
+      )
+    return d, se
+
+  k_hi = KS[-1]
+  for a, b in (("nsr", "psr"), ("nsr", "base"), ("psr", "base"), ("w_reinforce", "psr")):
+    if a in chosen and (b == "base" or b in chosen):
+      for k in (1, k_hi):
+        d, se = diff(a, b, k)
+        z = d / se if se and np.isfinite(se) and se > 0 else float("nan")
+        lines.append(f"- {a} - {b}, held-out pass@{k}: {d:+.4f} +- {se:.4f} (z = {z:.1f})")
+  return "\n".join(lines)
 
 
 def run(config: Config, workdir: str):
@@ -133,83 +271,156 @@ def run(config: Config, workdir: str):
   c = flag_checks
   for m in config.methods:
     c.one_of("methods", m, METHODS)
+  lrs = c.number_list(
+    "learning_rates",
+    config.learning_rates,
+    kind=float,
+    valid=lambda x: x > 0,
+    expected="a comma-separated list of rates > 0",
+  )
   c.require(config.group >= 2, "group", ">= 2", config.group)
-  for name in ("rl_steps", "eval_every", "learning_rate"):
+  for name in ("rl_steps", "eval_every", "seeds", "prompts_per_step", "updates_per_batch"):
     c.positive(name, getattr(config, name))
   c.non_negative("sft_steps", config.sft_steps)
   c.require(0 <= config.sft_noise <= 1, "sft_noise", "in [0, 1]", config.sft_noise)
+  c.require(0 < config.held_out < 1, "held_out", "a fraction in (0, 1)", config.held_out)
+  c.require(0 < config.clip_eps < 1, "clip_eps", "in (0, 1)", config.clip_eps)
+  c.positive("copg_beta", config.copg_beta)
+  c.non_negative("eval_prompts", config.eval_prompts)
+  train_prompts, test_prompts = ds.split_prompts(
+    ds.all_prompts(constrained=True), config.held_out, config.seed
+  )
+  c.require(
+    config.prompts_per_step <= len(train_prompts),
+    "prompts_per_step",
+    f"at most the {len(train_prompts)} training prompts",
+    config.prompts_per_step,
+  )
   c.check_same_run(
     workdir,
     {
       k: getattr(config, k)
       for k in (
+        "learning_rates",
+        "seeds",
         "group",
+        "prompts_per_step",
         "rl_steps",
+        "updates_per_batch",
+        "clip_eps",
+        "copg_beta",
+        "held_out",
         "sft_steps",
         "sft_noise",
-        "learning_rate",
         "eval_every",
+        "eval_prompts",
         "seed",
       )
     },
   )
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  base = _base_model(config.seed, config.sft_steps, config.sft_noise)
-  base_pass = ds.pass_at_k(ds.success_rates(MODEL.apply, base), KS)
-  print("base: " + ", ".join(f"pass@{k} {v:.3f}" for k, v in base_pass.items()), flush=True)
-  results = {}
+  base = _base_model(train_prompts, config.seed, config.sft_steps, config.sft_noise)
+  n_eval = config.eval_prompts or max(len(train_prompts), len(test_prompts))
+  eval_train, eval_test = train_prompts[:n_eval], test_prompts[:n_eval]
+
+  def rates(prompts):  # static prompts: their correct sets are computed once
+    return jax.vmap(lambda p: ds.success_rates(MODEL.apply, p, prompts))
+
+  evaluate = jax.jit(lambda p: (rates(eval_train)(p), rates(eval_test)(p)))
+  base_rates = tuple(np.asarray(r[0]) for r in evaluate(jax.tree.map(lambda x: x[None], base)))
+  base_train, base_test = (ds.pass_at_k(r, KS) for r in base_rates)
+  print(
+    "base (held out): " + ", ".join(f"pass@{k} {v:.3f}" for k, v in base_test.items()), flush=True
+  )
+  histories = {}
   for method in config.methods:
     path = os.path.join(workdir, "runs", f"{method}.json")
-    results[method], reused = reporting.cached_unit(
+    histories[method], reused = reporting.cached_unit(
       path,
-      lambda method=method: _train(
-        method,
-        base,
-        config.rl_steps,
-        config.group,
-        config.learning_rate,
-        config.eval_every,
-        config.seed,
-      ),
+      functools.partial(_train, method, config, base, train_prompts, lrs, evaluate, base_rates),
     )
     if not reused:
-      last = results[method][-1]
-      print(f"{method}: " + ", ".join(f"pass@{k} {last[f'pass@{k}']:.3f}" for k in KS), flush=True)
-  rows = [{"method": "base (SFT)", **{f"pass@{k}": v for k, v in base_pass.items()}}]
-  rows += [
-    {"method": m, **{f"pass@{k}": h[-1][f"pass@{k}"] for k in KS}} for m, h in results.items()
-  ]
+      lr, rows = _select(histories[method], config.rl_steps)
+      print(
+        f"{method} (lr {lr:g}): "
+        + ", ".join(f"pass@{k} {_mean_sd([h[f'pass@{k}'] for h in rows])[0]:.3f}" for k in KS),
+        flush=True,
+      )
+  chosen, table = (
+    {},
+    [
+      {
+        "method": "base (SFT)",
+        "lr": "",
+        **{f"pass@{k}": f"{base_test[k]:.4f}" for k in KS},
+      }
+    ],
+  )
+  for method, history in histories.items():
+    lr, rows = _select(history, config.rl_steps)
+    chosen[method] = rows
+    row = {"method": method, "lr": lr}
+    for k in KS:
+      m, s = _mean_sd([h[f"pass@{k}"] for h in rows])
+      row[f"pass@{k}"] = f"{m:.4f} +- {s:.4f}"
+    table.append(row)
+  verdict = _verdict(chosen, base_test)
   reporting.write_table(
     workdir,
-    rows,
-    title="RLVR toy: exact pass@k after RL",
+    table,
+    title="RLVR toy: exact pass@k on held-out prompts after RL",
     notes=(
-      f"Digit-sum task, 28 prompts x G={config.group}, {config.rl_steps} "
-      f"on-policy steps, Adam lr {config.learning_rate:g}; base SFT on sorted correct "
-      f"answers + {config.sft_noise:.0%} noise. Paper (Zhu et al. 2025, "
-      "Qwen2.5-Math-7B on MATH): PSR best at pass@1 and worst at large k; "
-      "NSR and W-REINFORCE keep pass@k at large k."
+      f"Digit-sum prompts (t, forbidden digit): {len(train_prompts)} training, "
+      f"{len(test_prompts)} held out (never in SFT or RL; {len(eval_test)} of them "
+      "evaluated). {config.prompts_per_step} prompts x "
+      f"G={config.group} per step, {config.rl_steps} steps, PPO-clip token-mean loss "
+      f"(eps {config.clip_eps:g}, {config.updates_per_batch} Adam steps per batch); "
+      f"learning rate per method chosen on the training prompts from "
+      f"{', '.join(f'{x:g}' for x in lrs)}; mean +- sd over {config.seeds} seeds. "
+      f"Base pass@1 {base_train[1]:.3f} (train) / {base_test[1]:.3f} (held out).\n\n"
+      "Differences (held out; +- is the standard error over seeds):\n\n"
+      + verdict
+      + "\n\nPaper (Zhu et al. 2025, Qwen2.5-Math-7B on MATH): PSR best at pass@1 and "
+      "worst at large k; NSR keeps or raises pass@k across k; W-REINFORCE best or near-best."
     ),
   )
+  sweep = [
+    {"method": m, **{k: v for k, v in h.items()}}
+    for m, hist in histories.items()
+    for h in hist
+    if h["step"] == config.rl_steps
+  ]
+  reporting.write_table(workdir, sweep, name="sweep", title="Every method, rate and seed")
   reporting.plot_curves(
     os.path.join(workdir, "pass_at_k.png"),
     {
-      "base": (list(KS), [base_pass[k] for k in KS]),
-      **{m: (list(KS), [h[-1][f"pass@{k}"] for k in KS]) for m, h in results.items()},
+      "base": (list(KS), [base_test[k] for k in KS]),
+      **{
+        m: (list(KS), [_mean_sd([h[f"pass@{k}"] for h in rows])[0] for k in KS])
+        for m, rows in chosen.items()
+      },
     },
     xlabel="k",
-    ylabel="pass@k (exact)",
+    ylabel="held-out pass@k (exact)",
     title="pass@k after RL",
   )
+  curves = {}
+  for m, history in histories.items():
+    lr = _select(history, config.rl_steps)[0]
+    steps = sorted({h["step"] for h in history})
+    curves[m] = (
+      steps,
+      [np.mean([h["pass@1"] for h in history if h["step"] == s and h["lr"] == lr]) for s in steps],
+    )
   reporting.plot_curves(
     os.path.join(workdir, "pass1.png"),
-    {m: ([e["step"] for e in h], [e["pass@1"] for e in h]) for m, h in results.items()},
+    curves,
     xlabel="RL step",
-    ylabel="pass@1 (exact)",
+    ylabel="held-out pass@1 (exact)",
     title="pass@1 over training",
   )
   print(f"results in {workdir}")
 
 
 if __name__ == "__main__":
-  runner.main(run, Config, prog=PROG, workdir='runs/rlvr_toy')
+  runner.main(run, Config, prog=PROG, workdir="runs/rlvr_toy")

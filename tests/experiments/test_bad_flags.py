@@ -15,6 +15,7 @@ MAINS = (
   "gradient_spikes",
   "grokking",
   "hessian_spectrum",
+  "inventory_hdpo",
   "less_selection",
   "mislabel_detection",
   "noise_scale",

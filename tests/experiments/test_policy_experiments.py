@@ -15,8 +15,31 @@ def test_policy_gradient_variance_small_setting(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("results.md", "scale.md", "allocation.md", "scale.png"):
     assert os.path.getsize(tmp_path / name) > 0
+  for name in ("selection.md",):
+    assert os.path.getsize(tmp_path / name) > 0
   table = (tmp_path / "results.md").read_text()
-  assert "bnpo" in table and "rloo" in table and "0.783" in table  # the reference figure is cited
+  for name in (
+    "bnpo",
+    "rloo",
+    "bvpo (rloo + bnpo)",
+    "copg (beta 0.1)",
+    "relative variance (exact)",
+  ):
+    assert name in table
+  assert "0.783" not in table  # the figure of another population is no longer cited
+  import csv
+
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+  by = {r["estimator"]: r for r in rows}
+  # 300 batches: the Monte Carlo relative variance is within 25% of the exact one
+  for name in ("rloo", "grpo", "dr_grpo"):
+    mc, exact = float(by[name]["relative variance"]), float(by[name]["relative variance (exact)"])
+    assert abs(mc / exact - 1) < 0.25, (name, mc, exact)
+  # BVPO's mixture is never worse than its noisier component by more than the noise
+  assert float(by["bvpo (rloo + bnpo)"]["relative MSE"]) < 1.1 * float(by["rloo"]["relative MSE"])
+  sel = (tmp_path / "selection.md").read_text()
+  for name in ("uniform", "vas", "vade", "oracle"):
+    assert name in sel
 
 
 def test_policy_gradient_variance_rejects_bad_flags(tmp_path):
@@ -25,12 +48,50 @@ def test_policy_gradient_variance_rejects_bad_flags(tmp_path):
 
 
 def test_rlvr_toy_small_setting_and_resume(tmp_path):
-  flags = ["--rl_steps=3", "--sft_steps=2", "--eval_every=2", "--methods=w_reinforce", "--group=2"]
+  flags = [
+    "--rl_steps=2",
+    "--sft_steps=2",
+    "--eval_every=2",
+    "--methods=w_reinforce,copg",
+    "--group=2",
+    "--seeds=2",
+    "--learning_rates=1e-3",
+    "--prompts_per_step=4",
+    "--eval_prompts=8",
+  ]
   proc = run_main("rlvr_toy", f"--workdir={tmp_path}", *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (tmp_path / "results.md").read_text()
-  assert "pass@64" in table and "w_reinforce" in table and "base (SFT)" in table
+  assert "pass@256" in table and "w_reinforce" in table and "copg" in table
+  assert "base (SFT)" in table and "held out" in table and " +- " in table
   assert os.path.getsize(tmp_path / "pass_at_k.png") > 0
+  assert os.path.getsize(tmp_path / "sweep.csv") > 0
   again = run_main("rlvr_toy", f"--workdir={tmp_path}", *flags)
-  assert again.returncode == 0 and "w_reinforce:" not in again.stdout  # finished methods are reused
+  assert again.returncode == 0 and "w_reinforce (lr" not in again.stdout  # finished methods reused
   assert_flag_error("rlvr_toy", tmp_path / "c", "--methods=ppo2", "--methods must be")
+  assert_flag_error("rlvr_toy", tmp_path / "d", "--held_out=1.5", "--held_out must be")
+
+
+def test_inventory_hdpo_small_setting(tmp_path):
+  proc = run_main(
+    "inventory_hdpo",
+    f"--workdir={tmp_path}",
+    "--horizons=1,8",
+    "--num_traces=512",
+    "--seeds=2",
+    "--train_steps=150",
+    "--batch=8",
+    "--learning_rate=0.1",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import csv
+
+  rows = {(r["T"], r["estimator"]): r for r in csv.DictReader(open(tmp_path / "results.csv"))}
+  for t in ("1", "8"):
+    # the pathwise gradient is far quieter than REINFORCE's at every horizon
+    hdpo, rf = rows[(t, "hdpo")], rows[(t, "reinforce")]
+    assert float(hdpo["variance per trace"]) * 5 < float(rf["variance per trace"])
+    # and HDPO trains to within 2% of the optimal cost from S = 0.5 (S* = 2.30)
+    assert float(hdpo["gap (mean)"]) < 0.02, hdpo
+  assert os.path.getsize(tmp_path / "variance.png") > 0
+  assert_flag_error("inventory_hdpo", tmp_path / "b", "--batch=1", "--batch must be")
