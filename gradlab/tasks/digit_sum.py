@@ -8,7 +8,7 @@ the response satisfies the prompt. Every prompt has ``10^3`` possible
 responses, so a policy's exact success rate ``p_x``, ``pass@k = 1 - (1 -
 p_x)^k`` and the exact objective come from batched forward passes over all of
 them. :func:`all_prompts` gives the 28 plain prompts, or those plus every
-constrained prompt that has a correct answer (286 in all), for a held-out
+constrained prompt that has a correct answer (300 in all), for a held-out
 split (:func:`split_prompts`).
 """
 
