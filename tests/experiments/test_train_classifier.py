@@ -42,7 +42,9 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_same_end(tmp_path):
     "--hidden=32",
   ]
   clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-  assert run_process("train_classifier", f"--workdir={clean}", *flags).returncode == 0
+  # the uninterrupted run in this process (the same flags and XLA flags as the
+  # processes below, so the same programs); only the killed one needs its own process
+  assert run_main("train_classifier", f"--workdir={clean}", *flags).returncode == 0
   killed = run_process("train_classifier", f"--workdir={crashed}", *flags, "--crash_after_step=50")
   assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no cleanup ran
   assert _metrics(crashed)[-1]["step"] == 50  # steps 41-50 were done after checkpoint 40
