@@ -217,7 +217,7 @@ def run_one(workdir, cxl, name, x_train, x_test, mesh, config: Config):
   x_test_dev = jnp.asarray(x_test[:1000])
 
   if config.seeds == 1:
-    state = jax.device_put(seed_state(seeds[0]), sharding.replicated(mesh))
+    state = jax.device_put(jax.jit(seed_state)(seeds[0]), sharding.replicated(mesh))
     step = train.make_train_step(loss_fn, optimizer, mesh=mesh)
 
     def batches(start):
@@ -231,7 +231,7 @@ def run_one(workdir, cxl, name, x_train, x_test, mesh, config: Config):
       }
   else:
     update = train.make_update(loss_fn, optimizer, mesh=mesh)
-    state = jax.vmap(seed_state)(jnp.asarray(seeds))
+    state = jax.jit(jax.vmap(seed_state))(jnp.asarray(seeds))
     state = jax.device_put(state, sharding.replicated(mesh))
     rep = sharding.replicated(mesh)
     step = jax.jit(

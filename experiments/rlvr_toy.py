@@ -267,9 +267,35 @@ def _verdict(histories, steps, lrs, base_test) -> str:
         xb = None if b == "base" else [h[f"pass@{k}"] for h in _final(histories[b], steps, lr)]
         d, se = diff(xa, xb, base_test[k])
         z = d / se if np.isfinite(se) and se > 0 else float("nan")
-        parts.append(f"pass@{k} {d:+.4f} +- {se:.4f} (z = {z:.1f})")
+        parts.append(f"pass@{k} {d:+.4f} +- {se:.4f} (z = {z:.1f}{_against_paper(a, b, k, z)})")
       lines.append(f"- lr {lr:g}, {a} - {b}: " + "; ".join(parts))
   return "\n".join(lines)
+
+
+# The paper's claims as signs of our differences: PSR best at pass@1 and worst at
+# large k, NSR keeping or raising pass@k, W-REINFORCE at least PSR's at large k.
+_CLAIMS = {
+  ("nsr", "psr", 1): "<",
+  ("nsr", "psr", KS[-1]): ">",
+  ("nsr", "base", KS[-1]): ">=",
+  ("psr", "base", KS[-1]): "<",
+  ("w_reinforce", "psr", KS[-1]): ">=",
+}
+
+
+def _against_paper(a, b, k, z) -> str:
+  """'agrees' / 'contradicts' / 'inconclusive' (|z| < 2) for a difference the paper predicts."""
+  claim = _CLAIMS.get((a, b, k))
+  if claim is None or not np.isfinite(z):
+    return ""
+  if claim == ">=":
+    if abs(z) < 2:
+      return ": consistent with the paper (no difference detected)"
+    return ": contradicts the paper" if z < 0 else ": agrees with the paper"
+  if abs(z) < 2:
+    return ": inconclusive"
+  agrees = (z > 0) == (claim == ">")
+  return ": agrees with the paper" if agrees else ": contradicts the paper"
 
 
 def run(config: Config, workdir: str):
