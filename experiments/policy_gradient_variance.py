@@ -181,7 +181,9 @@ def _selection_rows(pop, group, key, num_draws):
 
   rows = []
   for name, pick in (("uniform", uniform), ("vas", vas), ("vade", vade), ("oracle", oracle)):
-    stats = jax.vmap(lambda k, pick=pick: measure(pick(k)))(jax.random.split(key, num_draws))
+    stats = jax.jit(jax.vmap(lambda k, pick=pick: measure(pick(k))))(
+      jax.random.split(key, num_draws)
+    )
     rows.append(
       {"scheme": name, "G": group, "batch": batch, **{k: float(v.mean()) for k, v in stats.items()}}
     )

@@ -10,6 +10,7 @@ exact gradient of ``J = mean_x p_x`` is known in closed form.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -144,19 +145,25 @@ def exact_moments(pop: Population, adv_fn: Callable, group: int) -> tuple[jax.Ar
   num_prompts, outcomes = pop.logits.shape
   counts = _count_vectors(group, outcomes)  # [M, K]
   ys = jnp.asarray(np.stack([np.repeat(np.arange(outcomes), c) for c in counts]))  # [M, G]
-  log_coef = jax.scipy.special.gammaln(group + 1.0) - jnp.sum(
-    jax.scipy.special.gammaln(jnp.asarray(counts, jnp.float32) + 1), 1
+  log_coef = np.asarray(
+    [math.lgamma(group + 1) - sum(math.lgamma(c + 1) for c in row) for row in counts], np.float32
   )
-  probs = jax.nn.softmax(pop.logits)
-  r = (ys < pop.correct).astype(jnp.float32)
-  adv = adv_fn(r)  # [M, G]: one group per row
-  onehot = jax.nn.one_hot(ys, outcomes)  # [M, G, K]
+  counts_f = jnp.asarray(counts, jnp.float32)
 
-  def one(pi):
-    w = jnp.exp(log_coef + jnp.asarray(counts, jnp.float32) @ jnp.log(pi))
-    g = jnp.einsum("mg,mgk->mk", adv, onehot - pi) / (group * num_prompts)
-    mean = w @ g
-    return mean, w @ jnp.sum(g**2, 1) - jnp.sum(mean**2)
+  @jax.jit
+  def moments(logits):
+    probs = jax.nn.softmax(logits)
+    r = (ys < pop.correct).astype(jnp.float32)
+    adv = adv_fn(r)  # [M, G]: one group per row
+    onehot = jax.nn.one_hot(ys, outcomes)  # [M, G, K]
 
-  means, variances = jax.vmap(one)(probs)
+    def one(pi):
+      w = jnp.exp(log_coef + counts_f @ jnp.log(pi))
+      g = jnp.einsum("mg,mgk->mk", adv, onehot - pi) / (group * num_prompts)
+      mean = w @ g
+      return mean, w @ jnp.sum(g**2, 1) - jnp.sum(mean**2)
+
+    return jax.vmap(one)(probs)
+
+  means, variances = moments(pop.logits)
   return means.ravel(), jnp.sum(variances)

@@ -51,7 +51,7 @@ def _bvpo_setup(seed):
 def _all_groups(estimate, probs, n):
   idx = jnp.asarray(np.array(np.meshgrid(*[np.arange(n)] * G, indexing="ij")).reshape(G, -1).T)
   w = jnp.prod(probs[idx], -1)
-  return jax.vmap(estimate)(idx), w
+  return jax.jit(jax.vmap(estimate))(idx), w
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -72,7 +72,7 @@ def test_bvpo_mixture_mse_by_enumeration_is_never_above_either_component(seed):
   best = exact_mse(alpha)
   assert best <= exact_mse(1.0) * (1 + 1e-6) and best <= exact_mse(0.0) * (1 + 1e-6)
   grid = jnp.linspace(0, 1, 101)
-  assert best <= jnp.min(jax.vmap(exact_mse)(grid)) * (1 + 1e-6)  # and it is the minimum
+  assert best <= jnp.min(jax.jit(jax.vmap(exact_mse))(grid)) * (1 + 1e-6)  # and it is the minimum
   np.testing.assert_allclose(
     policy.mixture_mse(alpha, mean_t - truth, mean_e - truth, var_t, var_e), best, rtol=1e-5
   )
@@ -295,17 +295,14 @@ def test_reward_variance_bounds_the_exact_gradient_norm_on_the_bandit_population
   # within C and within its complement W gives
   #   ||grad p|| >= Var(r) sqrt(1/|C| + 1/|W|),  Var(r) = p(1 - p),
   # with equality when the mass is spread evenly within C and within W.
+  grad_p = jax.jit(jax.vmap(jax.grad(lambda lg: jnp.sum(jax.nn.softmax(lg)[:2]))))
   for a, b in ((1, 1), (0.5, 2)):
     pop = tasks.bandit.beta_population(19, a, b)
-    norms = jnp.linalg.norm(
-      jax.vmap(jax.grad(lambda lg: jnp.sum(jax.nn.softmax(lg)[:2])))(pop.logits), axis=1
-    )
+    norms = jnp.linalg.norm(grad_p(pop.logits), axis=1)
     var = pop.p * (1 - pop.p)
     np.testing.assert_allclose(norms, var * np.sqrt(1 / 2 + 1 / 2), rtol=1e-4)
   logits = 2 * jax.random.normal(jax.random.key(0), (500, 6))
-  norms = jnp.linalg.norm(
-    jax.vmap(jax.grad(lambda lg: jnp.sum(jax.nn.softmax(lg)[:2])))(logits), axis=1
-  )
+  norms = jnp.linalg.norm(grad_p(logits), axis=1)
   p = jnp.sum(jax.nn.softmax(logits)[:, :2], 1)
   bound = p * (1 - p) * np.sqrt(1 / 2 + 1 / 4)
   assert bool(jnp.all(norms >= bound * (1 - 1e-5)))
@@ -354,7 +351,7 @@ def test_vas_scores_sampling_and_distinct_n():
   )
   # the weighted half draws in proportion to the scores, the other half uniformly
   keys = jax.random.split(jax.random.key(0), 4000)
-  idx = jax.vmap(lambda k: policy.vas_sample(k, s, 4))(keys)
+  idx = jax.jit(jax.vmap(lambda k: policy.vas_sample(k, s, 4)))(keys)
   w = np.bincount(np.asarray(idx[:, :2]).ravel(), minlength=4) / idx[:, :2].size
   expected = np.asarray(s / s.sum())
   assert np.all(
