@@ -51,9 +51,11 @@ def test_wta_crs_and_crs_are_exactly_unbiased_and_wta_has_less_variance():
   assert c >= 1  # two heavy rows: the winners are kept
   assert v_wta < v_crs
   # the sampler draws what the enumeration weighs: a Monte Carlo mean of plan_rows
-  est = jax.vmap(
-    lambda kk: wta_crs.estimate(
-      jnp.asarray(x), jnp.asarray(dy), wta_crs.plan_rows(jnp.asarray(probs), k, kk)
+  est = jax.jit(
+    jax.vmap(
+      lambda kk: wta_crs.estimate(
+        jnp.asarray(x), jnp.asarray(dy), wta_crs.plan_rows(jnp.asarray(probs), k, kk)
+      )
     )
   )(jax.random.split(jax.random.key(0), 20000))
   se = np.asarray(est.std(0)) / np.sqrt(20000)
@@ -76,7 +78,9 @@ def test_the_dense_layer_is_exact_forward_estimates_the_kernel_gradient_and_stor
   np.testing.assert_allclose(gx, exact[0], rtol=1e-5)  # input and bias gradients are exact
   np.testing.assert_allclose(gb, exact[2], rtol=1e-5)
   # the kernel gradient is unbiased: its mean over keys approaches the exact one
-  many = jax.vmap(lambda kk: jax.grad(f, argnums=1)(x, w, b, kk))(jax.random.split(key, 4000))
+  many = jax.jit(jax.vmap(lambda kk: jax.grad(f, argnums=1)(x, w, b, kk)))(
+    jax.random.split(key, 4000)
+  )
   se = np.asarray(many.std(0)) / np.sqrt(4000)
   assert np.mean(np.abs(np.asarray(many.mean(0)) - np.asarray(exact[1])) < 4 * se) > 0.97
   # what the backward pass keeps: 12 of the 40 rows (the residuals of the vjp)

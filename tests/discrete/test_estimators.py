@@ -121,9 +121,11 @@ def test_on_the_papers_problems_reinmax_beats_st_and_st_gumbel():
     _, exact = discrete.exact_gradient(f, POLY_THETA)
     st = _bias(discrete.straight_through_from_sample, f)
     rm = _bias(discrete.reinmax_from_sample, f)
-    gs = jax.vmap(
-      lambda k: jax.grad(lambda t: f(discrete.straight_through_gumbel(k, t, temperature=1.0)))(
-        POLY_THETA
+    gs = jax.jit(
+      jax.vmap(
+        lambda k: jax.grad(lambda t: f(discrete.straight_through_gumbel(k, t, temperature=1.0)))(
+          POLY_THETA
+        )
       )
     )(jax.random.split(jax.random.key(p.__hash__() % 1000), n))
     gs = np.asarray(gs).reshape(n, -1)
@@ -218,16 +220,20 @@ def test_gumbel_rao_has_the_mean_of_st_gumbel_and_less_variance():
   f = lambda d: jnp.sum(d * w) ** 2
   keys = jax.random.split(jax.random.key(3), n)
   gs = np.asarray(
-    jax.vmap(
-      lambda k: jax.grad(lambda t: f(discrete.straight_through_gumbel(k, t, temperature=0.7)))(
-        theta
+    jax.jit(
+      jax.vmap(
+        lambda k: jax.grad(lambda t: f(discrete.straight_through_gumbel(k, t, temperature=0.7)))(
+          theta
+        )
       )
     )(keys)
   )
   gr = np.asarray(
-    jax.vmap(
-      lambda k: jax.grad(lambda t: f(discrete.gumbel_rao(k, t, temperature=0.7, num_samples=16)))(
-        theta
+    jax.jit(
+      jax.vmap(
+        lambda k: jax.grad(lambda t: f(discrete.gumbel_rao(k, t, temperature=0.7, num_samples=16)))(
+          theta
+        )
       )
     )(keys)
   )

@@ -42,9 +42,10 @@ def _zeros(d=D, dtype=jnp.float64):
 
 def _loo_effects(loss, full, train, test):
   n = jax.tree.leaves(train)[0].shape[0]
-  outs = jax.vmap(lambda m: gi.newton_fit(loss, full, train, m))(gi.loo_masks(n, np.arange(n)))
+  masks = gi.loo_masks(n, np.arange(n))
+  outs = jax.jit(jax.vmap(lambda m: gi.newton_fit(loss, full, train, m)))(masks)
   per = lambda p: jax.vmap(lambda e: loss(p, e))(test)
-  return (jax.vmap(per)(outs) - per(full)[None]).T  # [t, n]
+  return jax.jit(lambda o: (jax.vmap(per)(o) - per(full)[None]).T)(outs)  # [t, n]
 
 
 def test_explicit_influence_matches_leave_one_out_and_the_error_shrinks_with_l2():
@@ -112,7 +113,7 @@ def test_lissa_with_sampled_batches_is_unbiased_within_its_spread():
     one = lambda k: gi.influence(
       loss, full, train, test, method="lissa", batch_size=10, max_iterations=200, key=k
     )
-    runs = jax.vmap(one)(jax.random.split(jax.random.key(0), 8))
+    runs = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), 8))
     mean, se = runs.mean(0), runs.std(0, ddof=1) / np.sqrt(8)
     z = np.abs(np.asarray((mean - exact) / (se + 1e-12)))
     assert np.mean(z < 4) > 0.95

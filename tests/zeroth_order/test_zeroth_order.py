@@ -41,8 +41,10 @@ def test_spsa_cosine_grows_as_sqrt_probes_over_dimension(dim, probes):
   loss = lambda p, b: p["x"] @ g  # linear: the estimate's law depends on n and d only
   params = {"x": jnp.zeros(dim)}
   trials = 400
-  est = jax.vmap(
-    lambda k: zeroth_order.spsa_gradient(loss, params, None, k, num_probes=probes).grad["x"]
+  est = jax.jit(
+    jax.vmap(
+      lambda k: zeroth_order.spsa_gradient(loss, params, None, k, num_probes=probes).grad["x"]
+    )
   )(jax.random.split(jax.random.key(2), trials))
   # For Gaussian probes and linear f: E[g_hat . g] = |g|^2 and E|g_hat|^2 = |g|^2 (n+d+1)/n
   # exactly, so E[g_hat . g] / (sqrt(E|g_hat|^2) |g|) = sqrt(n / (n + d + 1)) ~ sqrt(n / d);
