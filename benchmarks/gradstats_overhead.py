@@ -3,7 +3,9 @@ r"""The cost of per-example gradient statistics, and of the free noise scale.
   pip install -e ".[bench]"          # torch, backpack-for-pytorch
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.gradstats_overhead
 
-Three comparisons, each side by side in one process:
+Three comparisons (the JAX contenders side by side in one process; BackPACK in
+its own process, alternating with the JAX one for ``--rounds`` rounds, its
+ratio to gradlab the median of the per-round ratios, with their spread):
 
 1. Variance and GSNR of the per-example gradients (``dense_gradient_moments``,
    the factorized form for Dense layers, with ``variance``/``gsnr``) against
@@ -19,6 +21,9 @@ Three comparisons, each side by side in one process:
 
 from __future__ import annotations
 
+import json
+import statistics
+
 import jax
 import numpy as np
 import optax
@@ -33,25 +38,55 @@ _CHUNK = flags.DEFINE_integer("chunk_size", 32, "Per-example chunk size.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed repeats.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time BackPACK.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per framework.")
+_CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'torch'.")
 
 
-def main(argv):
-  del argv
+def _backpack(w, x, y):
+  import torch
+  from backpack import backpack, extend
+  from backpack.extensions import Variance
+
+  net = extend(
+    torch.nn.Sequential(
+      torch.nn.Linear(784, w),
+      torch.nn.ReLU(),
+      torch.nn.Linear(w, w),
+      torch.nn.ReLU(),
+      torch.nn.Linear(w, 10),
+    )
+  )
+  crit = extend(torch.nn.CrossEntropyLoss())
+  tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+  def run_backpack():
+    net.zero_grad()
+    with backpack(Variance()):
+      crit(net(tx), ty).backward()
+    return [p.variance for p in net.parameters()]
+
+  return run_backpack, torch.get_num_threads()
+
+
+def _contender(which: str) -> dict:
   w, b = _WIDTH.value, _BATCH.value
   prob = tasks.mlp_problem(w, b)
-  model, params, batch, loss, n, x, y = (
+  model, params, batch, loss, x, y = (
     prob.model,
     prob.params,
     prob.batch,
     prob.loss,
-    prob.num_params,
     prob.x,
     prob.y,
   )
+  if which == "torch":
+    run, threads = _backpack(w, x, y)
+    t = timing.interleaved({"BackPACK Variance": run}, repeats=_REPEATS.value)
+    return {"ms": {k: v * 1e3 for k, v in t.items()}, "threads": threads}
   train_loss = lambda p, bt, k: (loss(p, bt), {})
   opt = optax.sgd(0.01)
 
-  # 1 and 2: one device
+  # 1: one device
   plain = train.make_train_step(train_loss, opt, donate=False, norm_metrics=False)
   state = train.TrainState.create(params, opt, jax.random.key(0))
 
@@ -75,42 +110,8 @@ def main(argv):
     "gradlab variance + GSNR": lambda: jax.block_until_ready(dense_stats(params, batch)),
     "gradlab, generic per-example (vmap)": lambda: jax.block_until_ready(stats(params, batch)),
   }
-  threads = None
-  if _TORCH.value:
-    import torch
-    from backpack import backpack, extend
-    from backpack.extensions import Variance
-
-    net = extend(
-      torch.nn.Sequential(
-        torch.nn.Linear(784, w),
-        torch.nn.ReLU(),
-        torch.nn.Linear(w, w),
-        torch.nn.ReLU(),
-        torch.nn.Linear(w, 10),
-      )
-    )
-    crit = extend(torch.nn.CrossEntropyLoss())
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-
-    def run_backpack():
-      net.zero_grad()
-      with backpack(Variance()):
-        crit(net(tx), ty).backward()
-      return [p.variance for p in net.parameters()]
-
-    fns["BackPACK Variance"] = run_backpack
-    threads = torch.get_num_threads()
   t = timing.interleaved(fns, repeats=_REPEATS.value)
-  rows = [
-    {
-      "contender": k,
-      "ms": v * 1e3,
-      "x plain step": v / t["plain train step"],
-      "x gradlab stats": v / t["gradlab variance + GSNR"],
-    }
-    for k, v in t.items()
-  ]
+  out = {"ms": {k: v * 1e3 for k, v in t.items()}, "platform": jax.devices()[0].platform}
 
   # 3: the free noise scale in the sharded step, all devices
   mesh = sharding.make_mesh()
@@ -135,18 +136,57 @@ def main(argv):
       },
       repeats=_REPEATS.value,
     )
-    rows += [
+    out["sharded ms"] = {k: v * 1e3 for k, v in t2.items()}
+    out["devices"] = nd
+  return out
+
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  w, b = _WIDTH.value, _BATCH.value
+  names = ["jax", "torch"] if _TORCH.value else ["jax"]
+  args = [f"--width={w}", f"--batch_size={b}", f"--chunk_size={_CHUNK.value}",
+          f"--repeats={_REPEATS.value}"]  # fmt: skip
+  runs = timing.contender_processes(
+    "benchmarks.gradstats_overhead", names, rounds=_ROUNDS.value, args=args
+  )
+  ms = {k: [r["ms"][k] for r in runs["jax"]] for k in runs["jax"][0]["ms"]}
+  if _TORCH.value:
+    ms["BackPACK Variance"] = [r["ms"]["BackPACK Variance"] for r in runs["torch"]]
+  rows = []
+  for k, v in ms.items():
+    vs_stats = timing.paired(v, ms["gradlab variance + GSNR"])
+    rows.append(
       {
-        "contender": f"{k} ({nd} devices)",
-        "ms": v * 1e3,
-        "x plain step": v / t2["sharded step"],
-        "x gradlab stats": "",
+        "contender": k,
+        "ms (median of rounds)": statistics.median(v),
+        "x plain step": timing.paired(v, ms["plain train step"])["median"],
+        "x gradlab stats (median of paired rounds)": vs_stats["median"],
+        "spread": vs_stats["spread"],
       }
-      for k, v in t2.items()
-    ]
+    )
+  if "sharded ms" in runs["jax"][0]:
+    nd = runs["jax"][0]["devices"]
+    sh = {k: [r["sharded ms"][k] for r in runs["jax"]] for k in runs["jax"][0]["sharded ms"]}
+    for k, v in sh.items():
+      ratio = timing.paired(v, sh["sharded step"])
+      rows.append(
+        {
+          "contender": f"{k} ({nd} devices)",
+          "ms (median of rounds)": statistics.median(v),
+          "x plain step": ratio["median"],
+          "spread": ratio["spread"],
+        }
+      )
+  threads = runs["torch"][0]["threads"] if _TORCH.value else None
+  prob = tasks.mlp_problem(w, b)
   timing.report(
-    f"Gradient statistics, MLP 784-{w}-{w}-10 ({n:,} params), batch {b}, chunk "
-    f"{_CHUNK.value}; jax on {jax.devices()[0].platform}"
+    f"Gradient statistics, MLP 784-{w}-{w}-10 ({prob.num_params:,} params), batch {b}, "
+    f"chunk {_CHUNK.value}; each framework in its own process, {_ROUNDS.value} alternating "
+    f"rounds; jax on {runs['jax'][0]['platform']}"
     + (f", torch on CPU ({threads} threads)" if threads else ""),
     rows,
     _JSON.value,

@@ -1,13 +1,17 @@
 r"""The categorical VAE's train step: ReinMax against ST, and gradlab against
-the official PyTorch ``reinmax`` package, side by side in one process.
+the official PyTorch ``reinmax`` package, each framework in its own process.
 
   pip install -e ".[bench]"     # torch 2.13.0 (CPU) and reinmax 0.1.0
   python -m benchmarks.reinmax_vae_step [--config=10x30] [--json=out.json]
 
 Every contender does the same work per step: encode a batch of 100 MNIST-size
 images, draw one categorical sample per latent, decode, the -ELBO (BCE +
-KL to uniform), backward, one Adam update. Timings are medians of interleaved
-repeats. Goals (issue 3): ReinMax / ST <= 1.05; torch / gradlab >= 2.
+KL to uniform), backward, one Adam update. The gradlab steps are timed
+interleaved in one process (medians of repeats); the official torch step runs
+in its own process, alternating with gradlab's for ``--rounds`` rounds
+(``timing.contender_processes``), and torch / gradlab is the median of the
+per-round ratios, with their spread. Goals: ReinMax / ST <= 1.05;
+torch / gradlab >= 2.
 
 The ST and ReinMax steps both need the sample in the forward pass (the decoder
 reads it), so XLA cannot drop the sampling from either (a trap when timing
@@ -16,7 +20,9 @@ jax.grad of a loss whose gradient ignores the sample).
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +39,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed repeats.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the official PyTorch reinmax.")
 _TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "cpu or cuda.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per framework.")
+_CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'torch'.")
 
 
 def _gradlab_step(name, num_classes, num_latents, tau):
@@ -99,42 +107,67 @@ def _torch_step(num_classes, num_latents, tau, batch):
   return step, f"{_TORCH_DEVICE.value} ({torch.get_num_threads()} CPU threads)"
 
 
-def main(argv):
-  del argv
+def _batch():
+  rng = np.random.default_rng(0)
+  return (rng.random((_BATCH.value, 784)) > 0.87).astype(np.float32)  # MNIST-like sparsity
+
+
+def _contender(which: str) -> dict:
   num_classes, num_latents = (int(v) for v in _CONFIG.value.split("x"))
   tau = 1.3
-  rng = np.random.default_rng(0)
-  batch = (rng.random((_BATCH.value, 784)) > 0.87).astype(np.float32)  # MNIST-like sparsity
-  dev_batch = {"x": jax.device_put(batch)}
-  fns, boxes = {}, {}
-  for name in ("straight_through", "reinmax", "straight_through_gumbel"):
-    step, state = _gradlab_step(name, num_classes, num_latents, tau)
-    boxes[name] = state
+  batch = _batch()
+  fns, boxes, threads = {}, {}, None
+  if which == "jax":
+    dev_batch = {"x": jax.device_put(batch)}
+    for name in ("straight_through", "reinmax", "straight_through_gumbel"):
+      step, state = _gradlab_step(name, num_classes, num_latents, tau)
+      boxes[name] = state
 
-    def run(name=name, step=step):
-      boxes[name], m = step(boxes[name], dev_batch)
-      jax.block_until_ready(m["loss"])
+      def run(name=name, step=step):
+        boxes[name], m = step(boxes[name], dev_batch)
+        jax.block_until_ready(m["loss"])
 
-    fns[f"gradlab {name}"] = run
-  threads = None
-  if _TORCH.value:
+      fns[f"gradlab {name}"] = run
+  else:
     torch_step, threads = _torch_step(num_classes, num_latents, tau, batch)
     fns["torch reinmax (official)"] = torch_step
   t = timing.interleaved(fns, repeats=_REPEATS.value)
-  base = t["gradlab straight_through"]
-  rows = [
-    {
-      "step": k,
-      "ms": v * 1e3,
-      "vs gradlab ST": v / base,
-      "vs gradlab ReinMax": v / t["gradlab reinmax"],
-    }
-    for k, v in t.items()
-  ]
-  platform = jax.devices()[0].platform
+  return {"ms": {k: v * 1e3 for k, v in t.items()}, "threads": threads,
+          "platform": jax.devices()[0].platform}  # fmt: skip
+
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  names = ["jax", "torch"] if _TORCH.value else ["jax"]
+  args = [f"--config={_CONFIG.value}", f"--batch_size={_BATCH.value}",
+          f"--repeats={_REPEATS.value}", f"--torch_device={_TORCH_DEVICE.value}"]  # fmt: skip
+  runs = timing.contender_processes(
+    "benchmarks.reinmax_vae_step", names, rounds=_ROUNDS.value, args=args
+  )
+  ms = {k: [r["ms"][k] for r in runs["jax"]] for k in runs["jax"][0]["ms"]}
+  if _TORCH.value:
+    ms["torch reinmax (official)"] = [r["ms"]["torch reinmax (official)"] for r in runs["torch"]]
+  rows = []
+  for k, v in ms.items():
+    st = timing.paired(v, ms["gradlab straight_through"])
+    rm = timing.paired(v, ms["gradlab reinmax"])
+    rows.append(
+      {
+        "step": k,
+        "ms (median of rounds)": statistics.median(v),
+        "vs gradlab ST": st["median"],
+        "vs gradlab ReinMax (median of paired rounds)": rm["median"],
+        "spread": rm["spread"],
+      }
+    )
+  threads = runs["torch"][0]["threads"] if _TORCH.value else None
   timing.report(
-    f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, "
-    f"Adam; jax on {platform}" + (f", torch on {threads}" if threads else ""),
+    f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, Adam; "
+    f"each framework in its own process, {_ROUNDS.value} alternating rounds; jax on "
+    f"{runs['jax'][0]['platform']}" + (f", torch on {threads}" if threads else ""),
     rows,
     _JSON.value,
   )

@@ -52,3 +52,41 @@ def report(title: str, rows: list[dict], json_path: str | None = None) -> None:
   if json_path:
     with open(json_path, "w") as f:
       json.dump({"title": title, "rows": rows}, f, indent=2)
+
+
+def contender_processes(
+  module: str, names, *, rounds: int, args=(), timeout: float = 1800
+) -> dict[str, list[dict]]:
+  """Each contender in its own fresh process, ``rounds`` times, alternating A B, B A, ...
+
+  Runs ``python -m {module} --contender=NAME *args``; the process prints one JSON
+  object as its last line of stdout. Returns ``{name: [that object per round]}``.
+  Frameworks that share a process disturb each other (thread pools that keep
+  spinning, allocator state: a PyHessian/gradlab ratio of 1.4x, 36x and 70x in
+  three shared-process runs), so cross-framework contenders never share one.
+  """
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ)
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  out: dict[str, list[dict]] = {n: [] for n in names}
+  for r in range(rounds):
+    order = list(names) if r % 2 == 0 else list(reversed(names))
+    for name in order:
+      proc = subprocess.run(
+        [sys.executable, "-m", module, f"--contender={name}", *args],
+        capture_output=True, text=True, cwd=root, env=env, timeout=timeout, check=False,
+      )  # fmt: skip
+      if proc.returncode:
+        raise RuntimeError(f"{module} --contender={name} failed:\n{proc.stderr[-3000:]}")
+      out[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  return out
+
+
+def paired(numerators, denominators) -> dict[str, float | str]:
+  """Per-round ratios ``numerators[i] / denominators[i]``: their median and spread."""
+  ratios = [a / b for a, b in zip(numerators, denominators)]
+  return {"median": statistics.median(ratios), "spread": f"{min(ratios):.3g}-{max(ratios):.3g}"}

@@ -10,9 +10,17 @@ standard errors are printed to show it. PyHessian's ``trace`` runs with
 ``tol=-inf`` so that it uses every probe; its set-up (the first backward with
 ``create_graph``) is inside the timed call, as our linearization is.
 Goals: >= 2x faster than PyHessian; parity or better with matfree.
+
+PyHessian runs in its own process and gradlab in another, alternating
+(``timing.contender_processes``, ``--rounds`` of each); the ratio is taken
+round by round and reported as its median and spread. matfree, JAX like
+gradlab, is timed interleaved with it in the same process.
 """
 
 from __future__ import annotations
+
+import json
+import statistics
 
 import jax
 import numpy as np
@@ -26,85 +34,112 @@ _WIDTH = flags.DEFINE_integer("width", 256, "Hidden width.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per contender.")
+_CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'pyhessian'.")
+
+
+def _forwarded():
+  return [
+    f"--probes={_PROBES.value}",
+    f"--width={_WIDTH.value}",
+    f"--batch_size={_BATCH.value}",
+    f"--repeats={_REPEATS.value}",
+  ]
+
+
+def _contender(which: str) -> dict:
+  m, w = _PROBES.value, _WIDTH.value
+  prob = tasks.mlp_problem(w, _BATCH.value)
+  params, batch, loss, x, y = prob.params, prob.batch, prob.loss, prob.x, prob.y
+  results, fns = {}, {}
+  if which == "jax":
+    from matfree import stochtrace
+
+    ours = jax.jit(lambda p, b, k: curvature.hessian_trace(loss, p, b, k, num_probes=m))
+    estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
+      stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(params, num=m)
+    )
+    theirs = jax.jit(lambda p, b, k: estimate(curvature.make_hvp(loss, p, b), k))
+    keys = iter(jax.random.split(jax.random.key(1), 10_000))
+
+    def run_ours():
+      r = ours(params, batch, next(keys))
+      results["gradlab"] = tuple(map(float, jax.block_until_ready(r[:2])))
+
+    def run_matfree():
+      r = theirs(params, batch, next(keys))
+      results["matfree"] = tuple(map(float, jax.block_until_ready(r)))
+
+    fns = {"gradlab": run_ours, "matfree": run_matfree}
+  else:
+    import torch
+    from pyhessian import hessian as pyhessian
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+      torch.nn.Linear(784, w),
+      torch.nn.ReLU(),
+      torch.nn.Linear(w, w),
+      torch.nn.ReLU(),
+      torch.nn.Linear(w, 10),
+    )
+    with torch.no_grad():  # identical weights: flax Dense kernels are [in, out]
+      for i, layer in enumerate((net[0], net[2], net[4])):
+        p = params["params"][f"dense_{i}"]
+        layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
+        layer.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def run_pyhessian():
+      h = pyhessian(net, criterion, data=(tx, ty), cuda=False)
+      vals = np.array(h.trace(maxIter=m, tol=-float("inf")))
+      results["PyHessian"] = (float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(m)))
+
+    fns = {"PyHessian": run_pyhessian}
+  t = timing.interleaved(fns, repeats=_REPEATS.value, inner=1, warmup=1)
+  return {
+    "ms": {k: v * 1e3 for k, v in t.items()},
+    "estimate": {k: results[k][0] for k in t},
+    "stderr": {k: results[k][1] for k in t},
+    "platform": jax.devices()[0].platform,
+  }
 
 
 def main(argv):
   del argv
-  m, w = _PROBES.value, _WIDTH.value
-  prob = tasks.mlp_problem(w, _BATCH.value)
-  params, batch, loss, n, x, y = (
-    prob.params,
-    prob.batch,
-    prob.loss,
-    prob.num_params,
-    prob.x,
-    prob.y,
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  runs = timing.contender_processes(
+    "benchmarks.trace_peers", ["jax", "pyhessian"], rounds=_ROUNDS.value, args=_forwarded()
   )
-
-  ours = jax.jit(lambda p, b, k: curvature.hessian_trace(loss, p, b, k, num_probes=m))
-
-  from matfree import stochtrace
-
-  estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
-    stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(params, num=m)
-  )
-  theirs = jax.jit(lambda p, b, k: estimate(curvature.make_hvp(loss, p, b), k))
-
-  import torch
-  from pyhessian import hessian as pyhessian
-
-  torch.manual_seed(0)
-  net = torch.nn.Sequential(
-    torch.nn.Linear(784, w),
-    torch.nn.ReLU(),
-    torch.nn.Linear(w, w),
-    torch.nn.ReLU(),
-    torch.nn.Linear(w, 10),
-  )
-  with torch.no_grad():  # identical weights: flax Dense kernels are [in, out]
-    for i, layer in enumerate((net[0], net[2], net[4])):
-      p = params["params"][f"dense_{i}"]
-      layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
-      layer.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
-  tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-  criterion = torch.nn.CrossEntropyLoss()
-  results = {}
-
-  def run_pyhessian():
-    h = pyhessian(net, criterion, data=(tx, ty), cuda=False)
-    vals = np.array(h.trace(maxIter=m, tol=-float("inf")))
-    results["PyHessian"] = (vals.mean(), vals.std(ddof=1) / np.sqrt(m))
-
-  keys = iter(jax.random.split(jax.random.key(1), 10_000))
-
-  def run_ours():
-    r = ours(params, batch, next(keys))
-    results["gradlab"] = tuple(map(float, jax.block_until_ready(r[:2])))
-
-  def run_matfree():
-    r = theirs(params, batch, next(keys))
-    results["matfree"] = tuple(map(float, jax.block_until_ready(r)))
-
-  t = timing.interleaved(
-    {"gradlab": run_ours, "matfree": run_matfree, "PyHessian": run_pyhessian},
-    repeats=_REPEATS.value,
-    inner=1,
-    warmup=1,
-  )
-  rows = [
-    {
-      "implementation": k,
-      "ms": v * 1e3,
-      "x gradlab": v / t["gradlab"],
-      "last estimate": results[k][0],
-      "its stderr": results[k][1],
-    }
-    for k, v in t.items()
-  ]
+  ms = {
+    "gradlab": [r["ms"]["gradlab"] for r in runs["jax"]],
+    "matfree": [r["ms"]["matfree"] for r in runs["jax"]],
+    "PyHessian": [r["ms"]["PyHessian"] for r in runs["pyhessian"]],
+  }
+  last = {**runs["jax"][-1]["estimate"], **runs["pyhessian"][-1]["estimate"]}
+  err = {**runs["jax"][-1]["stderr"], **runs["pyhessian"][-1]["stderr"]}
+  rows = []
+  for k, v in ms.items():
+    ratio = timing.paired(v, ms["gradlab"])
+    rows.append(
+      {
+        "implementation": k,
+        "ms (median of rounds)": statistics.median(v),
+        "x gradlab (median of paired rounds)": ratio["median"],
+        "spread": ratio["spread"],
+        "last estimate": last[k],
+        "its stderr": err[k],
+      }
+    )
+  prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   timing.report(
-    f"Hutchinson trace, {m} Rademacher probes, MLP 784-{w}-{w}-10 ({n:,} params), "
-    f"batch {_BATCH.value}; jax on {jax.devices()[0].platform}, torch on CPU "
-    f"({torch.get_num_threads()} threads)",
+    f"Hutchinson trace, {_PROBES.value} Rademacher probes, MLP 784-{_WIDTH.value}-"
+    f"{_WIDTH.value}-10 ({prob.num_params:,} params), batch {_BATCH.value}; each framework "
+    f"in its own process, {_ROUNDS.value} alternating rounds; jax on "
+    f"{runs['jax'][0]['platform']}, torch on CPU",
     rows,
     _JSON.value,
   )
