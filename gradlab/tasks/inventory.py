@@ -25,6 +25,7 @@ weights the score of each exploration draw by the cost that follows it
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -95,7 +96,11 @@ def period_costs(problem: Inventory, level, demand, noise=None) -> jax.Array:
 def pathwise_gradients(problem: Inventory, level, demand, noise=None) -> jax.Array:
   """HDPO: ``d/dS`` of each trace's total cost through the simulator, ``[num_traces]``."""
   problem.check()
+  return _pathwise(problem, level, demand, noise)
 
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pathwise(problem, level, demand, noise):
   def total(s, d, e):
     return jnp.sum(period_costs(problem, s, d, e))
 
@@ -110,10 +115,15 @@ def score_gradients(problem: Inventory, level, demand, noise, sigma) -> jax.Arra
   is the other traces' mean cost-to-go (leave-one-out, so unbiased)."""
   problem.check()
   _checks.positive("sigma", sigma)
+  if jnp.shape(demand)[0] < 2:
+    raise ValueError("demand: the leave-one-out baseline needs at least 2 traces")
+  return _score(problem, level, demand, noise, sigma)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score(problem, level, demand, noise, sigma):
   costs = jax.vmap(lambda d, e: period_costs(problem, level, d, e))(demand, noise)
   to_go = jnp.cumsum(costs[:, ::-1], 1)[:, ::-1]  # C_{t:T}
   n = to_go.shape[0]
-  if n < 2:
-    raise ValueError("demand: the leave-one-out baseline needs at least 2 traces")
   baseline = (jnp.sum(to_go, 0, keepdims=True) - to_go) / (n - 1)
   return jnp.sum(noise / sigma**2 * (to_go - baseline), 1)
