@@ -78,3 +78,49 @@ def guarded_chain(
   """
   tx = optax.chain(*transforms)
   return optax.GradientTransformationExtraArgs(tx.init, skip_nonfinite(tx.update))
+
+
+def inline_guard(update_fn: Callable) -> Callable:
+  """The policy for an ``update_fn(updates, state, params=None, *, ok)`` that applies it itself.
+
+  Such an update selects ``where(ok, new, old)`` inside the elementwise passes
+  it makes anyway, so the guard costs one pass over the gradient (the
+  finiteness check) and nothing more: no ``lax.cond``, whose operands XLA
+  copies when the state is not donated (measured on four 1600x1600 leaves:
+  SPAM's update read and wrote 13.5 leaf-sets under ``lax.cond``, 11.5 with the
+  selects folded in, against ``optax.adam``'s 9).
+  """
+
+  @functools.wraps(update_fn)
+  def guarded(updates, state, params=None, **extra):
+    return update_fn(updates, state, params, ok=all_finite(updates), **extra)
+
+  return guarded
+
+
+def inline_guarded_chain(
+  first: optax.GradientTransformation, *rest: optax.GradientTransformation
+) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain(first, *rest)`` under the non-finite policy, ``first`` applying it inline.
+
+  ``first.update`` takes the keyword ``ok`` (see :func:`inline_guard`) and
+  returns a zero update and its own state unchanged when ``ok`` is False; the
+  states of ``rest`` (small: counts, schedules) are selected back, and the
+  chain's final update is zeroed (weight decay does not move the parameters
+  on a skipped step). The state has ``optax.chain``'s structure.
+  """
+  tail = optax.with_extra_args_support(optax.chain(*rest))
+
+  def init_fn(params):
+    return (first.init(params), *tail.init(params))
+
+  def update_fn(updates, state, params=None, **extra):
+    ok = all_finite(updates)
+    u, s0 = first.update(updates, state[0], params, ok=ok)
+    rest_state = tuple(state[1:])
+    u, new_rest = tail.update(u, rest_state, params, **extra)
+    new_rest = jax.tree.map(lambda a, b: jnp.where(ok, a, b), tuple(new_rest), rest_state)
+    u = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), u)
+    return u, (s0, *new_rest)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

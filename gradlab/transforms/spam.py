@@ -85,8 +85,13 @@ def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_a
       nu=optax.tree.zeros_like(params),
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, ok=None):
+    """``ok`` (a scalar bool, the gradient's finiteness) folds the non-finite
+    policy into each pass: where it is False the moments, the count and the
+    (zero) update are selected elementwise, inside the same fused loops, with no
+    ``lax.cond`` and no copy of the state (see ``nonfinite.inline_guarded_chain``)."""
     del params
+    keep_all = jnp.asarray(True) if ok is None else ok
     c = optax.safe_increment(state.count)
     resets = jnp.asarray(reset_interval) > 0
     interval = jnp.maximum(jnp.asarray(reset_interval), 1)
@@ -102,11 +107,13 @@ def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_a
     def first(g, m, v):
       spike = active & (g * g > threshold * v)
       g = jnp.where(spike, jnp.sign(g) * jnp.sqrt(v * threshold), g)
-      return jnp.where(keep, b1 * m, 0.0).astype(m.dtype) + (1 - b1) * g
+      new = jnp.where(keep, b1 * m, 0.0).astype(m.dtype) + (1 - b1) * g
+      return new if ok is None else jnp.where(keep_all, new, m)
 
     def second(g, v):
       g2 = jnp.where(active, jnp.minimum(g * g, threshold * v), g * g)
-      return jnp.where(keep, b2 * v, 0.0).astype(v.dtype) + (1 - b2) * g2
+      new = jnp.where(keep, b2 * v, 0.0).astype(v.dtype) + (1 - b2) * g2
+      return new if ok is None else jnp.where(keep_all, new, v)
 
     mu = jax.tree.map(first, updates, state.mu, state.nu)
     nu = jax.tree.map(second, updates, state.nu)
@@ -117,10 +124,12 @@ def _spam_direction(b1, b2, eps, threshold, reset_interval, warmup_steps, clip_a
     def direction(m, v):
       t = c.astype(m.dtype)
       step = factor.astype(m.dtype) * jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t)
-      return m / (jnp.sqrt(v) + eps) * step
+      out = m / (jnp.sqrt(v) + eps) * step
+      return out if ok is None else jnp.where(keep_all, out, jnp.zeros_like(out))
 
     out = jax.tree.map(direction, mu, nu)
-    return out, ScaleBySpamState(count=c, mu=mu, nu=nu)
+    count = c if ok is None else jnp.where(keep_all, c, state.count)
+    return out, ScaleBySpamState(count=count, mu=mu, nu=nu)
 
   return init_fn, update_fn
 
@@ -150,7 +159,7 @@ def scale_by_spam(
   args = (b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after)
   _check_spam(*args)
   init_fn, update_fn = _spam_direction(*args)
-  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(init_fn, nonfinite.inline_guard(update_fn))
 
 
 def spam(
@@ -169,11 +178,12 @@ def spam(
 
   The hyperparameters are :func:`scale_by_spam`'s; all may be scheduled or
   injected (``optax.inject_hyperparams(spam)(learning_rate=1e-3)``). The
-  non-finite policy guards the whole chain once.
+  non-finite policy guards the whole chain once, folded into SPAM's own passes
+  (``nonfinite.inline_guarded_chain``).
   """
   args = (b1, b2, eps, threshold, reset_interval, warmup_steps, clip_after)
   _check_spam(*args)
-  return nonfinite.guarded_chain(
+  return nonfinite.inline_guarded_chain(
     optax.GradientTransformation(*_spam_direction(*args)),
     optax.add_decayed_weights(weight_decay),
     optax.scale_by_learning_rate(learning_rate),

@@ -1,0 +1,33 @@
+"""The non-finite policy folded into SPAM's own passes (no lax.cond) skips exactly like the cond."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradlab import transforms
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_spam_with_a_schedule_and_weight_decay_skips_the_whole_chain(bad):
+  tx = transforms.spam(optax.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1)
+  params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.ones(2)}
+  good = jax.tree.map(lambda p: 0.1 * p + 0.05, params)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    _, state = update(good, state, params)
+  poisoned = {"w": good["w"].at[2].set(bad), "b": good["b"]}
+  updates, new_state = update(poisoned, state, params)
+  for u in jax.tree.leaves(updates):  # weight decay does not move the parameters either
+    np.testing.assert_array_equal(np.asarray(u), 0.0)
+  jax.tree.map(  # moments, SPAM's count and the schedule's count, all as they were
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state, state
+  )
+  # and the guarded run then equals a run that never saw the bad step
+  after, _ = update(good, new_state, params)
+  ref_state = tx.init(params)
+  for _ in range(4):
+    ref, ref_state = update(good, ref_state, params)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), after, ref)
