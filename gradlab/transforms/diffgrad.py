@@ -47,18 +47,27 @@ def _diffgrad_direction(b1, b2, eps):
     z = optax.tree.zeros_like(params)
     return ScaleByDiffGradState(jnp.zeros([], jnp.int32), z, z, z)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, ok=None):
+    """``ok``: the non-finite policy, selected inside each pass (``nonfinite.inline_guard``)."""
     del params
     c = optax.safe_increment(state.count)
     mu, nu = torch_adam.torch_adam_moments(updates, state.mu, state.nu, b1, b2)
+    prev = updates
+    if ok is not None:
+      keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+      mu = jax.tree.map(keep, mu, state.mu)
+      nu = jax.tree.map(keep, nu, state.nu)
+      prev = jax.tree.map(keep, updates, state.prev_grad)
+      c = jnp.where(ok, c, state.count)
 
     def direction(m, v, prev, g):  # one fused pass: friction, damping and the step
       t = c.astype(m.dtype)
       friction = 1.0 / (1.0 + jnp.exp(-jnp.abs(prev - g)))
-      return friction * m / (jnp.sqrt(v) + eps) * (jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t))
+      out = friction * m / (jnp.sqrt(v) + eps) * (jnp.sqrt(1.0 - b2**t) / (1.0 - b1**t))
+      return out if ok is None else jnp.where(ok, out, jnp.zeros_like(out))
 
     out = jax.tree.map(direction, mu, nu, state.prev_grad, updates)
-    return out, ScaleByDiffGradState(c, mu, nu, updates)
+    return out, ScaleByDiffGradState(c, mu, nu, prev)
 
   return init_fn, update_fn
 
@@ -69,7 +78,7 @@ def scale_by_diffgrad(
   """diffGrad's direction (no learning rate); ``eps > 0``."""
   torch_adam.check_adam(b1, b2, eps)
   init_fn, update_fn = _diffgrad_direction(b1, b2, eps)
-  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(init_fn, nonfinite.inline_guard(update_fn))
 
 
 def diffgrad(
@@ -81,8 +90,9 @@ def diffgrad(
 ) -> optax.GradientTransformationExtraArgs:
   """diffGrad as an optimizer, with the official code's L2 weight decay (applied first)."""
   torch_adam.check_adam(b1, b2, eps)
-  return nonfinite.guarded_chain(
+  return nonfinite.inline_guarded_chain(
     optax.add_decayed_weights(weight_decay),
     optax.GradientTransformation(*_diffgrad_direction(b1, b2, eps)),
     optax.scale_by_learning_rate(learning_rate),
+    inline=1,
   )

@@ -60,17 +60,18 @@ def per_layer_clip(max_norm: float, *, budget: str = "uniform") -> optax.Gradien
   _checks.positive("max_norm", max_norm)
   _checks.one_of("budget", budget, ("uniform", "size"))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, ok):
     del params
     leaves, treedef = jax.tree.flatten(updates)
     budgets = layer_budgets(updates, max_norm, budget)
     out = []
     for g, c in zip(leaves, budgets):
       norm = jnp.sqrt(jnp.sum(jnp.square(g)))
-      out.append((g * jnp.minimum(1.0, c / norm)).astype(g.dtype))
+      clipped = (g * jnp.minimum(1.0, c / norm)).astype(g.dtype)
+      out.append(jnp.where(ok, clipped, jnp.zeros_like(clipped)))  # the policy, in the same pass
     return jax.tree.unflatten(treedef, out), state
 
-  return optax.GradientTransformation(optax.init_empty_state, nonfinite.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(optax.init_empty_state, nonfinite.inline_guard(update_fn))
 
 
 def layerwise_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
@@ -81,11 +82,15 @@ def layerwise_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
   """
   _checks.positive("eps", eps)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, ok):
     del params
-    return jax.tree.map(lambda g: g / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps), updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, nonfinite.skip_nonfinite(update_fn))
+    def one(g):  # the policy selected in the same pass
+      return jnp.where(ok, g / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps), jnp.zeros_like(g))
+
+    return jax.tree.map(one, updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, nonfinite.inline_guard(update_fn))
 
 
 class DPAggregateState(NamedTuple):

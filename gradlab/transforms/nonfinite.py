@@ -99,28 +99,33 @@ def inline_guard(update_fn: Callable) -> Callable:
 
 
 def inline_guarded_chain(
-  first: optax.GradientTransformation, *rest: optax.GradientTransformation
+  *transforms: optax.GradientTransformation, inline: int = 0
 ) -> optax.GradientTransformationExtraArgs:
-  """``optax.chain(first, *rest)`` under the non-finite policy, ``first`` applying it inline.
+  """``optax.chain(*transforms)`` under the non-finite policy, member ``inline`` applying it itself.
 
-  ``first.update`` takes the keyword ``ok`` (see :func:`inline_guard`) and
-  returns a zero update and its own state unchanged when ``ok`` is False; the
-  states of ``rest`` (small: counts, schedules) are selected back, and the
-  chain's final update is zeroed (weight decay does not move the parameters
-  on a skipped step). The state has ``optax.chain``'s structure.
+  That member's ``update`` takes the keyword ``ok`` (see :func:`inline_guard`)
+  and returns a zero update and its own state unchanged when ``ok`` is False;
+  the other members' states (small: counts, schedules; stateless ones have
+  none) are selected back, and the chain's final update is zeroed (weight
+  decay does not move the parameters on a skipped step). The state has
+  ``optax.chain``'s structure.
   """
-  tail = optax.with_extra_args_support(optax.chain(*rest))
+  members = [optax.with_extra_args_support(t) for t in transforms]
 
   def init_fn(params):
-    return (first.init(params), *tail.init(params))
+    return tuple(t.init(params) for t in transforms)
 
   def update_fn(updates, state, params=None, **extra):
     ok = all_finite(updates)
-    u, s0 = first.update(updates, state[0], params, ok=ok)
-    rest_state = tuple(state[1:])
-    u, new_rest = tail.update(u, rest_state, params, **extra)
-    new_rest = jax.tree.map(lambda a, b: jnp.where(ok, a, b), tuple(new_rest), rest_state)
-    u = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), u)
-    return u, (s0, *new_rest)
+    new_state = []
+    for i, (t, s) in enumerate(zip(members, state)):
+      if i == inline:
+        updates, s = transforms[i].update(updates, s, params, ok=ok)
+      else:
+        updates, new_s = t.update(updates, s, params, **extra)
+        s = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_s, s)
+      new_state.append(s)
+    updates = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), updates)
+    return updates, tuple(new_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -187,4 +187,5 @@ def spam(
     optax.GradientTransformation(*_spam_direction(*args)),
     optax.add_decayed_weights(weight_decay),
     optax.scale_by_learning_rate(learning_rate),
+    inline=0,
   )

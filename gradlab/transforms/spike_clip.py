@@ -91,7 +91,8 @@ def spike_clip(
     coef = jnp.where(norm > limit, limit / (norm + 1e-6), 1.0)
     return jax.tree.map(lambda u: (u * coef).astype(u.dtype), updates)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, ok=None):
+    """``ok``: the non-finite policy, selected inside the scaling pass (``nonfinite.inline_guard``)."""
     del params
     norm = optax.tree.norm(updates).astype(state.mean.dtype)
     warming = state.count < warmup_steps
@@ -124,12 +125,16 @@ def spike_clip(
     mean = jnp.where(warming, w_mean, e_mean)
     var = jnp.where(warming, w_var, e_var)
     informative = norm > 0  # a zero gradient carries no information about the norms
-    return out, SpikeClipState(
+    new_state = SpikeClipState(
       jnp.where(informative, optax.safe_increment(state.count), state.count),
       jnp.where(informative, mean, state.mean).astype(state.mean.dtype),
       jnp.where(informative, var, state.var).astype(state.var.dtype),
       norm,
       spike & informative,
     )
+    if ok is None:
+      return out, new_state
+    out = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), out)
+    return out, jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)
 
-  return optax.GradientTransformation(init_fn, nonfinite.skip_nonfinite(update_fn))
+  return optax.GradientTransformation(init_fn, nonfinite.inline_guard(update_fn))

@@ -1,4 +1,5 @@
-"""The non-finite policy folded into SPAM's own passes (no lax.cond) skips exactly like the cond."""
+"""The non-finite policy folded into the transforms' own passes (no lax.cond) skips exactly
+as the whole-chain cond did: a zero update, every state (schedules included) as it was."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,16 @@ import pytest
 from gradlab import transforms
 
 
+OPTIMIZERS = {
+  "spam": lambda lr: transforms.spam(lr, weight_decay=0.1),
+  "diffgrad": lambda lr: transforms.diffgrad(lr, weight_decay=0.1),
+}
+
+
 @pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
-def test_spam_with_a_schedule_and_weight_decay_skips_the_whole_chain(bad):
-  tx = transforms.spam(optax.linear_schedule(1e-2, 1e-3, 10), weight_decay=0.1)
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_an_optimizer_with_a_schedule_and_weight_decay_skips_the_whole_chain(name, bad):
+  tx = OPTIMIZERS[name](optax.linear_schedule(1e-2, 1e-3, 10))
   params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.ones(2)}
   good = jax.tree.map(lambda p: 0.1 * p + 0.05, params)
   state = tx.init(params)
