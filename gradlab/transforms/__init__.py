@@ -46,7 +46,13 @@ from gradlab.transforms.layerwise import (
   layerwise_normalize,
   per_layer_clip,
 )
-from gradlab.transforms.nonfinite import all_finite, guarded_chain, skip_nonfinite
+from gradlab.transforms.nonfinite import (
+  all_finite,
+  guarded_chain,
+  inline_guard,
+  inline_guarded_chain,
+  skip_nonfinite,
+)
 from gradlab.transforms.orthogonal import orthogonal_gradient
 from gradlab.transforms.quantized import (
   QuantizedArray,
@@ -95,6 +101,8 @@ __all__ = [
   "LAYOUTS",
   "TorchAdamState",
   "guarded_chain",
+  "inline_guard",
+  "inline_guarded_chain",
   "skip_nonfinite",
   "QuantizedArray",
   "SVRGState",

@@ -9,6 +9,14 @@ can neither poison a moment estimate nor advance a schedule. The optimizers
 once, to their whole chain, so on a skipped step weight decay does not move
 the parameters either.
 
+How the skip is applied costs memory traffic, not correctness: a
+``lax.cond`` around the update (:func:`skip_nonfinite`, :func:`guarded_chain`)
+makes XLA copy a non-donated state into the conditional, so the elementwise
+transforms (SPAM, diffGrad, ``spike_clip``, ``per_layer_clip``,
+``layerwise_normalize``) instead select ``where(ok, new, old)`` inside the
+passes they make anyway (:func:`inline_guard`, :func:`inline_guarded_chain`);
+both forms give the same updates and states, bit for bit.
+
 Inside a longer ``optax.chain`` the members after a gradlab transform then see
 a zero update, which optax's own stateful members (``scale_by_adam``, ...)
 would still fold into their moments; to skip a whole chain atomically, wrap it

@@ -9,7 +9,6 @@ import pytest
 
 from gradlab import transforms
 
-
 OPTIMIZERS = {
   "spam": lambda lr: transforms.spam(lr, weight_decay=0.1),
   "diffgrad": lambda lr: transforms.diffgrad(lr, weight_decay=0.1),
