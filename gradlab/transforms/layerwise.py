@@ -60,18 +60,21 @@ def per_layer_clip(max_norm: float, *, budget: str = "uniform") -> optax.Gradien
   _checks.positive("max_norm", max_norm)
   _checks.one_of("budget", budget, ("uniform", "size"))
 
-  def update_fn(updates, state, params=None, *, ok):
+  def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
     budgets = layer_budgets(updates, max_norm, budget)
+    norms = [jnp.sqrt(jnp.sum(jnp.square(g))) for g in leaves]
+    # the non-finite policy read off the norms computed anyway (an overflowing norm
+    # counts as non-finite) and selected in the scaling pass
+    ok = jnp.all(jnp.isfinite(jnp.stack(norms))) if norms else jnp.asarray(True)
     out = []
-    for g, c in zip(leaves, budgets):
-      norm = jnp.sqrt(jnp.sum(jnp.square(g)))
+    for g, c, norm in zip(leaves, budgets, norms):
       clipped = (g * jnp.minimum(1.0, c / norm)).astype(g.dtype)
-      out.append(jnp.where(ok, clipped, jnp.zeros_like(clipped)))  # the policy, in the same pass
+      out.append(jnp.where(ok, clipped, jnp.zeros_like(clipped)))
     return jax.tree.unflatten(treedef, out), state
 
-  return optax.GradientTransformation(optax.init_empty_state, nonfinite.inline_guard(update_fn))
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def layerwise_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
@@ -82,15 +85,17 @@ def layerwise_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
   """
   _checks.positive("eps", eps)
 
-  def update_fn(updates, state, params=None, *, ok):
+  def update_fn(updates, state, params=None):
     del params
+    leaves, treedef = jax.tree.flatten(updates)
+    norms = [jnp.sqrt(jnp.sum(jnp.square(g))) for g in leaves]
+    # the non-finite policy read off the norms (an overflowing norm counts as
+    # non-finite) and selected in the same pass
+    ok = jnp.all(jnp.isfinite(jnp.stack(norms))) if norms else jnp.asarray(True)
+    out = [jnp.where(ok, g / (n + eps), jnp.zeros_like(g)) for g, n in zip(leaves, norms)]
+    return jax.tree.unflatten(treedef, out), state
 
-    def one(g):  # the policy selected in the same pass
-      return jnp.where(ok, g / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps), jnp.zeros_like(g))
-
-    return jax.tree.map(one, updates), state
-
-  return optax.GradientTransformation(optax.init_empty_state, nonfinite.inline_guard(update_fn))
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 class DPAggregateState(NamedTuple):

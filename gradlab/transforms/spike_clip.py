@@ -30,7 +30,9 @@ variance are 0, every later gradient is a spike clipped to norm 0, and the
 statistics never leave 0 again.
 
 Non-finite gradients: skipped (zero update, unchanged state); see
-:mod:`gradlab.transforms.nonfinite`.
+:mod:`gradlab.transforms.nonfinite`. The check is read off the gradient norm
+the transform computes anyway, so a finite gradient whose norm overflows
+(``> 1.8e19`` in float32) is skipped too.
 
 References:
   Kumar, Owen, Ashraf, Pritchard. ZClip: Adaptive Spike Mitigation for LLM
@@ -47,7 +49,6 @@ import optax
 from jax.typing import ArrayLike
 
 from gradlab import _checks
-from gradlab.transforms import nonfinite
 
 
 class SpikeClipState(NamedTuple):
@@ -91,10 +92,14 @@ def spike_clip(
     coef = jnp.where(norm > limit, limit / (norm + 1e-6), 1.0)
     return jax.tree.map(lambda u: (u * coef).astype(u.dtype), updates)
 
-  def update_fn(updates, state, params=None, *, ok=None):
-    """``ok``: the non-finite policy, selected inside the scaling pass (``nonfinite.inline_guard``)."""
+  def update_fn(updates, state, params=None):
     del params
     norm = optax.tree.norm(updates).astype(state.mean.dtype)
+    # The non-finite policy, read off the norm this transform computes anyway (no
+    # separate pass over the gradient) and selected inside the scaling pass. A
+    # norm that overflows (a finite gradient with ||g|| > 1.8e19 in float32)
+    # counts as non-finite too: its statistics would be poisoned for good.
+    ok = jnp.isfinite(norm)
     warming = state.count < warmup_steps
     # Warmup: Welford's running mean and M2; the last warmup step turns M2
     # into the population variance.
@@ -132,9 +137,7 @@ def spike_clip(
       norm,
       spike & informative,
     )
-    if ok is None:
-      return out, new_state
     out = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), out)
     return out, jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)
 
-  return optax.GradientTransformation(init_fn, nonfinite.inline_guard(update_fn))
+  return optax.GradientTransformation(init_fn, update_fn)

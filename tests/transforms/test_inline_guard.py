@@ -38,3 +38,33 @@ def test_an_optimizer_with_a_schedule_and_weight_decay_skips_the_whole_chain(nam
   for _ in range(4):
     ref, ref_state = update(good, ref_state, params)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), after, ref)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: transforms.spike_clip(warmup_steps=2),
+    lambda: transforms.per_layer_clip(1.0),
+    lambda: transforms.layerwise_normalize(),
+  ],
+  ids=["spike_clip", "per_layer_clip", "layerwise_normalize"],
+)
+def test_the_clips_read_the_policy_off_their_norms_and_skip_an_overflowing_norm(make):
+  tx = make()
+  params = {"w": jnp.ones(4), "b": jnp.ones(2)}
+  good = {"w": jnp.asarray([0.5, -1.0, 2.0, 0.1]), "b": jnp.asarray([0.3, 0.2])}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    _, state = update(good, state, params)
+  # NaN, Inf, and a finite gradient whose float32 norm overflows: all skipped
+  for bad in (jnp.nan, jnp.inf, 3e19):
+    poisoned = {"w": good["w"], "b": good["b"].at[1].set(bad)}
+    updates, new_state = update(poisoned, state, params)
+    for u in jax.tree.leaves(updates):  # every leaf, not only the bad one
+      np.testing.assert_array_equal(np.asarray(u), 0.0)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state, state
+    )
+  updates, _ = update(good, state, params)
+  assert all(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
