@@ -153,9 +153,7 @@ def main(argv):
   runs = timing.contender_processes(
     "benchmarks.gradstats_overhead", names, rounds=_ROUNDS.value, args=args
   )
-  ms = {k: [r["ms"][k] for r in runs["jax"]] for k in runs["jax"][0]["ms"]}
-  if _TORCH.value:
-    ms["BackPACK Variance"] = [r["ms"]["BackPACK Variance"] for r in runs["torch"]]
+  ms = timing.per_round(runs)
   rows = []
   for k, v in ms.items():
     vs_stats = timing.paired(v, ms["gradlab variance + GSNR"])
@@ -170,7 +168,7 @@ def main(argv):
     )
   if "sharded ms" in runs["jax"][0]:
     nd = runs["jax"][0]["devices"]
-    sh = {k: [r["sharded ms"][k] for r in runs["jax"]] for k in runs["jax"][0]["sharded ms"]}
+    sh = timing.per_round(runs, "sharded ms")
     for k, v in sh.items():
       ratio = timing.paired(v, sh["sharded step"])
       rows.append(

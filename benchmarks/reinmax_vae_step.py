@@ -147,9 +147,7 @@ def main(argv):
   runs = timing.contender_processes(
     "benchmarks.reinmax_vae_step", names, rounds=_ROUNDS.value, args=args
   )
-  ms = {k: [r["ms"][k] for r in runs["jax"]] for k in runs["jax"][0]["ms"]}
-  if _TORCH.value:
-    ms["torch reinmax (official)"] = [r["ms"]["torch reinmax (official)"] for r in runs["torch"]]
+  ms = timing.per_round(runs)
   rows = []
   for k, v in ms.items():
     st = timing.paired(v, ms["gradlab straight_through"])

@@ -86,6 +86,17 @@ def contender_processes(
   return out
 
 
+def per_round(runs: dict[str, list[dict]], field: str = "ms") -> dict[str, list[float]]:
+  """``{label: [value per round]}`` from :func:`contender_processes`' output, every
+  process's ``field`` dict merged (each contender process reports its own labels)."""
+  out: dict[str, list[float]] = {}
+  for rounds in runs.values():
+    for r in rounds:
+      for label, value in r.get(field, {}).items():
+        out.setdefault(label, []).append(value)
+  return out
+
+
 def paired(numerators, denominators) -> dict[str, float | str]:
   """Per-round ratios ``numerators[i] / denominators[i]``: their median and spread."""
   ratios = [a / b for a, b in zip(numerators, denominators)]

@@ -114,11 +114,7 @@ def main(argv):
   runs = timing.contender_processes(
     "benchmarks.trace_peers", ["jax", "pyhessian"], rounds=_ROUNDS.value, args=_forwarded()
   )
-  ms = {
-    "gradlab": [r["ms"]["gradlab"] for r in runs["jax"]],
-    "matfree": [r["ms"]["matfree"] for r in runs["jax"]],
-    "PyHessian": [r["ms"]["PyHessian"] for r in runs["pyhessian"]],
-  }
+  ms = timing.per_round(runs)
   last = {**runs["jax"][-1]["estimate"], **runs["pyhessian"][-1]["estimate"]}
   err = {**runs["jax"][-1]["stderr"], **runs["pyhessian"][-1]["stderr"]}
   rows = []

@@ -294,8 +294,9 @@ def run(config: Config, workdir: str):
     ylabel=f"c(p, G={max(groups)})",
     title="difficulty bias of the group estimators",
   )
+  last_pop = tasks.bandit.beta_population(config.num_prompts, *mixes[-1])
   alloc = _allocation_rows(
-    tasks.bandit.beta_population(config.num_prompts, *mixes[-1]),
+    last_pop,
     config.budget_per_prompt,
     jax.random.key(1),
     min(config.num_batches, 4000),
@@ -314,7 +315,7 @@ def run(config: Config, workdir: str):
     ),
   )
   selection = _selection_rows(
-    tasks.bandit.beta_population(config.num_prompts, *mixes[-1]),
+    last_pop,
     max(groups),
     jax.random.key(2),
     min(config.num_batches, 4000),

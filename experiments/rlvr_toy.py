@@ -226,22 +226,20 @@ def _mean_sd(values):
   return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
+def _final(history, steps, lr):
+  """The final evaluation of every seed at rate ``lr``."""
+  return [h for h in history if h["step"] == steps and h["lr"] == lr]
+
+
 def _select(history, steps):
   """The final evaluation at the rate with the best *training* mean pass@k: (lr, rows)."""
-  final = [h for h in history if h["step"] == steps]
-  by_lr = {}
-  for h in final:
-    by_lr.setdefault(h["lr"], []).append(h)
+  rates = list(dict.fromkeys(h["lr"] for h in history))
   score = {
-    lr: np.mean([np.mean([h[f"train pass@{k}"] for k in KS]) for h in hs])
-    for lr, hs in by_lr.items()
+    lr: np.mean([np.mean([h[f"train pass@{k}"] for k in KS]) for h in _final(history, steps, lr)])
+    for lr in rates
   }
   best = max(score, key=score.get)
-  return best, by_lr[best]
-
-
-def _final(history, steps, lr):
-  return [h for h in history if h["step"] == steps and h["lr"] == lr]
+  return best, _final(history, steps, best)
 
 
 def _verdict(histories, steps, lrs, base_test) -> str:

@@ -57,8 +57,15 @@ def mixture_weight(bias_a, bias_b, var_a, var_b, cov=0.0) -> jax.Array:
     raise ValueError(f"bias_a, bias_b: expected the same shape, got {ba.shape} and {bb.shape}")
   _checks.positive("var_a", var_a, allow_zero=True)
   _checks.positive("var_b", var_b, allow_zero=True)
-  num = jnp.sum(bb**2) - jnp.sum(ba * bb) + var_b - cov
-  den = jnp.sum((ba - bb) ** 2) + var_a + var_b - 2 * cov
+  return _optimal_weight(
+    jnp.sum(bb**2), jnp.sum(ba * bb), jnp.sum((ba - bb) ** 2), var_a, var_b, cov
+  )
+
+
+def _optimal_weight(bias_b_sq, bias_dot, bias_diff_sq, var_a, var_b, cov) -> jax.Array:
+  """``alpha^*`` from the scalars it needs: ``||b_b||^2``, ``<b_a, b_b>``, ``||b_a - b_b||^2``."""
+  num = bias_b_sq - bias_dot + var_b - cov
+  den = bias_diff_sq + var_a + var_b - 2 * cov
   safe = jnp.where(den > 0, den, 1.0)
   return jnp.where(den > 0, jnp.clip(num / safe, 0.0, 1.0), 1.0)
 
@@ -112,10 +119,7 @@ def estimate_mixture_weight(samples_a, samples_b, *, target=None, paired: bool =
     bb = mb - ma
     noise = va / na + vb / nb - (2 * c / na if paired else 0.0)
     bias_sq = jnp.maximum(jnp.sum(bb**2) - noise, 0.0)
-    num = bias_sq + vb - c
-    den = bias_sq + va + vb - 2 * c
-    safe = jnp.where(den > 0, den, 1.0)
-    w = jnp.where(den > 0, jnp.clip(num / safe, 0.0, 1.0), 1.0)
+    w = _optimal_weight(bias_sq, 0.0, bias_sq, va, vb, c)  # b_a = 0
   return w, {"bias_a": ba, "bias_b": bb, "var_a": va, "var_b": vb, "cov": c}
 
 
