@@ -111,6 +111,30 @@ def test_adam_8bit_matches_its_dequantized_reference():
   assert mismatched == 0
 
 
+def test_adam_8bit_chunked_update_matches_the_reference_on_a_long_padded_leaf():
+  """A leaf of 515 blocks (two full chunks of the update loop and a short last
+  one) whose size is no multiple of the block: same codes and parameters as the
+  reference, step for step."""
+  rng = np.random.default_rng(2)
+  params = {"w": rng.normal(size=(517, 255)).astype(np.float32)}
+  grads = [{"w": rng.standard_t(3, size=(517, 255)).astype(np.float32)} for _ in range(3)]
+  expected = _reference_adam8bit(params, grads, 1e-2)
+  tx = transforms.adam_8bit(1e-2)
+  p = jax.tree.map(jnp.asarray, params)
+  state = tx.init(p)
+  assert state[0].mu["w"].codes.shape == (515, 256)
+  update = jax.jit(tx.update)
+  for g, (ref_p, ref_s) in zip(grads, expected):
+    u, state = update(jax.tree.map(jnp.asarray, g), state, p)
+    p = optax.apply_updates(p, u)
+    (i1, a1), (i2, a2) = ref_s["w"]
+    np.testing.assert_array_equal(np.asarray(state[0].mu["w"].codes), i1)
+    np.testing.assert_array_equal(np.asarray(state[0].nu["w"].codes), i2)
+    np.testing.assert_array_equal(np.asarray(state[0].mu["w"].absmax), a1)
+    np.testing.assert_array_equal(np.asarray(state[0].nu["w"].absmax), a2)
+    np.testing.assert_allclose(np.asarray(p["w"]), ref_p["w"], rtol=1e-6, atol=2e-6)
+
+
 def test_adam_8bit_stays_within_the_quantization_error_of_fp32_adam():
   """One step from the same (dequantized) state: each stored moment is within
   half a code-book gap (times the block's absmax) of fp32 Adam's; over 100
@@ -236,15 +260,26 @@ def _float32_classes(code, signed):
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_closed_form_nearest_code_equals_the_search_and_argmin_on_every_float32_class(signed):
-  # Run once over *all* 2.1e9 (signed) and 1.1e9 (unsigned) float32 values in
-  # range, the closed form and the binary search agreed everywhere (0
-  # mismatches; benchmarks/quantizer_speed.py --exhaustive repeats it, ~90 s).
+def test_table_nearest_code_equals_the_search_and_argmin_on_every_float32_class(signed):
+  # Over *all* 2.1e9 (signed) and 1.1e9 (unsigned) float32 values in range the
+  # table and the binary search agree (0 mismatches, 46 s:
+  # `python -m benchmarks.quantizer_speed --exhaustive`).
   code = SIGNED if signed else UNSIGNED
   x = _float32_classes(code, signed)
-  closed = np.asarray(transforms.nearest_code(jnp.asarray(code), jnp.asarray(x), signed=signed))
+  closed = np.asarray(transforms.nearest_code(jnp.asarray(x), signed=signed))
   search = np.asarray(transforms.nearest_by_search(jnp.asarray(code), jnp.asarray(x)))
   argmin = np.argmin(np.abs(x[:, None].astype(np.float32) - code[None, :]), axis=1)
   np.testing.assert_array_equal(closed, search)
   np.testing.assert_array_equal(closed, argmin)
   assert len(x) > 20000 and len(np.unique(closed)) == (256 if signed else 256)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_decision_thresholds_are_where_argmin_changes(signed):
+  code = SIGNED if signed else UNSIGNED
+  t = transforms.decision_thresholds(signed)
+  assert t.shape == (255,) and t.dtype == np.float32 and np.all(np.diff(t) > 0)
+  after = np.nextafter(t, np.float32(2))
+  argmin = lambda x: np.argmin(np.abs(x[:, None] - code[None, :]), axis=1)  # noqa: E731
+  np.testing.assert_array_equal(argmin(t), np.arange(255))
+  np.testing.assert_array_equal(argmin(after), np.arange(1, 256))
