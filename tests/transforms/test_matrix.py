@@ -21,6 +21,12 @@ def _loss_fn(p, b, key):
   return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean(), {}
 
 
+@functools.cache
+def _params():
+  # flax's init under jit: one compile, not one per operation
+  return jax.jit(MODEL.init)(jax.random.key(0), jnp.zeros((1, 5)))
+
+
 def _data(n=16, seed=0):
   rng = np.random.default_rng(seed)
   return {
@@ -84,7 +90,7 @@ MEMBER = {"spike_clip": 0, "agvm": 1}
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_train_step_on_8_devices_equals_one_device(name):
   make_tx, extra_args_fn = CASES[name]
-  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 5)))
+  params = _params()
   batches = [_data(16, seed=s) for s in range(4)]
   finals = []
   for mesh in (None, sharding.make_mesh()):
@@ -120,16 +126,17 @@ def _direct_extra(name, grads):
 def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   make_tx, _ = CASES[name]
   tx = make_tx()
-  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 5)))
+  params = _params()
   good = jax.grad(lambda p: _loss_fn(p, _data(), None)[0])(params)
   state = tx.init(params)
-  update = tx.update  # eager: some extra arguments are functions (jit: the test above)
+  # jitted once per case (the extra arguments' functions are built inside the trace)
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p, **_direct_extra(name, g)))
   for _ in range(3):  # some history first
-    _, state = update(good, state, params, **_direct_extra(name, good))
+    _, state = update(good, state, params)
   poisoned = jax.tree.map(lambda g: g, good)
   leaf = poisoned["params"]["dense_0"]["kernel"]
   poisoned["params"]["dense_0"]["kernel"] = leaf.at[0, 0].set(bad)
-  updates, new_state = update(poisoned, state, params, **_direct_extra(name, poisoned))
+  updates, new_state = update(poisoned, state, params)
   member = MEMBER.get(name)
   same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   if member is None:  # a whole gradlab optimizer (or one whose other members are stateless)
@@ -140,7 +147,7 @@ def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   if member is not None:
     return  # (an optax member before ours, e.g. agvm's sgd trace, did take the NaN)
   # and the next good step proceeds normally
-  updates, _ = update(good, new_state, params, **_direct_extra(name, good))
+  updates, _ = update(good, new_state, params)
   assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
 
 
@@ -335,9 +342,9 @@ def test_state_keeps_float32_params_dtypes_under_x64(name):
   with jax.enable_x64(True):
     tx = make_tx()
     state = tx.init(params)
-    extra = _direct_extra(name, grads)
-    updates, new_state = tx.update(grads, state, params, **extra)  # the repro: storm raised here
-    updates, new_state = tx.update(grads, new_state, params, **extra)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, **_direct_extra(name, g)))
+    updates, new_state = update(grads, state, params)  # the repro: storm raised here
+    updates, new_state = update(grads, new_state, params)
   for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert u.dtype == p.dtype, name
   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
