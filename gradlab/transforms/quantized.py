@@ -202,7 +202,7 @@ def quantize_blockwise(
   """Quantizes ``x`` (any shape) block-wise against the sorted ``code``.
 
   With ``signed`` given, ``code`` must be ``dynamic_code(signed)`` and the
-  closed-form :func:`nearest_code` finds each index; without, a binary search
+  bucket table of :func:`nearest_code` finds each index; without, a binary search
   over any sorted code (:func:`nearest_by_search`). Both give argmin's index.
   """
   flat = x.reshape(-1).astype(jnp.float32)
