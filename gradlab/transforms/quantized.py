@@ -196,6 +196,19 @@ def nearest_code(x: jax.Array, *, signed: bool) -> jax.Array:
   return jnp.asarray(base)[bucket] + step.astype(jnp.uint8)
 
 
+def _scaled_blocks(blocks: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``[num_blocks, block_size]`` values over their block's absolute maximum
+  (1 for an all-zero block), and those maxima."""
+  absmax = jnp.max(jnp.abs(blocks), axis=1)
+  absmax = jnp.where(absmax == 0, 1.0, absmax)
+  return blocks / absmax[:, None], absmax
+
+
+def _dequantized_blocks(codes: jax.Array, absmax: jax.Array, code: jax.Array) -> jax.Array:
+  """The ``[num_blocks, block_size]`` float32 values that codes and maxima store."""
+  return code[codes.astype(jnp.int32)] * absmax[:, None]
+
+
 def quantize_blockwise(
   x: jax.Array, code: jax.Array, block_size: int = 256, *, signed: bool | None = None
 ) -> QuantizedArray:
@@ -209,16 +222,14 @@ def quantize_blockwise(
   num_blocks = -(-flat.shape[0] // block_size)
   flat = jnp.pad(flat, (0, num_blocks * block_size - flat.shape[0]))
   blocks = flat.reshape(num_blocks, block_size)
-  absmax = jnp.max(jnp.abs(blocks), axis=1)
-  absmax = jnp.where(absmax == 0, 1.0, absmax)
-  scaled = blocks / absmax[:, None]
+  scaled, absmax = _scaled_blocks(blocks)
   codes = nearest_by_search(code, scaled) if signed is None else nearest_code(scaled, signed=signed)
   return QuantizedArray(codes, absmax)
 
 
 def dequantize_blockwise(q: QuantizedArray, code: jax.Array, shape) -> jax.Array:
   """The float32 tensor of ``shape`` that ``q`` stores."""
-  values = code[q.codes.astype(jnp.int32)] * q.absmax[:, None]
+  values = _dequantized_blocks(q.codes, q.absmax, code)
   return values.reshape(-1)[: math.prod(shape)].reshape(shape)
 
 
@@ -252,20 +263,22 @@ def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
   is_q = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
 
   def requantize(blocks, signed):
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
-    absmax = jnp.where(absmax == 0, 1.0, absmax)
-    return nearest_code(blocks / absmax[:, None], signed=signed), absmax
+    scaled, absmax = _scaled_blocks(blocks)
+    return nearest_code(scaled, signed=signed), absmax
 
   def moments(g, m, v):
     return b1 * m + (1.0 - b1) * g, b2 * v + (1.0 - b2) * g * g
 
+  def direction(m, v, bc1, bc2, ok):  # optax's Adam; zero on a skipped step
+    return jnp.where(ok, m / (jnp.sqrt(v) / bc2 + eps) / bc1, 0.0)
+
   def blocks_step(g, m_codes, m_absmax, v_codes, v_absmax, bc1, bc2, ok):
     """Dequantize, Adam, requantize ``g.shape[0]`` blocks at once; on a
     skipped step (``ok`` False) a zero update and the old codes."""
-    m = signed_code[m_codes.astype(jnp.int32)] * m_absmax[:, None]
-    v = unsigned_code[v_codes.astype(jnp.int32)] * v_absmax[:, None]
+    m = _dequantized_blocks(m_codes, m_absmax, signed_code)
+    v = _dequantized_blocks(v_codes, v_absmax, unsigned_code)
     m, v = moments(g, m, v)
-    u = jnp.where(ok, m / (jnp.sqrt(v) / bc2 + eps) / bc1, 0.0)
+    u = direction(m, v, bc1, bc2, ok)
     new = (*requantize(m, True), *requantize(v, False))
     old = (m_codes, m_absmax, v_codes, v_absmax)
     return (u, *(jnp.where(ok, a, b) for a, b in zip(new, old)))
@@ -283,16 +296,14 @@ def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
     rows = min(nb, max(1, _CHUNK_VALUES // block_size))
     full = nb // rows
 
-    def chunk(start, out):
-      take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, rows)  # noqa: E731
+    def chunk(start, size, out):
+      take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
       new = blocks_step(take(gb), *map(take, out[1:]), bc1, bc2, ok)
       return tuple(jax.lax.dynamic_update_slice_in_dim(o, r, start, 0) for o, r in zip(out, new))
 
-    out = jax.lax.fori_loop(0, full, lambda c, out: chunk(c * rows, out), out)
+    out = jax.lax.fori_loop(0, full, lambda c, out: chunk(c * rows, rows, out), out)
     if nb % rows:  # the last, shorter chunk, outside the loop (chunks never overlap)
-      start = full * rows
-      new = blocks_step(gb[start:], *(o[start:] for o in out[1:]), bc1, bc2, ok)
-      out = tuple(jax.lax.dynamic_update_slice_in_dim(o, r, start, 0) for o, r in zip(out, new))
+      out = chunk(full * rows, nb % rows, out)
     u, m_codes, m_absmax, v_codes, v_absmax = out
     u = u.reshape(-1)[:n].reshape(g.shape).astype(g.dtype)
     return u, QuantizedArray(m_codes, m_absmax), QuantizedArray(v_codes, v_absmax)
@@ -313,7 +324,7 @@ def _adam_8bit_direction(b1, b2, eps, block_size, min_8bit_size):
         u, m, v = quantized_leaf(g, m, v, bc1, bc2, ok)
       else:
         m_new, v_new = moments(g.astype(jnp.float32), m, v)
-        u = jnp.where(ok, m_new / (jnp.sqrt(v_new) / bc2 + eps) / bc1, 0.0).astype(g.dtype)
+        u = direction(m_new, v_new, bc1, bc2, ok).astype(g.dtype)
         m, v = jnp.where(ok, m_new, m), jnp.where(ok, v_new, v)
       outs.append(u)
       new_mu.append(m)

@@ -121,6 +121,12 @@ def _direct_extra(name, grads):
   return {}
 
 
+def _jitted_update(tx, name):
+  """``tx.update`` with the case's extra arguments, jitted once (their
+  functions are built inside the trace)."""
+  return jax.jit(lambda g, s, p: tx.update(g, s, p, **_direct_extra(name, g)))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
@@ -129,8 +135,7 @@ def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   params = _params()
   good = jax.grad(lambda p: _loss_fn(p, _data(), None)[0])(params)
   state = tx.init(params)
-  # jitted once per case (the extra arguments' functions are built inside the trace)
-  update = jax.jit(lambda g, s, p: tx.update(g, s, p, **_direct_extra(name, g)))
+  update = _jitted_update(tx, name)
   for _ in range(3):  # some history first
     _, state = update(good, state, params)
   poisoned = jax.tree.map(lambda g: g, good)
@@ -342,7 +347,7 @@ def test_state_keeps_float32_params_dtypes_under_x64(name):
   with jax.enable_x64(True):
     tx = make_tx()
     state = tx.init(params)
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p, **_direct_extra(name, g)))
+    update = _jitted_update(tx, name)
     updates, new_state = update(grads, state, params)  # the repro: storm raised here
     updates, new_state = update(grads, new_state, params)
   for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
