@@ -11,6 +11,11 @@ of a pure scalar ``loss_fn(params, batch)`` (``hessian_trace``,
 (``sampler_signs``, ``sampler_normal``). Explicit keys; nothing is jitted
 inside. Wrap in ``jax.jit`` with the batch sharded as ``gradlab.train`` has
 it to reduce across devices.
+
+K-FAC and EK-FAC (``kfac``, ``ekfac``: :class:`KroneckerFactors` with
+``matvec``, ``inverse``, ``eigenvalues``, ``to_dense``) are fitted over a
+dataset for the flax Dense, DenseGeneral, Embed and Conv layers a per-example
+loss calls (``gradlab.curvature.capture``).
 """
 
 from gradlab.curvature.density import (
@@ -20,6 +25,7 @@ from gradlab.curvature.density import (
   quadrature,
   spectral_density,
 )
+from gradlab.curvature.kfac import KroneckerFactors, ekfac, kfac
 from gradlab.curvature.lanczos import (
   EigenResult,
   Tridiagonal,
@@ -44,6 +50,7 @@ from gradlab.curvature.trace import (
 __all__ = [
   "DiagonalEstimate",
   "EigenResult",
+  "KroneckerFactors",
   "Sampler",
   "Sharpness",
   "SpectralDensity",
@@ -52,6 +59,7 @@ __all__ = [
   "check_scalar_loss",
   "count_outliers",
   "diagonal",
+  "ekfac",
   "empirical_fisher_vp",
   "ggn_vp",
   "hessian_diagonal",
@@ -60,6 +68,7 @@ __all__ = [
   "hessian_trace",
   "hutch_plus_plus",
   "hvp",
+  "kfac",
   "lanczos_tridiagonal",
   "make_hvp",
   "power_iteration",
