@@ -18,6 +18,14 @@ dataset for the flax Dense, DenseGeneral, Embed and Conv layers a per-example
 loss calls (``gradlab.curvature.capture``).
 """
 
+from gradlab.curvature.dataset import (
+  Batches,
+  batches,
+  dataset_empirical_fisher_vp,
+  dataset_fisher_vp,
+  dataset_ggn_vp,
+  dataset_hvp,
+)
 from gradlab.curvature.density import (
   SpectralDensity,
   count_outliers,
@@ -25,7 +33,7 @@ from gradlab.curvature.density import (
   quadrature,
   spectral_density,
 )
-from gradlab.curvature.kfac import KroneckerFactors, ekfac, kfac
+from gradlab.curvature.kronecker import KroneckerFactors, ekfac, kfac
 from gradlab.curvature.lanczos import (
   EigenResult,
   Tridiagonal,
@@ -35,7 +43,15 @@ from gradlab.curvature.lanczos import (
   top_eigenvalues,
 )
 from gradlab.curvature.probes import Sampler, rademacher, sampler_normal, sampler_signs
-from gradlab.curvature.products import check_scalar_loss, empirical_fisher_vp, ggn_vp, hvp, make_hvp
+from gradlab.curvature.products import (
+  check_scalar_loss,
+  empirical_fisher_vp,
+  fisher_vp,
+  ggn_vp,
+  hvp,
+  make_hvp,
+  sampled_cross_entropy,
+)
 from gradlab.curvature.sharpness import Sharpness, sharpness, sharpness_instrument
 from gradlab.curvature.trace import (
   DiagonalEstimate,
@@ -48,6 +64,7 @@ from gradlab.curvature.trace import (
 )
 
 __all__ = [
+  "Batches",
   "DiagonalEstimate",
   "EigenResult",
   "KroneckerFactors",
@@ -56,11 +73,17 @@ __all__ = [
   "SpectralDensity",
   "TraceEstimate",
   "Tridiagonal",
+  "batches",
   "check_scalar_loss",
   "count_outliers",
+  "dataset_empirical_fisher_vp",
+  "dataset_fisher_vp",
+  "dataset_ggn_vp",
+  "dataset_hvp",
   "diagonal",
   "ekfac",
   "empirical_fisher_vp",
+  "fisher_vp",
   "ggn_vp",
   "hessian_diagonal",
   "hessian_spectral_density",
@@ -74,6 +97,7 @@ __all__ = [
   "power_iteration",
   "quadrature",
   "rademacher",
+  "sampled_cross_entropy",
   "sampler_normal",
   "sampler_signs",
   "sharpness",

@@ -99,7 +99,9 @@ def _describe(module: nn.Module, x: Any, y: Any) -> Call:
       "K-FAC covers ungrouped convolutions only"
     )
   if module.mask is not None:
-    raise ValueError(f"loss_fn: Conv {name!r} has a kernel mask; K-FAC does not cover masked kernels")
+    raise ValueError(
+      f"loss_fn: Conv {name!r} has a kernel mask; K-FAC does not cover masked kernels"
+    )
   ks = tuple(module.kernel_size)
   rank = len(ks)
   padding = module.padding
@@ -117,7 +119,13 @@ def _describe(module: nn.Module, x: Any, y: Any) -> Call:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * rank
 
   c_in, c_out = in_shape[-1], module.features
-  geometry = (ks, tup(module.strides), padding, tup(module.input_dilation), tup(module.kernel_dilation))
+  geometry = (
+    ks,
+    tup(module.strides),
+    padding,
+    tup(module.input_dilation),
+    tup(module.kernel_dilation),
+  )
   return Call(
     name, kind, module.use_bias, c_in * math.prod(ks), c_out, in_shape, out_shape,
     (*ks, c_in, c_out), geometry,
@@ -185,6 +193,33 @@ def layer_io(
   return value, inputs, grads
 
 
+def batched_layer_io(
+  fn: Callable[..., jax.Array], calls: tuple[Call, ...], args: tuple, in_axes: tuple
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+  """:func:`layer_io` of every example at once: ``fn`` vmapped over ``args`` (``in_axes``
+  as ``jax.vmap``'s), one reverse pass of the summed losses (each example's loss depends
+  only on its own perturbations, so their gradients are the per-example ones). Returns
+  ``(values [B], inputs [B, ...], output gradients [B, ...])`` per call."""
+  sizes = {
+    jnp.shape(leaf)[0] for a, ax in zip(args, in_axes) if ax == 0 for leaf in jax.tree.leaves(a)
+  }
+  (b,) = sizes
+  zeros = [jnp.zeros((b, *c.out_shape), jnp.result_type(float)) for c in calls]
+
+  def one(perturbations, *a):
+    out, inputs, seen = _run(fn, a, perturbations)
+    if tuple(seen) != tuple(calls):
+      raise ValueError("loss_fn: the layers it calls changed between two traces")
+    return out, inputs
+
+  def total(perturbations):
+    values, inputs = jax.vmap(one, in_axes=(0, *in_axes))(perturbations, *args)
+    return jnp.sum(values), (values, inputs)
+
+  (_, (values, inputs)), grads = jax.value_and_grad(total, has_aux=True)(zeros)
+  return values, inputs, grads
+
+
 def rows(call: Call, x: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
   """One call's per-token rows: ``a [tokens, d_in (+1 with a bias)]`` and ``g [tokens, d_out]``.
 
@@ -237,4 +272,3 @@ def token_count(call: Call) -> int:
   if call.kind == "embed":
     return math.prod(call.in_shape)
   return math.prod(call.out_shape[:-1])
-

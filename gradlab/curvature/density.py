@@ -11,7 +11,9 @@ v^T f(H) v / |v|^2, exact for polynomials f of degree < 2m, whose average over
 runs estimates (1/n) tr f(H) = ∫ f dμ for the spectral measure μ. The
 density is the quadrature smoothed by a Gaussian of width ``sigma``:
 φ(t) = mean_runs sum_k τ_k N(t; θ_k, σ²). It integrates to 1 and its first
-moments are the quadrature's (plus σ² in the second).
+moments are the quadrature's (plus σ² in the second). The runs are a
+``lax.map``, or a Python loop for a stream-backed matvec (marked
+``from_python``, ``gradlab.curvature.dataset``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import _checks
+from gradlab.curvature.dataset import from_python, hessian_matvec, python_map
 from gradlab.curvature.lanczos import lanczos_tridiagonal, tridiagonal_matrix
 from gradlab.curvature.probes import dimension
-from gradlab.curvature.products import make_hvp
 
 
 class SpectralDensity(NamedTuple):
@@ -46,7 +48,8 @@ def quadrature(
     theta, u = jnp.linalg.eigh(tridiagonal_matrix(t))
     return theta, u[0] ** 2
 
-  return jax.lax.map(one, jax.random.split(key, num_runs))
+  keys = jax.random.split(key, num_runs)
+  return python_map(one, keys) if from_python(matvec) else jax.lax.map(one, keys)
 
 
 def spectral_density(
@@ -82,10 +85,22 @@ def spectral_density(
 
 
 def hessian_spectral_density(
-  loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any, key: jax.Array, **kwargs
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batch: Any,
+  key: jax.Array,
+  *,
+  micro_batch: int | None = None,
+  **kwargs,
 ) -> SpectralDensity:
-  """``spectral_density`` of the Hessian of ``loss_fn(., batch)`` at ``params``."""
-  return spectral_density(make_hvp(loss_fn, params, batch), params, key, **kwargs)
+  """``spectral_density`` of the Hessian of ``loss_fn(., batch)`` at ``params``.
+
+  With ``micro_batch`` (or a ``curvature.batches`` stream as ``batch``) the
+  Hessian is that of the mean loss over the dataset ``batch``, by
+  ``dataset_hvp`` (see ``hessian_trace``).
+  """
+  matvec = hessian_matvec(loss_fn, params, batch, micro_batch)
+  return spectral_density(matvec, params, key, **kwargs)
 
 
 def count_outliers(eigenvalues: jax.Array, *, max_outliers: int) -> jax.Array:

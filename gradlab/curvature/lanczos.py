@@ -13,6 +13,10 @@ of A's eigenvalues.
 Power iteration is optax's ``power_iteration`` (dominant eigenvalue by
 magnitude): the simple baseline. Lanczos reaches the same accuracy in far
 fewer products, and gives the top k at once.
+
+A stream-backed matvec (``gradlab.curvature.dataset``, marked
+``from_python``) runs the same Lanczos step in a Python loop; power iteration
+(optax's ``lax.while_loop``) refuses it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
+from gradlab.curvature.dataset import from_python, hessian_matvec, python_map
 from gradlab.curvature.probes import Sampler, check_sampler, dimension, sampler_signs
-from gradlab.curvature.products import make_hvp
 
 Matvec = Callable[[Any], Any]
 
@@ -84,7 +88,13 @@ def lanczos_tridiagonal(
     return basis, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
 
   init = (basis, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), jnp.zeros((), dtype))
-  basis, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init)
+  if from_python(matvec):  # a stream's product cannot be traced: the same steps from Python
+    carry = init
+    for j in range(m):
+      carry = body(jnp.asarray(j), carry)  # an array j, as fori_loop's: one eager op per step
+    basis, alphas, betas, _ = carry
+  else:
+    basis, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init)
   return Tridiagonal(alphas, betas[:-1], basis)
 
 
@@ -120,7 +130,8 @@ def top_eigenvalues(
   vectors = (t.basis.T @ u).T  # [k, n]
   _, unravel = ravel_pytree(like)
   mv = lambda x: ravel_pytree(matvec(unravel(x)))[0]
-  residuals = jnp.linalg.norm(jax.vmap(mv)(vectors) - values[:, None] * vectors, axis=1)
+  products = python_map(mv, vectors) if from_python(matvec) else jax.vmap(mv)(vectors)
+  residuals = jnp.linalg.norm(products - values[:, None] * vectors, axis=1)
   return EigenResult(values, jax.vmap(unravel)(vectors), residuals)
 
 
@@ -132,10 +143,20 @@ def hessian_top_eigenvalues(
   *,
   k: int = 1,
   num_iterations: int | None = None,
+  micro_batch: int | None = None,
 ) -> EigenResult:
-  """:func:`top_eigenvalues` of the Hessian of ``loss_fn(., batch)`` at ``params``."""
+  """:func:`top_eigenvalues` of the Hessian of ``loss_fn(., batch)`` at ``params``.
+
+  With ``micro_batch`` (or a ``curvature.batches`` stream as ``batch``) the
+  Hessian is that of the mean loss over the dataset ``batch``, by
+  ``dataset_hvp`` (see ``hessian_trace``).
+  """
   return top_eigenvalues(
-    make_hvp(loss_fn, params, batch), params, key, k=k, num_iterations=num_iterations
+    hessian_matvec(loss_fn, params, batch, micro_batch),
+    params,
+    key,
+    k=k,
+    num_iterations=num_iterations,
   )
 
 
@@ -149,6 +170,11 @@ def power_iteration(
   sampler: Sampler = sampler_signs,
 ) -> tuple[jax.Array, Any]:
   """Dominant (largest-magnitude) eigenpair by ``optax.power_iteration``."""
+  if from_python(matvec):
+    raise ValueError(
+      "matvec: power_iteration traces it in a lax.while_loop, and a stream's product runs from "
+      "Python; use top_eigenvalues, or stacked data"
+    )
   num_iterations = _checks.integer("num_iterations", num_iterations, minimum=1)
   check_sampler(sampler)
   return optax.power_iteration(

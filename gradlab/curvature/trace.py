@@ -9,7 +9,9 @@ symmetric linear map over pytrees; the loss forms (``hessian_trace``,
 ``make_hvp``. Probes are evaluated ``probe_batch`` at a time with ``vmap`` (a
 probe batch bounds memory: its activations are held at once) and the
 batches one after another with ``lax.map``. Nothing is jitted inside: the
-caller decides.
+caller decides. A stream-backed matvec (``gradlab.curvature.dataset``, marked
+``from_python``) gets the same probes, the same keys, one at a time in a
+Python loop.
 
 Which to use: Hutchinson (Rademacher) for indefinite Hessians and small
 budgets; Hutch++ when the spectrum is dominated by a few large eigenvalues
@@ -30,8 +32,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
+from gradlab.curvature.dataset import from_python, hessian_matvec, python_map
 from gradlab.curvature.probes import Sampler, check_sampler, sampler_signs
-from gradlab.curvature.products import make_hvp
 
 Matvec = Callable[[Any], Any]
 
@@ -61,12 +63,17 @@ def _probe_values(
   num_probes: int,
   probe_batch: int,
   sampler: Sampler,
+  python: bool = False,
 ) -> Any:
-  """``fn(v)`` for ``num_probes`` probes v, stacked on a leading axis."""
+  """``fn(v)`` for ``num_probes`` probes v, stacked on a leading axis (a Python loop if
+  ``python``: the same keys, one probe at a time)."""
   check_sampler(sampler)
   pb = _check_counts(num_probes, probe_batch)
   num_chunks = math.ceil(num_probes / pb)
-  keys = jax.random.split(key, num_chunks * pb).reshape(num_chunks, pb, *key.shape)
+  keys = jax.random.split(key, num_chunks * pb)
+  if python:
+    return python_map(lambda k: fn(sampler(k, like)), keys[:num_probes])
+  keys = keys.reshape(num_chunks, pb, *key.shape)
 
   def chunk(ks):
     return jax.vmap(lambda k: fn(sampler(k, like)))(ks)
@@ -87,7 +94,13 @@ def trace(
 ) -> TraceEstimate:
   """Hutchinson's ``tr A ~ mean_i v_i^T A v_i`` with its standard error."""
   values = _probe_values(
-    lambda v: optax.tree.vdot(v, matvec(v)), like, key, num_probes, probe_batch, sampler
+    lambda v: optax.tree.vdot(v, matvec(v)),
+    like,
+    key,
+    num_probes,
+    probe_batch,
+    sampler,
+    from_python(matvec),
   )
   stderr = (
     jnp.std(values, ddof=1) / math.sqrt(num_probes)
@@ -108,7 +121,13 @@ def diagonal(
 ) -> DiagonalEstimate:
   """``diag A ~ mean_i v_i * (A v_i)`` entrywise, with per-entry standard errors."""
   values = _probe_values(
-    lambda v: jax.tree.map(jnp.multiply, v, matvec(v)), like, key, num_probes, probe_batch, sampler
+    lambda v: jax.tree.map(jnp.multiply, v, matvec(v)),
+    like,
+    key,
+    num_probes,
+    probe_batch,
+    sampler,
+    from_python(matvec),
   )
   mean = jax.tree.map(lambda x: jnp.mean(x, 0), values)
   if num_probes > 1:
@@ -127,6 +146,7 @@ def hessian_trace(
   num_probes: int,
   probe_batch: int = 1,
   sampler: Sampler = sampler_signs,
+  micro_batch: int | None = None,
 ) -> TraceEstimate:
   """Hutchinson estimate of ``tr H`` of ``loss_fn(., batch)`` at ``params``.
 
@@ -143,10 +163,15 @@ def hessian_trace(
       32); on an accelerator a larger batch fills the device better.
     sampler: ``(key, like) -> probe``: ``sampler_signs`` (default) or
       ``sampler_normal`` (see ``gradlab.curvature.probes``).
+    micro_batch: given (or with a ``curvature.batches`` stream as ``batch``),
+      ``batch`` is a dataset and the map is ``dataset_hvp``'s: the Hessian of
+      the mean loss over all of it, ``micro_batch`` examples at a time, each
+      product recomputed (memory of one micro-batch). Default: ``make_hvp``,
+      linearized once over the whole batch.
   """
   _check_counts(num_probes, probe_batch)
   return trace(
-    make_hvp(loss_fn, params, batch),
+    hessian_matvec(loss_fn, params, batch, micro_batch),
     params,
     key,
     num_probes=num_probes,
@@ -164,11 +189,13 @@ def hessian_diagonal(
   num_probes: int,
   probe_batch: int = 1,
   sampler: Sampler = sampler_signs,
+  micro_batch: int | None = None,
 ) -> DiagonalEstimate:
-  """Hutchinson estimate of ``diag H`` (a pytree like ``params``)."""
+  """Hutchinson estimate of ``diag H`` (a pytree like ``params``); arguments as
+  :func:`hessian_trace`."""
   _check_counts(num_probes, probe_batch)
   return diagonal(
-    make_hvp(loss_fn, params, batch),
+    hessian_matvec(loss_fn, params, batch, micro_batch),
     params,
     key,
     num_probes=num_probes,
@@ -198,6 +225,8 @@ def hutch_plus_plus(
     raise ValueError(f"num_matvecs: {num_matvecs} // 3 = {k} exceeds the dimension {n}")
   mv = lambda x: ravel_pytree(matvec(unravel(x)))[0]
   mm = jax.vmap(mv, in_axes=1, out_axes=1)  # A @ X for X of shape [n, k]
+  if from_python(matvec):
+    mm = lambda x: python_map(mv, x.T).T  # noqa: E731
   ks, kg = jax.random.split(key)
   # k probes from the sampler, as the columns of an [n, k] matrix
   draw = lambda kk: jax.vmap(lambda ki: ravel_pytree(sampler(ki, like))[0], out_axes=1)(

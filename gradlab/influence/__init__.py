@@ -8,7 +8,7 @@ effect of *removing* it on the test loss).
 
 * ``influence(loss_fn, params, train, test, method=...)``: influence
   functions ``(1/n) g_test^T (H + damping I)^-1 g_train`` by an explicit solve,
-  CG, LiSSA, Arnoldi (top-k eigenpairs) or EK-FAC; ``self_influence``.
+  CG, LiSSA, Arnoldi (top-k eigenpairs) or EK-FAC (``curvature.ekfac``); ``self_influence``.
 * Gradient features (``per_example_gradients``, ``gradient_features``,
   ``project`` without a ``d x k`` matrix, LESS's ``adam_transform``) and the
   scores built on them: ``grad_dot``, ``grad_cos``, ``tracin_cp``, ``trak``,
@@ -22,7 +22,6 @@ effect of *removing* it on the test loss).
   ``auroc``.
 """
 
-from gradlab.influence.ekfac import LayerFactors, dense_layers, ekfac_factors
 from gradlab.influence.features import (
   adam_transform,
   gradient_features,
@@ -68,13 +67,10 @@ from gradlab.influence.z0inf import z0_influence, z0_self_influence
 
 __all__ = [
   "METHODS",
-  "LayerFactors",
   "ShapleyEstimate",
   "adam_transform",
   "auroc",
   "dense_hessian",
-  "dense_layers",
-  "ekfac_factors",
   "el2n",
   "exact_shapley",
   "grad_cos",

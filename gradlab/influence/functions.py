@@ -30,7 +30,12 @@ Methods:
   eigenpairs (Lanczos with full reorthogonalization, ``curvature.lanczos``),
   ``H^-1 v ~= sum_k u_k u_k^T v / (lambda_k + damping)``. With ``rank = d`` it
   is exact; the error falls as ``rank`` grows.
-* ``"ekfac"``: :mod:`gradlab.influence.ekfac`, for models made of Dense layers.
+* ``"ekfac"``: ``gradlab.curvature.ekfac``'s EK-FAC of the empirical Fisher (the
+  per-example gradient covariance), for models whose parameters all sit in
+  flax Dense, DenseGeneral, Embed or Conv layers called inside ``loss_fn``
+  (tokens and convolutions included; an L2 term belongs in ``damping``, not
+  in ``loss_fn``). Pass ``factors`` (from ``curvature.ekfac``, e.g. restored
+  from a checkpoint) to reuse a fit across queries.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
+from gradlab.curvature.kronecker import KroneckerFactors, ekfac
 from gradlab.curvature.lanczos import top_eigenvalues
-from gradlab.influence import ekfac as _ekfac
 from gradlab.influence.features import num_examples, per_example_gradients
 
 ExampleLoss = Callable[[Any, Any], jax.Array]
@@ -150,6 +155,7 @@ def inverse_hvp(
   scale: Any = None,
   batch_size: int | None = None,
   key: jax.Array | None = None,
+  factors: KroneckerFactors | None = None,
 ) -> jax.Array:
   """``[m, d]``: rows ``(H + damping I)^-1 v`` for the rows v of ``vectors`` (flat, like
   ``ravel_pytree(params)``), H the Hessian of the mean loss over ``train``.
@@ -223,7 +229,15 @@ def inverse_hvp(
     )
     u = jax.vmap(lambda v: ravel_pytree(v)[0])(eig.eigenvectors)  # [r, d]
     return ((vectors @ u.T) / (eig.eigenvalues + damping)) @ u
-  return _ekfac.inverse_product(loss_fn, params, train, vectors, damping=damping)
+  if factors is None:
+    factors = ekfac(loss_fn, params, train)
+  elif not isinstance(factors, KroneckerFactors):
+    raise ValueError(
+      f"factors: expected curvature.KroneckerFactors from curvature.ekfac, got "
+      f"{type(factors).__name__}"
+    )
+  inverse = factors.inverse(damping)
+  return jax.vmap(lambda v: ravel_pytree(inverse(unravel(v)))[0])(vectors)
 
 
 def influence(
@@ -241,6 +255,7 @@ def influence(
   scale: Any = None,
   batch_size: int | None = None,
   key: jax.Array | None = None,
+  factors: KroneckerFactors | None = None,
 ) -> jax.Array:
   """``[len(test), len(train)]`` removal effects ``(1/n) g_test^T (H + damping I)^-1 g_train``.
 
@@ -260,6 +275,7 @@ def influence(
     scale: LiSSA's scale (default 1.5x the top eigenvalue of H + damping).
     batch_size: LiSSA's Hessian batch (default all train examples).
     key: PRNG key for LiSSA's batches and Lanczos' start (default key 0).
+    factors: EK-FAC's fitted factors to reuse (default: fitted on ``train``).
   """
   _checks.one_of("method", method, METHODS)
   _checks.positive("damping", damping, allow_zero=True)
@@ -280,6 +296,7 @@ def influence(
     scale=scale,
     batch_size=batch_size,
     key=key,
+    factors=factors,
   )
   return (x @ g_train.T) / n
 

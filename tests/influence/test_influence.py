@@ -4,6 +4,7 @@ enumerated games, NumPy replays of the official formulas."""
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -138,9 +139,21 @@ def _ekfac_reference(loss, params, train, vectors, damping):
   return np.stack(out)
 
 
-def test_ekfac_matches_its_line_by_line_reference_and_is_exact_where_fisher_equals_hessian():
+def _flax_logistic():
+  """The logistic model of ``_logistic`` as a flax Dense layer (EK-FAC captures it), with no
+  L2 term inside the loss (it is EK-FAC's damping)."""
+  dense = nn.Dense(1)
+  return lambda p, e: (lambda z: jnp.logaddexp(0.0, z) - e["y"] * z)(
+    dense.apply({"params": p}, e["x"])[0]
+  )
+
+
+def test_ekfac_reproduces_the_bias_read_off_and_is_exact_where_fisher_equals_hessian():
+  """With one token per example, the layer input captured at the call equals the bias
+  read-off ``a = G s / |s|^2`` of the earlier EK-FAC, so its results are reproduced."""
   with jax.enable_x64(True):
-    loss, full, train, test = _solver_setup()
+    _, full, train, test = _solver_setup()
+    loss = _flax_logistic()
     v = gi.per_example_gradients(loss, full, test)
     ours = gi.inverse_hvp(loss, full, train, v, method="ekfac", damping=0.1)
     np.testing.assert_allclose(ours, _ekfac_reference(loss, full, train, v, 0.1), rtol=1e-9)
@@ -152,15 +165,16 @@ def test_ekfac_matches_its_line_by_line_reference_and_is_exact_where_fisher_equa
     params = {"kernel": jnp.asarray(rng.normal(size=(4, 1))), "bias": jnp.asarray([0.3])}
     z = (x @ params["kernel"] + params["bias"])[:, 0]
     sq = {"x": x, "y": z + jnp.asarray(rng.choice([-1.0, 1.0], 30))}
-    sq_loss = lambda p, e: 0.5 * ((e["x"] @ p["kernel"] + p["bias"])[0] - e["y"]) ** 2
+    dense = nn.Dense(1)
+    sq_loss = lambda p, e: 0.5 * (dense.apply({"params": p}, e["x"])[0] - e["y"]) ** 2
     held = {"x": jnp.asarray(rng.normal(size=(5, 4))), "y": jnp.zeros(5)}
     exact = gi.influence(sq_loss, params, sq, held, method="explicit", damping=0.01)
     ek = gi.influence(sq_loss, params, sq, held, method="ekfac", damping=0.01)
     np.testing.assert_allclose(ek, exact, rtol=1e-9, atol=1e-12)
 
 
-def test_ekfac_names_a_parameter_outside_a_dense_layer():
-  with pytest.raises(ValueError, match=r"^params: method='ekfac' needs .*\['w'\]"):
+def test_ekfac_refuses_a_model_it_cannot_capture_in_one_line():
+  with pytest.raises(ValueError, match=r"^loss_fn: no flax.linen Dense, DenseGeneral, Embed"):
     gi.inverse_hvp(
       lambda p, e: jnp.sum(p["w"] * e),
       {"w": jnp.ones(3)},
@@ -168,6 +182,13 @@ def test_ekfac_names_a_parameter_outside_a_dense_layer():
       jnp.ones((1, 3)),
       method="ekfac",
     )
+  # an L2 term inside the loss puts gradient on the kernel outside the layer's call
+  with jax.enable_x64(True):
+    _, full, train, test = _solver_setup()
+    reg = lambda p, e: _flax_logistic()(p, e) + 0.01 * jnp.sum(p["kernel"] ** 2)
+    v = gi.per_example_gradients(reg, full, test)
+    with pytest.raises(ValueError, match=r"^loss_fn: layer .* get gradient from outside its calls"):
+      gi.inverse_hvp(reg, full, train, v, method="ekfac", damping=0.1)
 
 
 def _voting_game(weights, quota):
@@ -416,12 +437,15 @@ def test_influence_under_jit_on_a_batch_sharded_over_eight_devices():
   tr, te = sharding.shard_batch(train, mesh), sharding.shard_batch(test, mesh)
   plain = gi.influence(loss, params, train, test, method="cg", damping=0.01)
   for method in ("cg", "arnoldi", "ekfac"):
-    f = jax.jit(lambda a, b, m=method: gi.influence(loss, params, a, b, method=m, damping=0.01))
+    lf = loss if method != "ekfac" else _flax_logistic()  # EK-FAC: no L2 term in the loss
+    f = jax.jit(
+      lambda a, b, m=method, lf=lf: gi.influence(lf, params, a, b, method=m, damping=0.01)
+    )
     out = f(tr, te)
     ref = (
       plain
       if method != "ekfac"
-      else gi.influence(loss, params, train, test, method="ekfac", damping=0.01)
+      else gi.influence(lf, params, train, test, method="ekfac", damping=0.01)
     )
     np.testing.assert_allclose(out, ref, rtol=2e-3, atol=1e-6)
   feats = jax.jit(lambda a: gi.gradient_features(loss, params, a, key=jax.random.key(0), dim=4))

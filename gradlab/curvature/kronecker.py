@@ -100,7 +100,8 @@ class KroneckerFactors:
     return {l.name: jnp.outer(self.e_a[l.name], self.e_s[l.name]) for l in self.layers}
 
   def default_damping(self) -> dict[str, jax.Array]:
-    """kronfluence's default: 0.1 x the mean eigenvalue, per layer."""
+    """0.1 x the mean eigenvalue, per layer: kronfluence's heuristic (its
+    ``damping_factor=None``; kronfluence 1.0.1's own default is a fixed 1e-8)."""
     return {k: 0.1 * jnp.mean(v) for k, v in self.eigenvalues().items()}
 
   def matvec(self, v: Any) -> Any:
@@ -251,11 +252,9 @@ def _masks(spec: _Spec, example: Any) -> list[jax.Array | None]:
   return out
 
 
-def _example_rows(spec: _Spec, params: Any, example: Any, key: Any) -> dict:
+def _layer_rows(spec: _Spec, example: Any, xs: list, gs: list) -> dict:
   """Per kept layer of one example: ``(a [T, d_in+], g [T, d_out], mask [T])``, the
   tokens of every call of a shared layer concatenated."""
-  args = (params, example, key) if spec.mc else (params, example)
-  _, xs, gs = capture.layer_io(spec.fn, spec.calls, *args)
   masks = _masks(spec, example)
   parts: dict[str, list] = {}
   for c, keep, x, g, m in zip(spec.calls, spec.keep, xs, gs, masks):
@@ -263,19 +262,27 @@ def _example_rows(spec: _Spec, params: Any, example: Any, key: Any) -> dict:
       a, g = capture.rows(c, x, g)
       m = jnp.ones(a.shape[0], a.dtype) if m is None else m.astype(a.dtype)
       parts.setdefault(c.name, []).append((a, g, m))
-  return {
-    name: tuple(jnp.concatenate(z, axis=0) for z in zip(*p)) for name, p in parts.items()
-  }
+  return {name: tuple(jnp.concatenate(z, axis=0) for z in zip(*p)) for name, p in parts.items()}
+
+
+def _example_rows(spec: _Spec, params: Any, example: Any, key: Any) -> dict:
+  """:func:`_layer_rows` of one example."""
+  args = (params, example, key) if spec.mc else (params, example)
+  _, xs, gs = capture.layer_io(spec.fn, spec.calls, *args)
+  return _layer_rows(spec, example, xs, gs)
 
 
 def _per_example(spec: _Spec, batch: Any, offset: jax.Array, params: Any, key: Any):
+  """:func:`_layer_rows` of every example of a micro-batch (leading axis B), from one
+  batched forward and reverse pass."""
   b = num_examples("data", batch)
-  keys = (
-    jax.vmap(lambda i: jax.random.fold_in(key, offset + i))(jnp.arange(b)) if spec.mc else None
-  )
   if spec.mc:
-    return jax.vmap(lambda ex, k: _example_rows(spec, params, ex, k))(batch, keys)
-  return jax.vmap(lambda ex: _example_rows(spec, params, ex, None))(batch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, offset + i))(jnp.arange(b))
+    args, axes = (params, batch, keys), (None, 0, 0)
+  else:
+    args, axes = (params, batch), (None, 0)
+  _, xs, gs = capture.batched_layer_io(spec.fn, spec.calls, args, axes)
+  return jax.vmap(lambda e, x, g: _layer_rows(spec, e, x, g))(batch, xs, gs)
 
 
 def _covariances(spec: _Spec, batch, offset, params, key):
@@ -308,7 +315,9 @@ def _corrections(spec: _Spec, batch, offset, params, key, q_a, q_s):
 
 @functools.partial(jax.jit, static_argnames=("spec", "micro_batch"))
 def _covariance_pass(data, params, key, *, spec, micro_batch):
-  return accumulate(functools.partial(_covariances, spec), data, params, key, micro_batch=micro_batch)
+  return accumulate(
+    functools.partial(_covariances, spec), data, params, key, micro_batch=micro_batch
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "micro_batch"))
@@ -317,29 +326,36 @@ def _correction_pass(data, params, key, q_a, q_s, *, spec, micro_batch):
   return accumulate(fn, data, params, key, q_a, q_s, micro_batch=micro_batch)
 
 
-def _eigh(name: str, which: str, m: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Eigenpairs of a symmetric factor: float64 NumPy when concrete, else in its dtype."""
-  v = _checks.concrete(m)
+def _eigh(name: str, total: jax.Array, count: Any) -> tuple[jax.Array, jax.Array]:
+  """Eigenpairs of the factor ``total / count``: in float64 NumPy on the host when it is
+  concrete (no small device programs), else in its dtype under the caller's trace."""
+  v = _checks.concrete(total)
   if v is None:
-    e, q = jnp.linalg.eigh(m)
-    return e, q
+    return jnp.linalg.eigh(total / jnp.maximum(count, 1))
   if not np.all(np.isfinite(v)):
     raise ValueError(
-      f"{which}: layer {name!r}'s factor has {int(np.sum(~np.isfinite(v)))} non-finite entries "
+      f"data: layer {name!r}'s factor has {int(np.sum(~np.isfinite(v)))} non-finite entries "
       "(a non-finite loss, activation or gradient in the data)"
     )
-  e, q = np.linalg.eigh(v.astype(np.float64))
-  return jnp.asarray(e, m.dtype), jnp.asarray(q, m.dtype)
+  m = v.astype(np.float64) / max(float(np.asarray(count)), 1.0)
+  e, q = np.linalg.eigh((m + m.T) / 2)
+  return jnp.asarray(e, total.dtype), jnp.asarray(q, total.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _gradients_two_ways(params, example, key, *, spec):
+  """One example's parameter gradients (autodiff) and the captured ``{layer: sum_t a g^T}``."""
+  args = (params, example, key) if spec.mc else (params, example)
+  true = jax.tree.leaves(jax.grad(spec.fn)(*args))
+  rows = _example_rows(spec, params, example, key if spec.mc else None)
+  return true, {name: a.T @ g for name, (a, g, _) in rows.items()}
 
 
 def _check_capture(spec: _Spec, layers: tuple[Layer, ...], params: Any, example: Any, key) -> None:
   """The captured ``sum_t a g^T`` must be each layer's gradient on one example: a parameter
-  used outside its layer's call (tied weights read directly, a lifted transform) would
-  make it differ, and the factors would be the wrong matrix."""
-  args = (params, example, key) if spec.mc else (params, example)
-  true = jax.tree.leaves(jax.jit(jax.grad(spec.fn))(*args))
-  rows = jax.jit(lambda *a: _example_rows(spec, *a))(params, example, key if spec.mc else None)
-  recon = {name: a.T @ g for name, (a, g, _) in rows.items()}
+  used outside its layer's call (an L2 term in the loss, tied weights read directly, a
+  lifted transform) would make it differ, and the factors would be the wrong matrix."""
+  true, recon = _gradients_two_ways(params, example, key, spec=spec)
   for l in layers:
     parts = [np.asarray(true[l.kernel_index]).reshape(l.d_in, l.d_out)]
     if l.bias:
@@ -349,8 +365,9 @@ def _check_capture(spec: _Spec, layers: tuple[Layer, ...], params: Any, example:
     tol = 10 * np.sqrt(np.finfo(r.dtype).eps) * (np.abs(t).max() + np.finfo(r.dtype).tiny)
     if np.abs(r - t).max() > tol:
       raise ValueError(
-        f"loss_fn: layer {l.name!r}'s parameters get gradient from outside its calls (used "
-        "directly, tied, or inside a lifted transform); K-FAC would approximate the wrong matrix"
+        f"loss_fn: layer {l.name!r}'s parameters get gradient from outside its calls (an L2 "
+        "term, a weight used directly or tied, a lifted transform); K-FAC would approximate "
+        "the wrong matrix"
       )
 
 
@@ -377,7 +394,9 @@ def _fit(
   try:
     out = jax.eval_shape(fn, *args)
   except Exception as e:  # noqa: BLE001 - report the caller's mistake in one line
-    raise ValueError(f"loss_fn: calling it on one example failed: {type(e).__name__}: {e}".split("\n")[0]) from e
+    raise ValueError(
+      f"loss_fn: calling it on one example failed: {type(e).__name__}: {e}".split("\n")[0]
+    ) from e
   if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
     which = "sampled_loss_fn" if mc else "loss_fn"
     raise ValueError(
@@ -397,7 +416,9 @@ def _fit(
     names = tuple(layers) if not isinstance(layers, str) else (layers,)
     missing = [n for n in names if n not in found]
     if missing:
-      raise ValueError(f"layers: {missing[0]!r} is not a covered layer; loss_fn calls {list(found)}")
+      raise ValueError(
+        f"layers: {missing[0]!r} is not a covered layer; loss_fn calls {list(found)}"
+      )
     names = tuple(n for n in found if n in names)
   if mask_fn is not None and not callable(mask_fn):
     raise ValueError(f"mask_fn: expected a function example -> [tokens] mask, got {mask_fn!r}")
@@ -417,17 +438,20 @@ def _fit(
   q_a, q_s, e_a, e_s = {}, {}, {}, {}
   for name in names:
     a_sum, s_sum, count = sums[name]
-    a = a_sum / jnp.maximum(count, 1) if approximation == "expand" else a_sum / n
-    e_a[name], q_a[name] = _eigh(name, "data", a)
-    e_s[name], q_s[name] = _eigh(name, "data", s_sum / n)
+    e_a[name], q_a[name] = _eigh(name, a_sum, count if approximation == "expand" else n)
+    e_s[name], q_s[name] = _eigh(name, s_sum, n)
   corrected = None
   if correct:
     lam, _ = run(_corrections, q_a, q_s)
-    corrected = {name: lam[name] / n for name in names}
-    for name, v in corrected.items():
-      c = _checks.concrete(v)
-      if c is not None and not np.all(np.isfinite(c)):
+    corrected = {}
+    for name in names:
+      c = _checks.concrete(lam[name])
+      if c is None:
+        corrected[name] = lam[name] / n
+        continue
+      if not np.all(np.isfinite(c)):
         raise ValueError(f"data: layer {name!r}'s corrected eigenvalues are not finite")
+      corrected[name] = jnp.asarray(c / n, lam[name].dtype)
   treedef = jax.tree.structure(params)
   shapes = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in jax.tree.leaves(params))
   return KroneckerFactors(
