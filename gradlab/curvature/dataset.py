@@ -263,7 +263,10 @@ def _dataset_product(
     return streamed
   n = num_examples(name, data)
   mb = check_micro_batch(micro_batch, n)
-  micro = jax.tree.map(lambda x: jax.ShapeDtypeStruct((mb, *jnp.shape(x)[1:]), x.dtype), data)
+  micro = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct((mb, *jnp.shape(x)[1:]), jax.dtypes.canonicalize_dtype(x.dtype)),
+    data,
+  )
   jax.eval_shape(weighted, micro, jnp.asarray(0), *args, like)  # bad losses fail here, not later
 
   def matvec(v):
@@ -295,7 +298,13 @@ def dataset_hvp(
   return _dataset_hvp(loss_fn, params, data, micro_batch, "data")
 
 
-def _dataset_hvp(loss_fn, params, data, micro_batch, name):
+def _dataset_hvp(
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  data: Any,
+  micro_batch: int | None,
+  name: str,
+) -> Matvec:
   product = lambda batch, offset, p, v: hvp(loss_fn, p, batch, v)
   return _dataset_product(product, data, params, (params,), micro_batch, name)
 
