@@ -30,23 +30,10 @@ from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
 from gradlab.curvature import rademacher
+from gradlab.curvature.dataset import num_examples
 
 ExampleFn = Callable[[Any, Any], jax.Array]
 PROJECTIONS = ("rademacher", "normal")
-
-
-def num_examples(name: str, examples: Any) -> int:
-  """The common leading size of ``examples``' leaves; one-line errors otherwise."""
-  leaves = jax.tree.leaves(examples)
-  if not leaves:
-    raise ValueError(f"{name}: expected a pytree of stacked examples, got no arrays")
-  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-  if None in sizes or len(sizes) != 1:
-    raise ValueError(f"{name}: expected leaves with one common leading axis, got sizes {sizes}")
-  n = sizes.pop()
-  if n == 0:
-    raise ValueError(f"{name}: the set is empty (leading axis 0)")
-  return n
 
 
 def _chunk(name: str, chunk_size: int | None, n: int) -> int:
