@@ -173,33 +173,14 @@ def discover(fn: Callable[..., Any], *args: Any) -> tuple[Call, ...]:
   return tuple(found)
 
 
-def layer_io(
-  fn: Callable[..., jax.Array], calls: tuple[Call, ...], *args: Any
-) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-  """``(fn(*args), inputs, output gradients)`` of one example's covered calls.
-
-  ``fn(*args)`` must be a real scalar (one example's loss) that makes exactly
-  ``calls``; the gradients are ``d fn / d y`` at each call's output.
-  """
-  zeros = [jnp.zeros(c.out_shape, jnp.result_type(float)) for c in calls]
-
-  def f(perturbations):
-    out, inputs, seen = _run(fn, args, perturbations)
-    if tuple(seen) != tuple(calls):
-      raise ValueError("loss_fn: the layers it calls changed between two traces")
-    return out, inputs
-
-  (value, inputs), grads = jax.value_and_grad(f, has_aux=True)(zeros)
-  return value, inputs, grads
-
-
 def batched_layer_io(
   fn: Callable[..., jax.Array], calls: tuple[Call, ...], args: tuple, in_axes: tuple
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-  """:func:`layer_io` of every example at once: ``fn`` vmapped over ``args`` (``in_axes``
-  as ``jax.vmap``'s), one reverse pass of the summed losses (each example's loss depends
-  only on its own perturbations, so their gradients are the per-example ones). Returns
-  ``(values [B], inputs [B, ...], output gradients [B, ...])`` per call."""
+  """Every example's covered-call inputs and output gradients ``d fn / d y``: ``fn``
+  (one example's real scalar loss, making exactly ``calls``) vmapped over ``args``
+  (``in_axes`` as ``jax.vmap``'s), one reverse pass of the summed losses (each example's
+  loss depends only on its own perturbations, so their gradients are the per-example
+  ones). Returns ``(values [B], inputs [B, ...], output gradients [B, ...])`` per call."""
   sizes = {
     jnp.shape(leaf)[0] for a, ax in zip(args, in_axes) if ax == 0 for leaf in jax.tree.leaves(a)
   }

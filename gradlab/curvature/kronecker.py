@@ -265,13 +265,6 @@ def _layer_rows(spec: _Spec, example: Any, xs: list, gs: list) -> dict:
   return {name: tuple(jnp.concatenate(z, axis=0) for z in zip(*p)) for name, p in parts.items()}
 
 
-def _example_rows(spec: _Spec, params: Any, example: Any, key: Any) -> dict:
-  """:func:`_layer_rows` of one example."""
-  args = (params, example, key) if spec.mc else (params, example)
-  _, xs, gs = capture.layer_io(spec.fn, spec.calls, *args)
-  return _layer_rows(spec, example, xs, gs)
-
-
 def _per_example(spec: _Spec, batch: Any, offset: jax.Array, params: Any, key: Any):
   """:func:`_layer_rows` of every example of a micro-batch (leading axis B), from one
   batched forward and reverse pass."""
@@ -345,10 +338,12 @@ def _eigh(name: str, total: jax.Array, count: Any) -> tuple[jax.Array, jax.Array
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _gradients_two_ways(params, example, key, *, spec):
   """One example's parameter gradients (autodiff) and the captured ``{layer: sum_t a g^T}``."""
-  args = (params, example, key) if spec.mc else (params, example)
+  # the fit's own capture on a batch of this one example (its key: fold_in(key, 0))
+  args = (params, example, jax.random.fold_in(key, 0)) if spec.mc else (params, example)
   true = jax.tree.leaves(jax.grad(spec.fn)(*args))
-  rows = _example_rows(spec, params, example, key if spec.mc else None)
-  return true, {name: a.T @ g for name, (a, g, _) in rows.items()}
+  batch = jax.tree.map(lambda x: x[None], example)
+  rows = _per_example(spec, batch, jnp.asarray(0), params, key)
+  return true, {name: a[0].T @ g[0] for name, (a, g, _) in rows.items()}
 
 
 def _check_capture(spec: _Spec, layers: tuple[Layer, ...], params: Any, example: Any, key) -> None:
