@@ -8,11 +8,20 @@ effect of *removing* it on the test loss).
 
 * ``influence(loss_fn, params, train, test, method=...)``: influence
   functions ``(1/n) g_test^T (H + damping I)^-1 g_train`` by an explicit solve,
-  CG, LiSSA, Arnoldi (top-k eigenpairs) or EK-FAC (``curvature.ekfac``); ``self_influence``.
+  CG, LiSSA, Arnoldi (top-k eigenpairs) or EK-FAC (``curvature.ekfac``, scored
+  by the factored per-layer contraction, optionally with low-rank queries);
+  a ``measurement_fn`` for the test side, ``per_module`` and per-token
+  (``token_loss_fn``) scores; ``self_influence``; the ``solver`` behind them.
+* Streaming (:mod:`gradlab.influence.stream`): every pairwise score below
+  applies its query side once and reads the train set ``chunk_size`` examples
+  at a time, so no ``[n, d]`` array of train gradients is held; with
+  ``path="scores.npy"`` the scores are written block by block to a NumPy file
+  (memory-mapped on return) and a killed run resumes where it stopped.
 * Gradient features (``per_example_gradients``, ``gradient_features``,
   ``project`` without a ``d x k`` matrix, LESS's ``adam_transform``) and the
-  scores built on them: ``grad_dot``, ``grad_cos``, ``tracin_cp``, ``trak``,
-  ``less_scores`` / ``less_select``, ``grand``, ``el2n``, ``vog``.
+  scores built on them: ``grad_dot``, ``grad_cos`` (on rows) and
+  ``grad_similarity`` (streamed), ``tracin_cp``, ``trak``, ``less_scores`` /
+  ``less_attribution`` (streamed) / ``less_select``, ``grand``, ``el2n``, ``vog``.
 * ``z0_influence`` / ``z0_self_influence``: zeroth-order influence from the
   losses at checkpoints.
 * Data Shapley: ``exact_shapley`` (enumeration), ``tmc_shapley``,
@@ -34,9 +43,11 @@ from gradlab.influence.functions import (
   dense_hessian,
   influence,
   inverse_hvp,
+  module_name,
   self_influence,
+  solver,
 )
-from gradlab.influence.less import less_features, less_scores, less_select
+from gradlab.influence.less import less_attribution, less_features, less_scores, less_select
 from gradlab.influence.metrics import auroc, lds, loo_correlation, pearson, rank, spearman
 from gradlab.influence.retrain import (
   loo_masks,
@@ -50,6 +61,7 @@ from gradlab.influence.scores import (
   el2n,
   grad_cos,
   grad_dot,
+  grad_similarity,
   grand,
   input_gradients,
   tracin_cp,
@@ -75,14 +87,17 @@ __all__ = [
   "exact_shapley",
   "grad_cos",
   "grad_dot",
+  "grad_similarity",
   "gradient_features",
   "grand",
   "influence",
   "input_gradients",
   "inverse_hvp",
+  "module_name",
   "knn_shapley",
   "knn_utility",
   "lds",
+  "less_attribution",
   "less_features",
   "less_scores",
   "less_select",
@@ -98,6 +113,7 @@ __all__ = [
   "random_subsets",
   "rank",
   "self_influence",
+  "solver",
   "spearman",
   "subset_retrain",
   "tmc_shapley",

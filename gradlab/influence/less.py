@@ -18,7 +18,7 @@ Official code: princeton-nlp/LESS, ``collect_grad_reps.py`` and ``matching.py``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ from gradlab.influence.features import (
   gradient_features,
   normalize_rows,
 )
+from gradlab.influence.functions import check_sets
+from gradlab.influence.stream import check_chunk, run
 
 
 def less_features(
@@ -85,6 +87,75 @@ def less_scores(
   if t % groups:
     raise ValueError(f"num_groups: {groups} does not divide the {t} target examples")
   return s.reshape(s.shape[0], groups, -1).mean(-1).max(-1)
+
+
+def less_attribution(
+  loss_fn: ExampleFn,
+  checkpoints: Sequence[Any],
+  adam_moments: Sequence[tuple[Any, Any]],
+  train: Any,
+  target: Any,
+  key: jax.Array,
+  *,
+  dim: int,
+  checkpoint_weights: Any,
+  num_groups: int | None = None,
+  chunk_size: int | None = None,
+  path: Any = None,
+  callback: Callable[[int, int], None] | None = None,
+) -> Any:
+  """``[n]`` LESS scores of the train pool, streamed: :func:`less_features` and
+  :func:`less_scores` in one, the pool read ``chunk_size`` examples at a time (its
+  ``[C, n, dim]`` features are never held; the target's are computed once).
+
+  Args:
+    checkpoints: parameter pytrees, one per checkpoint (C).
+    adam_moments: ``(mu, nu)`` per checkpoint, the Adam moments the pool's
+      features use (:func:`features.adam_transform`).
+    key: projection key, shared by every checkpoint (as the official code's one
+      projector), so pool and target features live in one space.
+    checkpoint_weights, num_groups: as :func:`less_scores`.
+    path, callback: write the scores to this ``.npy`` file block by block,
+      resumably (see :func:`gradlab.influence.influence`).
+  """
+  checkpoints = list(checkpoints)
+  moments = list(adam_moments)
+  if not checkpoints or len(moments) != len(checkpoints):
+    raise ValueError(
+      f"adam_moments: expected one (mu, nu) per checkpoint ({len(checkpoints)}), got {len(moments)}"
+    )
+  n, t = check_sets(train, target)
+  c = check_chunk(chunk_size, n)
+  _checks.is_key("key", key)
+  dtype = jax.tree.leaves(checkpoints[0])[0].dtype
+  w = jnp.asarray(checkpoint_weights, dtype)
+  if w.shape != (len(checkpoints),):
+    raise ValueError(f"checkpoint_weights: expected shape ({len(checkpoints)},), got {w.shape}")
+  _checks.positive("checkpoint_weights", w)
+  groups = t if num_groups is None else _checks.integer("num_groups", num_groups, minimum=1)
+  if t % groups:
+    raise ValueError(f"num_groups: {groups} does not divide the {t} target examples")
+  w = w / jnp.sum(w)
+
+  def queries():
+    ct = None if chunk_size is None else min(c, t)
+    return jnp.stack(
+      [less_features(loss_fn, p, target, key, dim=dim, chunk_size=ct) for p in checkpoints]
+    )  # [C, t, k]
+
+  def block(args, chunk):
+    (ps, ms), q = args
+    s = sum(
+      w[i] * less_features(loss_fn, p, chunk, key, dim=dim, adam_moments=m) @ q[i].T
+      for i, (p, m) in enumerate(zip(ps, ms))
+    )  # [c, t]
+    return s.reshape(s.shape[0], groups, -1).mean(-1).max(-1)
+
+  seed = jax.random.key_data(key)
+  tag = f"less|{dim}|{groups}"
+  consts = (checkpoints, moments)
+  return run(block, consts, queries, train, c, path, tag, identity=(target, seed, w),
+             callback=callback)  # fmt: skip
 
 
 def less_select(scores: Any, fraction: float) -> jax.Array:

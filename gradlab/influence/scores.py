@@ -28,10 +28,15 @@ import jax.numpy as jnp
 
 from gradlab import _checks
 from gradlab.influence.features import (
+  check_projection,
+  map_chunks,
   normalize_rows,
+  num_examples,
   per_example_gradients,
 )
+from gradlab.influence.features import project as project_rows
 from gradlab.influence.functions import check_sets
+from gradlab.influence.stream import check_chunk, run
 
 ExampleFn = Callable[[Any, Any], jax.Array]
 
@@ -65,6 +70,20 @@ def grad_cos(train_features: Any, test_features: Any) -> jax.Array:
   return normalize_rows(b) @ normalize_rows(a).T
 
 
+def _checkpoints(checkpoints: Sequence[Any], learning_rates: Any) -> tuple[Any, jax.Array]:
+  checkpoints = list(checkpoints)
+  if not checkpoints:
+    raise ValueError("checkpoints: expected at least one parameter pytree, got none")
+  lrs = jnp.asarray(learning_rates)
+  if lrs.shape != (len(checkpoints),):
+    raise ValueError(
+      f"learning_rates: expected one per checkpoint ({len(checkpoints)}), got shape {lrs.shape}"
+    )
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *checkpoints)
+  dtype = jax.tree.leaves(checkpoints[0])[0].dtype
+  return stacked, lrs.astype(dtype)
+
+
 def tracin_cp(
   loss_fn: ExampleFn,
   checkpoints: Sequence[Any],
@@ -74,38 +93,102 @@ def tracin_cp(
   *,
   chunk_size: int | None = None,
   project: Callable[[jax.Array], jax.Array] | None = None,
-) -> jax.Array:
+  measurement_fn: ExampleFn | None = None,
+  path: Any = None,
+  callback: Callable[[int, int], None] | None = None,
+) -> Any:
   """``[t, n]``: TracIn-CP, ``sum_c lr_c g_train(theta_c) . g_test(theta_c)``.
+
+  The test gradients at every checkpoint are computed once; the train set is
+  then streamed ``chunk_size`` examples at a time, each chunk's gradients taken
+  at every checkpoint (a scan) and dotted with them, so no ``[n, d]`` array is
+  held (:mod:`gradlab.influence.stream`).
 
   Args:
     checkpoints: parameter pytrees saved during training (a list).
     learning_rates: the learning rate in force at each checkpoint.
     project: optional map of gradient rows ``[m, d] -> [m, k]`` (e.g. a
       ``functools.partial(features.project, key=..., dim=...)``) applied to both.
+    measurement_fn: the test side's function (default ``loss_fn``).
+    path, callback: write the scores to this ``.npy`` file block by block,
+      resumably (see :func:`gradlab.influence.influence`).
   """
-  checkpoints = list(checkpoints)
-  if not checkpoints:
-    raise ValueError("checkpoints: expected at least one parameter pytree, got none")
-  lrs = jnp.asarray(learning_rates)
-  if lrs.shape != (len(checkpoints),):
-    raise ValueError(
-      f"learning_rates: expected one per checkpoint ({len(checkpoints)}), got shape {lrs.shape}"
-    )
-  n, _ = check_sets(train, test)  # one structure: train and test rows share one program
+  stacked, lrs = _checkpoints(checkpoints, learning_rates)
+  n, t = check_sets(train, test)
+  c = check_chunk(chunk_size, n)
   prj = (lambda x: x) if project is None else project
-  both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), train, test)
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *checkpoints)
+  measure = loss_fn if measurement_fn is None else measurement_fn
 
-  def one(total, args):
-    # one program for every checkpoint (a scan), and train and test rows together
-    lr, params = args
-    f = prj(per_example_gradients(loss_fn, params, both, chunk_size=chunk_size))
-    return total + lr * (f[n:] @ f[:n].T), None
+  def queries():
+    ct = None if chunk_size is None else min(c, t)
+    return jax.lax.map(
+      lambda p: prj(per_example_gradients(measure, p, test, chunk_size=ct)), stacked
+    )  # [C, t, k]
 
-  t = jax.tree.leaves(test)[0].shape[0]
-  dtype = jax.tree.leaves(checkpoints[0])[0].dtype
-  total, _ = jax.lax.scan(one, jnp.zeros((t, n), dtype), (lrs.astype(dtype), stacked))
-  return total
+  def block(args, chunk):
+    (ckpts, lr), q = args
+
+    def one(total, xs):
+      params, lr_c, q_c = xs
+      f = prj(per_example_gradients(loss_fn, params, chunk))
+      return total + lr_c * (f @ q_c.T), None
+
+    zeros = jnp.zeros((num_examples("chunk", chunk), t), lr.dtype)
+    return jax.lax.scan(one, zeros, (ckpts, lr, q))[0]
+
+  tag = f"tracin|{project is not None}|{measurement_fn is not None}"
+  return run(
+    block, (stacked, lrs), queries, train, c, path, tag, identity=(test,), callback=callback
+  )
+
+
+def grad_similarity(
+  fn: ExampleFn,
+  params: Any,
+  train: Any,
+  test: Any,
+  *,
+  cosine: bool = False,
+  key: jax.Array | None = None,
+  dim: int | None = None,
+  chunk_size: int | None = None,
+  measurement_fn: ExampleFn | None = None,
+  path: Any = None,
+  callback: Callable[[int, int], None] | None = None,
+) -> Any:
+  """``[t, n]``: Grad-Dot (``cosine=False``) or Grad-Cos of the test and train gradients
+  of ``fn``, optionally projected to ``dim`` (``features.project`` with ``key``), the
+  train set streamed ``chunk_size`` examples at a time (no ``[n, d]`` array held);
+  :func:`grad_dot` / :func:`grad_cos` on the rows, without holding them.
+
+  ``measurement_fn`` is the test side's function (default ``fn``); ``path`` and
+  ``callback`` write the scores to disk resumably, as in ``influence``.
+  """
+  n, t = check_sets(train, test)
+  c = check_chunk(chunk_size, n)
+  if dim is not None:
+    check_projection(dim, "rademacher", None)
+    if key is None:
+      raise ValueError("key: expected a typed key from jax.random.key when dim is given, got None")
+    _checks.is_key("key", key)
+  measure = fn if measurement_fn is None else measurement_fn
+
+  def rows(f, p, examples):
+    g = per_example_gradients(f, p, examples)
+    g = g if dim is None else project_rows(g, key, dim)
+    return normalize_rows(g) if cosine else g
+
+  def queries():
+    ct = None if chunk_size is None else min(c, t)
+    return map_chunks(lambda ch: rows(measure, params, ch), test, ct)
+
+  def block(args, chunk):
+    p, q = args
+    return rows(fn, p, chunk) @ q.T
+
+  tag = f"gradsim|{cosine}|{dim}|{measurement_fn is not None}"
+  seed = None if key is None else jax.random.key_data(key)
+  return run(block, params, queries, train, c, path, tag, identity=(test, seed), callback=callback)
 
 
 def el2n(logits: Any, labels: Any) -> jax.Array:

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import _checks
-from gradlab.influence.features import gradient_features, map_examples
+from gradlab.curvature.dataset import accumulate
+from gradlab.influence.features import check_projection, gradient_features, map_examples
 from gradlab.influence.functions import check_sets
+from gradlab.influence.stream import check_chunk, run
 
 OutputFn = Callable[[Any, Any], jax.Array]
 
@@ -50,8 +52,17 @@ def trak(
   kind: str = "rademacher",
   chunk_size: int | None = None,
   weight_fn: Callable[[Any, Any], jax.Array] | None = None,
-) -> jax.Array:
+  path: Any = None,
+  callback: Callable[[int, int], None] | None = None,
+) -> Any:
   """``[t, n]`` TRAK scores over an ensemble.
+
+  Memory: in memory (``path=None``) the projected train features ``[n, dim]`` of
+  one model at a time are held (``dim`` numbers per example, as TRAK stores them;
+  never the ``[n, d]`` gradients: they are projected chunk by chunk). With
+  ``path`` the train set is read twice instead (one pass for each model's
+  kernel ``Phi^T Phi``, one for the scores, written block by block, resumably),
+  so nothing of size n is held but the file.
 
   Args:
     output_fn: ``output_fn(params, example) -> scalar`` (e.g. the margin).
@@ -59,23 +70,52 @@ def trak(
     key: projection key; model m uses ``fold_in(key, m)``.
     dim: projection dimension k (TRAK uses 512-20480).
     damping: added to ``Phi^T Phi`` (0 when it is invertible, n >= k).
+    chunk_size: examples per chunk (at most the train set's size).
     weight_fn: ``(params, example) -> Q``; default ``1 - sigmoid(output)``.
+    path, callback: write the scores to this ``.npy`` file block by block,
+      resumably (see :func:`gradlab.influence.influence`).
   """
   models = list(models)
   if not models:
     raise ValueError("models: expected at least one parameter pytree, got none")
   _checks.is_key("key", key)
   _checks.positive("damping", damping, allow_zero=True)
-  n, _ = check_sets(train, test)  # one structure: train and test rows share one program
-  both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), train, test)
+  check_projection(dim, kind, None)
+  n, t = check_sets(train, test)
+  c = check_chunk(chunk_size, n)
+  ct = None if chunk_size is None else min(c, t)
   q_fn = weight_fn or (lambda p, e: 1.0 - jax.nn.sigmoid(output_fn(p, e)))
-  taus, qs = [], []
-  for m, params in enumerate(models):
-    k = jax.random.fold_in(key, m)
-    kw = dict(key=k, dim=dim, kind=kind, chunk_size=chunk_size)
-    feats = gradient_features(output_fn, params, both, **kw)  # one program for both sets
-    phi, phi_test = feats[:n], feats[n:]
-    kernel = phi.T @ phi + damping * jnp.eye(dim, dtype=phi.dtype)
-    taus.append(phi_test @ jnp.linalg.solve(kernel, phi.T))
-    qs.append(map_examples(lambda e, p=params: q_fn(p, e), train, chunk_size))
-  return jnp.mean(jnp.stack(taus), 0) * jnp.mean(jnp.stack(qs), 0)[None, :]
+  keys = [jax.random.fold_in(key, m) for m in range(len(models))]
+  feats = lambda p, k, ex, cs: gradient_features(
+    output_fn, p, ex, key=k, dim=dim, kind=kind, chunk_size=cs
+  )
+
+  def solve(kernel, phi_test):
+    eye = jnp.eye(dim, dtype=kernel.dtype)
+    return jnp.linalg.solve(kernel + damping * eye, phi_test.T).T  # [t, k]
+
+  if path is None:
+    taus, qs = [], []
+    for params, k in zip(models, keys):
+      phi = feats(params, k, train, c)
+      taus.append(solve(phi.T @ phi, feats(params, k, test, ct)) @ phi.T)
+      qs.append(map_examples(lambda e, p=params: q_fn(p, e), train, c))
+    return jnp.mean(jnp.stack(taus), 0) * jnp.mean(jnp.stack(qs), 0)[None, :]
+
+  def queries():
+    out = []
+    for params, k in zip(models, keys):
+      gram = lambda b, _, p=params, k=k: (lambda f: f.T @ f)(feats(p, k, b, None))
+      kernel, _ = accumulate(gram, train, micro_batch=c, name="train")
+      out.append(solve(kernel, feats(params, k, test, ct)))
+    return jnp.stack(out)  # [M, t, k]
+
+  def block(args, chunk):
+    ps, q = args
+    tau = sum(feats(p, k, chunk, None) @ q[i].T for i, (p, k) in enumerate(zip(ps, keys)))
+    w = sum(jax.vmap(lambda e, p=p: q_fn(p, e))(chunk) for p in ps)
+    return (tau / len(ps)) * (w / len(ps))[:, None]
+
+  seeds = [jax.random.key_data(k) for k in keys]
+  tag = f"trak|{dim}|{kind}|{weight_fn is not None}|{float(damping)}"
+  return run(block, models, queries, train, c, path, tag, identity=(test, seeds), callback=callback)
