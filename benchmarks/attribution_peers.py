@@ -10,6 +10,10 @@ trained once in JAX (SGD lr 0.01, 20 epochs, batch 32; checkpoints at epochs
 dattri. All 4,000 train examples are attributed to all 500 test examples by
 
 * ``trak``: TRAK on the final model, projection 512;
+* ``trak_logra``: the same TRAK, gradlab projecting each layer's gradient by
+  LoGra's Kronecker product (``kind="logra"``, ranks 64 x 8 = the same 512
+  features, never forming the 7,850-wide per-example gradient), against
+  dattri's dense-projection TRAK (its only kind on CPU);
 * ``tracin``: TracIn-CP over the 5 checkpoints, learning rate 0.01, projection 512;
 * ``if_cg``: influence functions, CG with 10 iterations, damping 0.1;
 
@@ -39,7 +43,7 @@ import numpy as np
 from absl import app, flags
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per method.")
-_METHODS = flags.DEFINE_list("methods", ["trak", "tracin", "if_cg"], "Methods.")
+_METHODS = flags.DEFINE_list("methods", ["trak", "trak_logra", "tracin", "if_cg"], "Methods.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _CONTENDER = flags.DEFINE_string("contender", None, "Internal: framework:method:data.npz:out.npz.")
 
@@ -83,6 +87,7 @@ def prepare(path: str) -> None:
 
 def run_gradlab(method: str, d: dict) -> tuple[np.ndarray, float, float]:
   """Scores, seconds of the first call (compilation included) and of a second call."""
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import optax
@@ -99,8 +104,14 @@ def run_gradlab(method: str, d: dict) -> tuple[np.ndarray, float, float]:
   margin = lambda p, e: gi.margin(logits(p, e["x"]), e["y"])
   key = jax.random.key(0)
   prj = lambda v: gi.project(v, key, PROJ)
+  dense = nn.Dense(10)  # the same layer as flax sees it, for LoGra's layer capture
+  flax_margin = lambda p, e: gi.margin(dense.apply(p, e["x"]), e["y"])
+  flax_last = {"params": ckpts[-1]}
   fns = {
     "trak": lambda tr, te: gi.trak(margin, ckpts[-1:], tr, te, key, dim=PROJ),
+    "trak_logra": lambda tr, te: gi.trak(
+      flax_margin, [flax_last], tr, te, key, kind="logra", rank=(64, PROJ // 64)
+    ),
     "tracin": lambda tr, te: gi.tracin_cp(loss, ckpts, [LR] * len(ckpts), tr, te, project=prj),
     "if_cg": lambda tr, te: gi.influence(
       loss, ckpts[-1], tr, te, method="cg", damping=DAMPING, max_iterations=CG_ITERS
@@ -150,7 +161,7 @@ def run_dattri(method: str, d: dict) -> tuple[np.ndarray, float, float]:
     return torch.exp(-loss(params, data))
 
   t0 = time.perf_counter()
-  if method == "trak":
+  if method in ("trak", "trak_logra"):  # dattri's TRAK projects densely
     loader = lambda ds: torch.utils.data.DataLoader(ds, batch_size=500, shuffle=False)
     task = AttributionTask(loss_func=margin, model=model, checkpoints=ckpts[-1:])
     att = TRAKAttributor(

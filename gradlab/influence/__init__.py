@@ -18,7 +18,9 @@ effect of *removing* it on the test loss).
   ``path="scores.npy"`` the scores are written block by block to a NumPy file
   (memory-mapped on return) and a killed run resumes where it stopped.
 * Gradient features (``per_example_gradients``, ``gradient_features``,
-  ``project`` without a ``d x k`` matrix, LESS's ``adam_transform``) and the
+  ``project`` without a ``d x k`` matrix, the sparse ``sjlt`` and ``random_mask``,
+  LoGra's per-layer Kronecker projection ``logra_features`` and its ``logra``
+  scores, LESS's ``adam_transform``) and the
   scores built on them: ``grad_dot``, ``grad_cos`` (on rows) and
   ``grad_similarity`` (streamed), ``tracin_cp``, ``trak``, ``less_scores`` /
   ``less_attribution`` (streamed) / ``less_select``, ``grand``, ``el2n``, ``vog``.
@@ -49,6 +51,14 @@ from gradlab.influence.functions import (
 )
 from gradlab.influence.less import less_attribution, less_features, less_scores, less_select
 from gradlab.influence.metrics import auroc, lds, loo_correlation, pearson, rank, spearman
+from gradlab.influence.projectors import (
+  logra,
+  logra_features,
+  logra_project,
+  logra_projection,
+  random_mask,
+  sjlt,
+)
 from gradlab.influence.retrain import (
   loo_masks,
   loo_retrain,
@@ -101,6 +111,10 @@ __all__ = [
   "less_features",
   "less_scores",
   "less_select",
+  "logra",
+  "logra_features",
+  "logra_project",
+  "logra_projection",
   "loo_correlation",
   "loo_masks",
   "loo_retrain",
@@ -110,9 +124,11 @@ __all__ = [
   "pearson",
   "per_example_gradients",
   "project",
+  "random_mask",
   "random_subsets",
   "rank",
   "self_influence",
+  "sjlt",
   "solver",
   "spearman",
   "subset_retrain",

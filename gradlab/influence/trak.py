@@ -29,6 +29,7 @@ from gradlab import _checks
 from gradlab.curvature.dataset import accumulate
 from gradlab.influence.features import check_projection, gradient_features, map_examples
 from gradlab.influence.functions import check_sets
+from gradlab.influence.projectors import logra_features
 from gradlab.influence.stream import check_chunk, run
 
 OutputFn = Callable[[Any, Any], jax.Array]
@@ -52,6 +53,8 @@ def trak(
   kind: str = "rademacher",
   chunk_size: int | None = None,
   weight_fn: Callable[[Any, Any], jax.Array] | None = None,
+  rank: Any = 16,
+  uncovered: str = "error",
   path: Any = None,
   callback: Callable[[int, int], None] | None = None,
 ) -> Any:
@@ -70,6 +73,14 @@ def trak(
     key: projection key; model m uses ``fold_in(key, m)``.
     dim: projection dimension k (TRAK uses 512-20480).
     damping: added to ``Phi^T Phi`` (0 when it is invertible, n >= k).
+    kind: the projection: ``"rademacher"`` or ``"normal"`` (a dense ``d x dim``
+      JL matrix, TRAK's), or ``"logra"``: per flax layer, LoGra's Kronecker
+      projection ``P_in^T G P_out`` of the layer's gradient (``projectors.logra_features``,
+      ``rank`` per side; ``dim`` is then the layers' ``sum r_in r_out``), which never
+      forms the per-example gradient: ``r (d_in + d_out)`` work per token instead
+      of ``d_in d_out dim``.
+    rank, uncovered: LoGra's rank and its treatment of parameters outside the
+      layers (``"error"`` or ``"ignore"``), for ``kind="logra"``.
     chunk_size: examples per chunk (at most the train set's size).
     weight_fn: ``(params, example) -> Q``; default ``1 - sigmoid(output)``.
     path, callback: write the scores to this ``.npy`` file block by block,
@@ -80,18 +91,24 @@ def trak(
     raise ValueError("models: expected at least one parameter pytree, got none")
   _checks.is_key("key", key)
   _checks.positive("damping", damping, allow_zero=True)
-  check_projection(dim, kind, None)
+  if kind != "logra":
+    check_projection(dim, kind, None)
   n, t = check_sets(train, test)
   c = check_chunk(chunk_size, n)
   ct = None if chunk_size is None else min(c, t)
   q_fn = weight_fn or (lambda p, e: 1.0 - jax.nn.sigmoid(output_fn(p, e)))
   keys = [jax.random.fold_in(key, m) for m in range(len(models))]
-  feats = lambda p, k, ex, cs: gradient_features(
-    output_fn, p, ex, key=k, dim=dim, kind=kind, chunk_size=cs
-  )
+  if kind == "logra":
+    feats = lambda p, k, ex, cs: logra_features(
+      output_fn, p, ex, k, rank=rank, chunk_size=cs, uncovered=uncovered
+    )
+  else:
+    feats = lambda p, k, ex, cs: gradient_features(
+      output_fn, p, ex, key=k, dim=dim, kind=kind, chunk_size=cs
+    )
 
   def solve(kernel, phi_test):
-    eye = jnp.eye(dim, dtype=kernel.dtype)
+    eye = jnp.eye(kernel.shape[0], dtype=kernel.dtype)
     return jnp.linalg.solve(kernel + damping * eye, phi_test.T).T  # [t, k]
 
   if path is None:
@@ -117,5 +134,5 @@ def trak(
     return (tau / len(ps)) * (w / len(ps))[:, None]
 
   seeds = [jax.random.key_data(k) for k in keys]
-  tag = f"trak|{dim}|{kind}|{weight_fn is not None}|{float(damping)}"
+  tag = f"trak|{dim}|{kind}|{rank}|{uncovered}|{weight_fn is not None}|{float(damping)}"
   return run(block, models, queries, train, c, path, tag, identity=(test, seeds), callback=callback)

@@ -133,9 +133,9 @@ def test_low_rank_ekfac_queries_are_exact_at_full_rank_and_within_their_bound(se
     assert np.abs(low - exact).max() > 1e-6  # rank 1 does truncate
 
 
-def factors_inverse(factors, params, rows):
+def factors_inverse(factors, params, rows, damping=None):
   _, unravel = ravel_pytree(params)
-  inverse = factors.inverse(None)
+  inverse = factors.inverse(damping)
   return jax.vmap(lambda v: ravel_pytree(inverse(unravel(v)))[0])(rows)
 
 
@@ -182,6 +182,13 @@ def test_trak_formula(setup):
     qw = 1 - jax.nn.sigmoid(jax.vmap(_measure, (None, 0))(params, train))
     ref = phi_t @ jnp.linalg.solve(phi.T @ phi + 0.01 * jnp.eye(8), phi.T) * qw[None, :]
     got = gi.trak(_measure, [params], train, test, key, dim=8, damping=0.01, chunk_size=4)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    # kind="logra": the same formula on LoGra's Kronecker-projected features
+    phi = gi.logra_features(_measure, params, train, k0, rank=(3, 2))
+    phi_t = gi.logra_features(_measure, params, test, k0, rank=(3, 2))
+    ref = phi_t @ jnp.linalg.solve(phi.T @ phi + 0.01 * jnp.eye(12), phi.T) * qw[None, :]
+    got = gi.trak(_measure, [params], train, test, key, kind="logra", rank=(3, 2), damping=0.01,
+                  chunk_size=4)  # fmt: skip
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
 
 
@@ -330,3 +337,38 @@ def _bad_input(params, train, test, tmp_path):
   (tmp_path / "taken.npy").write_bytes(b"not ours")
   with pytest.raises(ValueError, match=r"^path: .* exists and is not a finished run"):
     run(path=str(tmp_path / "taken.npy"))
+
+
+def test_causal_transformer_token_and_module_scores():
+  """On gradlab.models.TinyTransformer (DenseGeneral attention, an Embed, LayerNorms and
+  positions left out of EK-FAC): the factored scores equal the materialized formula, the
+  per-module scores sum to them, the per-token scores to each sequence's."""
+  from gradlab.models import TinyTransformer
+
+  model = TinyTransformer(vocab=7, dim=8, heads=2, layers=1, max_len=6)
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, 7, size=(14, 6)))
+    params = jax.tree.map(
+      lambda a: jnp.asarray(a, jnp.float64), model.init(jax.random.key(0), tokens[:1])
+    )
+
+    def token_loss(p, seq):
+      lp = jax.nn.log_softmax(model.apply(p, seq[None])[0, :-1])
+      return -jnp.take_along_axis(lp, seq[1:, None], 1)[:, 0]
+
+    loss = lambda p, seq: jnp.sum(token_loss(p, seq))
+    last = lambda p, seq: -token_loss(p, seq)[-1]  # the measurement: the last token's log-prob
+    train, test = tokens[:10], tokens[10:]
+    factors = curvature.ekfac(loss, params, train, uncovered="ignore")
+    kw = dict(method="ekfac", factors=factors, damping=0.1, measurement_fn=last, chunk_size=3)
+    got = gi.influence(loss, params, train, test, **kw)
+    q = factors_inverse(factors, params, _grads(last, params, test), damping=0.1)
+    exact = q @ _grads(loss, params, train).T / 10
+    np.testing.assert_allclose(got, exact, rtol=1e-10, atol=1e-13)
+    split = gi.influence(loss, params, train, test, per_module=True, **kw)
+    assert "block_0/attn/query" in split and "embed" in split
+    np.testing.assert_allclose(sum(split.values()), exact, rtol=1e-10, atol=1e-13)
+    tokens_ = gi.influence(loss, params, train, test, token_loss_fn=token_loss, **kw)
+    assert tokens_.shape == (4, 10, 5)
+    np.testing.assert_allclose(tokens_.sum(-1), exact, rtol=1e-10, atol=1e-13)
