@@ -151,7 +151,7 @@ class KroneckerFactors:
     return jax.tree.unflatten(self.treedef, out)
 
 
-class _Spec(NamedTuple):
+class Spec(NamedTuple):
   """Everything static about one fit (hashable: the jitted passes are cached on it)."""
 
   fn: Callable[..., jax.Array]
@@ -174,7 +174,7 @@ def _first_example(data: Any) -> Any:
   return jax.tree.map(lambda x: x[0], data)
 
 
-def _key_path(path) -> tuple[str, ...]:
+def key_path(path) -> tuple[str, ...]:
   out = []
   for p in path:
     for attr in ("key", "name", "idx"):
@@ -184,11 +184,11 @@ def _key_path(path) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _map_layers(
+def map_layers(
   params: Any, calls: tuple[capture.Call, ...], names: tuple[str, ...], uncovered: str
 ) -> tuple[Layer, ...]:
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  paths = [_key_path(p) for p, _ in leaves]
+  paths = [key_path(p) for p, _ in leaves]
   first = {c.name: c for c in reversed(calls)}
   used: set[int] = set()
   out = []
@@ -232,7 +232,7 @@ def _map_layers(
   return tuple(out)
 
 
-def _masks(spec: _Spec, example: Any) -> list[jax.Array | None]:
+def _masks(spec: Spec, example: Any) -> list[jax.Array | None]:
   """Per call: a ``[tokens]`` 0/1 float mask, or None (every token counts)."""
   if spec.mask_fn is None:
     return [None] * len(spec.calls)
@@ -252,7 +252,7 @@ def _masks(spec: _Spec, example: Any) -> list[jax.Array | None]:
   return out
 
 
-def _layer_rows(spec: _Spec, example: Any, xs: list, gs: list) -> dict:
+def _layer_rows(spec: Spec, example: Any, xs: list, gs: list) -> dict:
   """Per kept layer of one example: ``(a [T, d_in+], g [T, d_out], mask [T])``, the
   tokens of every call of a shared layer concatenated."""
   masks = _masks(spec, example)
@@ -265,7 +265,7 @@ def _layer_rows(spec: _Spec, example: Any, xs: list, gs: list) -> dict:
   return {name: tuple(jnp.concatenate(z, axis=0) for z in zip(*p)) for name, p in parts.items()}
 
 
-def _per_example(spec: _Spec, batch: Any, offset: jax.Array, params: Any, key: Any):
+def per_example_rows(spec: Spec, batch: Any, offset: jax.Array, params: Any, key: Any):
   """:func:`_layer_rows` of every example of a micro-batch (leading axis B), from one
   batched forward and reverse pass."""
   b = num_examples("data", batch)
@@ -278,10 +278,10 @@ def _per_example(spec: _Spec, batch: Any, offset: jax.Array, params: Any, key: A
   return jax.vmap(lambda e, x, g: _layer_rows(spec, e, x, g))(batch, xs, gs)
 
 
-def _covariances(spec: _Spec, batch, offset, params, key):
+def _covariances(spec: Spec, batch, offset, params, key):
   """Sums over one micro-batch: ``{layer: (A sum, S sum, A's count)}``."""
   out = {}
-  for name, (a, g, w) in _per_example(spec, batch, offset, params, key).items():
+  for name, (a, g, w) in per_example_rows(spec, batch, offset, params, key).items():
     if spec.approximation == "expand":
       a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
       out[name] = (a2.T @ (a2 * w.reshape(-1, 1)), g2.T @ g2, jnp.sum(w))
@@ -292,10 +292,10 @@ def _covariances(spec: _Spec, batch, offset, params, key):
   return out
 
 
-def _corrections(spec: _Spec, batch, offset, params, key, q_a, q_s):
+def _corrections(spec: Spec, batch, offset, params, key, q_a, q_s):
   """``{layer: sum_n (Q_A^T G_n Q_S)^2}`` over one micro-batch, ``G_n = sum_t a_t g_t^T``."""
   out = {}
-  for name, (a, g, _) in _per_example(spec, batch, offset, params, key).items():
+  for name, (a, g, _) in per_example_rows(spec, batch, offset, params, key).items():
     ar = a @ q_a[name].astype(a.dtype)
     gr = g @ q_s[name].astype(g.dtype)
     if a.shape[1] == 1:  # one token: (Q_A^T a)^2 (Q_S^T g)^2 summed by one matmul
@@ -336,21 +336,21 @@ def _eigh(name: str, total: jax.Array, count: Any) -> tuple[jax.Array, jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _gradients_two_ways(params, example, key, *, spec):
+def gradients_two_ways(params, example, key, *, spec):
   """One example's parameter gradients (autodiff) and the captured ``{layer: sum_t a g^T}``."""
   # the fit's own capture on a batch of this one example (its key: fold_in(key, 0))
   args = (params, example, jax.random.fold_in(key, 0)) if spec.mc else (params, example)
   true = jax.tree.leaves(jax.grad(spec.fn)(*args))
   batch = jax.tree.map(lambda x: x[None], example)
-  rows = _per_example(spec, batch, jnp.asarray(0), params, key)
+  rows = per_example_rows(spec, batch, jnp.asarray(0), params, key)
   return true, {name: a[0].T @ g[0] for name, (a, g, _) in rows.items()}
 
 
-def _check_capture(spec: _Spec, layers: tuple[Layer, ...], params: Any, example: Any, key) -> None:
+def check_capture(spec: Spec, layers: tuple[Layer, ...], params: Any, example: Any, key) -> None:
   """The captured ``sum_t a g^T`` must be each layer's gradient on one example: a parameter
   used outside its layer's call (an L2 term in the loss, tied weights read directly, a
   lifted transform) would make it differ, and the factors would be the wrong matrix."""
-  true, recon = _gradients_two_ways(params, example, key, spec=spec)
+  true, recon = gradients_two_ways(params, example, key, spec=spec)
   for l in layers:
     parts = [np.asarray(true[l.kernel_index]).reshape(l.d_in, l.d_out)]
     if l.bias:
@@ -417,11 +417,11 @@ def _fit(
     names = tuple(n for n in found if n in names)
   if mask_fn is not None and not callable(mask_fn):
     raise ValueError(f"mask_fn: expected a function example -> [tokens] mask, got {mask_fn!r}")
-  spec = _Spec(fn, mc, calls, tuple(c.name in names for c in calls), names, mask_fn, approximation)
-  mapped = _map_layers(params, calls, names, uncovered)
+  spec = Spec(fn, mc, calls, tuple(c.name in names for c in calls), names, mask_fn, approximation)
+  mapped = map_layers(params, calls, names, uncovered)
   jax.eval_shape(lambda e: _masks(spec, e), example)
   if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, example, key))):
-    _check_capture(spec, mapped, params, example, key)
+    check_capture(spec, mapped, params, example, key)
 
   def run(pass_fn, *extra):
     if is_stream(data):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab.curvature import capture
-from gradlab.curvature.kronecker import KroneckerFactors, _check_capture, _per_example, _Spec
+from gradlab.curvature.kronecker import KroneckerFactors, Spec, check_capture, per_example_rows
 from gradlab.influence import stream
 
 
@@ -64,7 +64,7 @@ def low_rank_queries(q: dict, rank: int) -> tuple[dict, dict]:
   return factors, errors
 
 
-def _spec(loss_fn: Callable, params: Any, example: Any, factors: KroneckerFactors) -> _Spec:
+def _spec(loss_fn: Callable, params: Any, example: Any, factors: KroneckerFactors) -> Spec:
   calls = capture.discover(loss_fn, params, example)
   names = tuple(l.name for l in factors.layers)
   keep = tuple(c.name in names for c in calls)
@@ -73,7 +73,7 @@ def _spec(loss_fn: Callable, params: Any, example: Any, factors: KroneckerFactor
     raise ValueError(
       f"factors: layer {sorted(missing)[0]!r} is not called by loss_fn on the train examples"
     )
-  return _Spec(loss_fn, False, calls, keep, names, None, "expand")
+  return Spec(loss_fn, False, calls, keep, names, None, "expand")
 
 
 def influence(
@@ -96,7 +96,7 @@ def influence(
   first = jax.tree.map(lambda x: x[0], train)
   spec = _spec(loss_fn, params, first, factors)
   if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, first))):
-    _check_capture(spec, factors.layers, params, first, None)  # eager only, as in the fit
+    check_capture(spec, factors.layers, params, first, None)  # eager only, as in the fit
 
   def make():
     q = layer_queries(factors, params, queries())
@@ -104,7 +104,7 @@ def influence(
 
   def block(args, chunk):
     p, q = args
-    rows = _per_example(spec, chunk, jnp.asarray(0), p, None)
+    rows = per_example_rows(spec, chunk, jnp.asarray(0), p, None)
     out = {}
     for name, (a, g, _) in rows.items():
       if query_rank is None:

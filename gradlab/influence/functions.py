@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
-from gradlab.curvature.kronecker import KroneckerFactors, _key_path, ekfac
+from gradlab.curvature.kronecker import KroneckerFactors, ekfac, key_path
 from gradlab.curvature.lanczos import top_eigenvalues
 from gradlab.influence import stream
 from gradlab.influence.features import flat_grad_fn, num_examples, per_example_gradients
@@ -296,7 +296,7 @@ def module_name(path: tuple[str, ...]) -> str:
 
 def modules(params: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
   """The module names in first-seen order, and each leaf's module index."""
-  paths = [_key_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  paths = [key_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   names: list[str] = []
   index = []
   for p in paths:

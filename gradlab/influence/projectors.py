@@ -201,7 +201,7 @@ def _logra_project(a: jax.Array, g: jax.Array, key: jax.Array, *, rank: tuple) -
 
 
 class _Plan(NamedTuple):
-  spec: _kron._Spec
+  spec: _kron.Spec
   layers: tuple[_kron.Layer, ...]  # the kept layers, in call order
   index: tuple[int, ...]  # each kept layer's index among all the covered layers loss_fn calls
 
@@ -211,7 +211,7 @@ def _check_uncovered(params: Any, layers: tuple[_kron.Layer, ...], uncovered: st
   used = {i for l in layers for i in (l.kernel_index, l.bias_index) if i >= 0}
   rest = [i for i in range(len(leaves)) if i not in used]
   if rest and uncovered == "error":
-    shown = "/".join(_kron._key_path(leaves[rest[0]][0])) or "a bare array"
+    shown = "/".join(_kron.key_path(leaves[rest[0]][0])) or "a bare array"
     more = f" and {len(rest) - 1} more" if len(rest) > 1 else ""
     raise ValueError(
       f"params: LoGra covers the flax Dense, DenseGeneral, Embed and Conv layers loss_fn calls; "
@@ -223,7 +223,7 @@ def _check_uncovered(params: Any, layers: tuple[_kron.Layer, ...], uncovered: st
 def _check_capture(plan: _Plan, params: Any, example: Any) -> None:
   """The captured ``sum_t a g^T`` must be each layer's gradient on one example (a weight
   used outside its layer's call would make LoGra project the wrong gradient)."""
-  true, recon = _kron._gradients_two_ways(params, example, None, spec=plan.spec)
+  true, recon = _kron.gradients_two_ways(params, example, None, spec=plan.spec)
   for l in plan.layers:
     parts = [np.asarray(true[l.kernel_index]).reshape(l.d_in, l.d_out)]
     if l.bias:
@@ -266,8 +266,8 @@ def _plan(
     if not names:
       raise ValueError("layers: expected at least one layer name, got none")
   keep = tuple(c.name in names for c in calls)
-  spec = _kron._Spec(loss_fn, False, calls, keep, names, None, "expand")
-  mapped = _kron._map_layers(params, calls, names, "ignore")
+  spec = _kron.Spec(loss_fn, False, calls, keep, names, None, "expand")
+  mapped = _kron.map_layers(params, calls, names, "ignore")
   _check_uncovered(params, mapped, uncovered)
   plan = _Plan(spec, mapped, tuple(found.index(n) for n in names))
   if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, example))):
@@ -285,7 +285,7 @@ def _plan_matrices(plan: _Plan, key: jax.Array, rank: tuple[int, int]) -> dict:
 
 def _features_of(plan: _Plan, params: Any, examples: Any, mats: dict, chunk_size) -> jax.Array:
   def chunk_fn(batch):
-    rows = _kron._per_example(plan.spec, batch, jnp.asarray(0), params, None)
+    rows = _kron.per_example_rows(plan.spec, batch, jnp.asarray(0), params, None)
     blocks = [_kron_project(rows[n][0], rows[n][1], *mats[n]) for n in plan.spec.names]
     return jnp.concatenate(blocks, axis=-1)
 
