@@ -9,15 +9,19 @@
 * ``inventory``: a base-stock inventory simulator with its closed-form optimum,
   for pathwise (HDPO) against score-function gradients.
 * ``mlp_problem``: the MNIST-shaped MLP the benchmarks share.
+* ``planted_facts``: a language-modelling corpus with key -> value facts
+  planted in known training sequences, for attribution with a known answer.
 """
 
 from gradlab.tasks import bandit, digit_sum, inventory
 from gradlab.tasks.mlp_problem import MLPProblem, mlp_problem
+from gradlab.tasks.planted_facts import PlantedFacts, planted_facts
 from gradlab.tasks.synthetic import fibonacci_sequences, gaussian_blobs
 from gradlab.tasks.toy import TASKS, Task, make_task
 
 __all__ = [
   "MLPProblem",
+  "PlantedFacts",
   "TASKS",
   "Task",
   "bandit",
@@ -27,4 +31,5 @@ __all__ = [
   "inventory",
   "make_task",
   "mlp_problem",
+  "planted_facts",
 ]
