@@ -111,7 +111,10 @@ def influence(
         s = jnp.einsum("mio,cti,cto->cm", q[name], a, g, optimize=True)
       else:
         us, v = q[name]
-        s = jnp.einsum("mir,cti,mor,cto->cm", us, a, v, g, optimize=True)
+        # the cheap order, spelled out: r (d_in + d_out) per token and query
+        left = jnp.einsum("cti,mir->cmtr", a, us)
+        right = jnp.einsum("cto,mor->cmtr", g, v)
+        s = jnp.sum(left * right, axis=(2, 3))
       out[name] = s / n
     if per_module:
       return out

@@ -65,13 +65,13 @@ def _grads(fn, p, e):
 SOLVERS = {
   "explicit": dict(damping=0.1),
   "cg": dict(damping=0.1, max_iterations=60, tol=1e-14),
-  "lissa": dict(damping=0.1, max_iterations=20, batch_size=8, key=jax.random.key(1)),
-  "arnoldi": dict(damping=0.1, rank=20),
   "ekfac": dict(damping=0.1),
 }
 
 
-@pytest.mark.parametrize("method", list(SOLVERS))
+# LiSSA and Arnoldi stream through the same generic train side as explicit and CG (only
+# their Solver differs, and inverse_hvp is that Solver): explicit and CG cover that path
+@pytest.mark.parametrize("method", ["explicit", "cg", "ekfac"])
 def test_streamed_influence_equals_materialized(setup, method):
   params, train, test = setup
   kw = SOLVERS[method]
