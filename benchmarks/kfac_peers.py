@@ -404,24 +404,11 @@ def _copy_weights(net, cfg: dict, d: dict) -> None:
       net.ln_final.bias.copy_(p("ln_final/bias"))
 
 
-def _kronfluence(cfg: dict, d: dict, out_path: str | None) -> dict:
+def loss_task():
+  """kronfluence's ``Task`` for both models: the batch's summed cross-entropy (over
+  examples and tokens) as the train loss and, by default, as the measurement."""
   import torch
-  from kronfluence.analyzer import prepare_model
-  from kronfluence.arguments import FactorArguments, ScoreArguments
-  from kronfluence.factor.config import FactorConfig
-  from kronfluence.factor.covariance import fit_covariance_matrices_with_loader
-  from kronfluence.factor.eigen import fit_lambda_matrices_with_loader, perform_eigendecomposition
-  from kronfluence.module.tracked_module import TrackedModule
   from kronfluence.task import Task
-  from kronfluence.utils.constants import (
-    ACTIVATION_EIGENVALUES_NAME,
-    ACTIVATION_EIGENVECTORS_NAME,
-    GRADIENT_EIGENVALUES_NAME,
-    GRADIENT_EIGENVECTORS_NAME,
-    LAMBDA_MATRIX_NAME,
-    NUM_LAMBDA_PROCESSED,
-  )
-  from kronfluence.utils.state import State
   from torch.nn import functional as F
 
   class LossTask(Task):
@@ -436,7 +423,28 @@ def _kronfluence(cfg: dict, d: dict, out_path: str | None) -> dict:
     def compute_measurement(self, batch, model):
       return self.compute_train_loss(batch, model)
 
-  task = LossTask()
+  return LossTask()
+
+
+def _kronfluence(cfg: dict, d: dict, out_path: str | None) -> dict:
+  import torch
+  from kronfluence.analyzer import prepare_model
+  from kronfluence.arguments import FactorArguments, ScoreArguments
+  from kronfluence.factor.config import FactorConfig
+  from kronfluence.factor.covariance import fit_covariance_matrices_with_loader
+  from kronfluence.factor.eigen import fit_lambda_matrices_with_loader, perform_eigendecomposition
+  from kronfluence.module.tracked_module import TrackedModule
+  from kronfluence.utils.constants import (
+    ACTIVATION_EIGENVALUES_NAME,
+    ACTIVATION_EIGENVECTORS_NAME,
+    GRADIENT_EIGENVALUES_NAME,
+    GRADIENT_EIGENVECTORS_NAME,
+    LAMBDA_MATRIX_NAME,
+    NUM_LAMBDA_PROCESSED,
+  )
+  from kronfluence.utils.state import State
+
+  task = loss_task()
   net = _torch_model(cfg)
   _copy_weights(net, cfg, d)
   net = prepare_model(net, task)

@@ -253,25 +253,11 @@ def _kronfluence(cfg: dict, d: dict) -> tuple[dict, np.ndarray]:
   import torch
   from kronfluence.analyzer import Analyzer, prepare_model
   from kronfluence.arguments import FactorArguments, ScoreArguments
-  from kronfluence.task import Task
   from kronfluence.utils.constants import ALL_MODULE_NAME
-  from torch.nn import functional as F
-
-  class LossTask(Task):
-    def compute_train_loss(self, batch, model, sample=False):
-      x, y = batch
-      logits = model(x)
-      if sample:  # the true Fisher's labels (unused: use_empirical_fisher=True)
-        with torch.no_grad():
-          y = torch.distributions.Categorical(logits=logits.detach()).sample()
-      return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-
-    def compute_measurement(self, batch, model):  # the training loss, as gradlab's default
-      return self.compute_train_loss(batch, model)
 
   if "jax" in sys.modules:
     raise RuntimeError("the kronfluence contender must run without JAX in its process")
-  task = LossTask()
+  task = kp.loss_task()  # the training loss as the measurement, as gradlab's default
   net = kp._torch_model(cfg)
   kp._copy_weights(net, cfg, d)
   net = prepare_model(net, task)

@@ -346,10 +346,18 @@ def gradients_two_ways(params, example, key, *, spec):
   return true, {name: a[0].T @ g[0] for name, (a, g, _) in rows.items()}
 
 
-def check_capture(spec: Spec, layers: tuple[Layer, ...], params: Any, example: Any, key) -> None:
+def check_capture(
+  spec: Spec,
+  layers: tuple[Layer, ...],
+  params: Any,
+  example: Any,
+  key,
+  consequence: str = "K-FAC would approximate the wrong matrix",
+) -> None:
   """The captured ``sum_t a g^T`` must be each layer's gradient on one example: a parameter
   used outside its layer's call (an L2 term in the loss, tied weights read directly, a
-  lifted transform) would make it differ, and the factors would be the wrong matrix."""
+  lifted transform) would make it differ, and the factors would be the wrong matrix
+  (``consequence`` says what goes wrong, for the error message)."""
   true, recon = gradients_two_ways(params, example, key, spec=spec)
   for l in layers:
     parts = [np.asarray(true[l.kernel_index]).reshape(l.d_in, l.d_out)]
@@ -361,8 +369,7 @@ def check_capture(spec: Spec, layers: tuple[Layer, ...], params: Any, example: A
     if np.abs(r - t).max() > tol:
       raise ValueError(
         f"loss_fn: layer {l.name!r}'s parameters get gradient from outside its calls (an L2 "
-        "term, a weight used directly or tied, a lifted transform); K-FAC would approximate "
-        "the wrong matrix"
+        f"term, a weight used directly or tied, a lifted transform); {consequence}"
       )
 
 

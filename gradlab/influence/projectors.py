@@ -45,7 +45,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradlab import _checks
 from gradlab.curvature import capture
@@ -220,24 +219,6 @@ def _check_uncovered(params: Any, layers: tuple[_kron.Layer, ...], uncovered: st
     )
 
 
-def _check_capture(plan: _Plan, params: Any, example: Any) -> None:
-  """The captured ``sum_t a g^T`` must be each layer's gradient on one example (a weight
-  used outside its layer's call would make LoGra project the wrong gradient)."""
-  true, recon = _kron.gradients_two_ways(params, example, None, spec=plan.spec)
-  for l in plan.layers:
-    parts = [np.asarray(true[l.kernel_index]).reshape(l.d_in, l.d_out)]
-    if l.bias:
-      parts.append(np.asarray(true[l.bias_index]).reshape(1, l.d_out))
-    t = np.concatenate(parts, 0)
-    r = np.asarray(recon[l.name])
-    tol = 10 * np.sqrt(np.finfo(r.dtype).eps) * (np.abs(t).max() + np.finfo(r.dtype).tiny)
-    if np.abs(r - t).max() > tol:
-      raise ValueError(
-        f"loss_fn: layer {l.name!r}'s parameters get gradient from outside its calls (an L2 "
-        "term, a weight used directly or tied); LoGra would project the wrong gradient"
-      )
-
-
 def _plan(
   loss_fn: ExampleLoss, params: Any, examples: Any, layers: Any, uncovered: str, name: str
 ) -> _Plan:
@@ -271,7 +252,9 @@ def _plan(
   _check_uncovered(params, mapped, uncovered)
   plan = _Plan(spec, mapped, tuple(found.index(n) for n in names))
   if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, example))):
-    _check_capture(plan, params, example)
+    _kron.check_capture(
+      plan.spec, plan.layers, params, example, None, "LoGra would project the wrong gradient"
+    )
   return plan
 
 
