@@ -460,9 +460,11 @@ def influence(
                  batch_size=batch_size, key=key, factors=factors)  # fmt: skip
   s = solver(loss_fn, params, train, method=method, damping=damping, **options)
 
-  def queries():
-    g_test = per_example_gradients(measure, params, test, chunk_size=ct)
-    return s.apply(s.state, g_test)
+  @jax.jit  # called eagerly, one program rather than one per op (its arguments, not constants)
+  def solve_queries(p, examples, state):
+    return s.apply(state, per_example_gradients(measure, p, examples, chunk_size=ct))
+
+  queries = lambda: solve_queries(params, test, s.state)  # noqa: E731
 
   if method == "ekfac" and token_loss_fn is None:
     return factored.influence(
