@@ -31,8 +31,25 @@ effect of *removing* it on the test loss).
 * Ground truth: ``train_on_subset``, ``newton_fit``, ``subset_retrain``,
   ``loo_retrain``, ``random_subsets``; metrics ``lds``, ``loo_correlation``,
   ``auroc``.
+* Bilevel optimization (:mod:`gradlab.influence.bilevel`), the same
+  implicit-gradient machinery: ``hypergradient`` (every ``solver`` method and
+  ``neumann_inverse_hvp``), ``penalty_hypergradient`` / ``penalty_objective``,
+  ``bo_rep`` with its ``normalized_momentum``, ``inner_descent``.
 """
 
+from gradlab.influence.bilevel import (
+  HYPERGRADIENT_METHODS,
+  BORep,
+  BORepState,
+  Hypergradient,
+  bo_rep,
+  hypergradient,
+  inner_descent,
+  neumann_inverse_hvp,
+  normalized_momentum,
+  penalty_hypergradient,
+  penalty_objective,
+)
 from gradlab.influence.features import (
   adam_transform,
   gradient_features,
@@ -88,10 +105,15 @@ from gradlab.influence.trak import margin, trak
 from gradlab.influence.z0inf import z0_influence, z0_self_influence
 
 __all__ = [
+  "BORep",
+  "BORepState",
+  "HYPERGRADIENT_METHODS",
+  "Hypergradient",
   "METHODS",
   "ShapleyEstimate",
   "adam_transform",
   "auroc",
+  "bo_rep",
   "dense_hessian",
   "el2n",
   "exact_shapley",
@@ -100,7 +122,9 @@ __all__ = [
   "grad_similarity",
   "gradient_features",
   "grand",
+  "hypergradient",
   "influence",
+  "inner_descent",
   "input_gradients",
   "inverse_hvp",
   "module_name",
@@ -119,9 +143,13 @@ __all__ = [
   "loo_masks",
   "loo_retrain",
   "margin",
+  "neumann_inverse_hvp",
   "newton_fit",
   "normalize_rows",
+  "normalized_momentum",
   "pearson",
+  "penalty_hypergradient",
+  "penalty_objective",
   "per_example_gradients",
   "project",
   "random_mask",
