@@ -87,6 +87,43 @@ def make_value_and_grad(
   return accumulated
 
 
+def _make_objective(
+  loss_fn: LossFn,
+  *,
+  num_microbatches: int = 1,
+  mesh: Mesh | None = None,
+  data_axis: str = sharding_lib.DATA_AXIS,
+) -> Callable[[Any, Any, jax.Array], jax.Array]:
+  """``(params, batch, key) -> loss``: the scalar loss :func:`make_value_and_grad` averages.
+
+  What :func:`make_update` hands the optimizer as ``obj_fn`` (curvature-using
+  optimizers differentiate it twice: ``optax.contrib.sophia``'s Hutchinson
+  estimator takes ``jvp(grad(obj_fn))``). With ``num_microbatches = M > 1``
+  it is the mean of the M microbatch losses (microbatch ``i`` drawing
+  ``fold_in(key, i)``, the same split and keys as the gradient), scanned
+  with each microbatch's loss under ``jax.checkpoint``, so differentiating
+  it keeps one microbatch's activations alive at a time, not the batch's.
+  """
+  loss = lambda p, b, k: loss_fn(p, b, k)[0]  # noqa: E731
+  if num_microbatches == 1:
+    return loss
+  checkpointed = jax.checkpoint(loss)
+
+  def objective(params, batch, key):
+    micro = _split_microbatches(batch, num_microbatches, mesh, data_axis)
+
+    def body(total, xs):
+      i, mb = xs
+      return total + checkpointed(params, mb, jax.random.fold_in(key, i)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zero = jnp.zeros((), jax.eval_shape(loss, params, first, key).dtype)
+    total, _ = jax.lax.scan(body, zero, (jnp.arange(num_microbatches), micro))
+    return total / num_microbatches
+
+  return objective
+
+
 def _scalar_metrics(aux: Any) -> dict[str, jax.Array]:
   if aux is None:
     return {}
@@ -127,14 +164,28 @@ def make_update(
     value_and_grad = make_value_and_grad(
       loss_fn, num_microbatches=num_microbatches, mesh=mesh, data_axis=data_axis
     )
+  # obj_fn is loss_fn's own loss even where value_and_grad_fn replaces the
+  # gradient (a zeroth-order estimate, say): it is differentiated, not estimated.
+  objective = _make_objective(
+    loss_fn, num_microbatches=num_microbatches, mesh=mesh, data_axis=data_axis
+  )
 
   def update(state: TrainState, batch: Any, key: jax.Array):
     (loss, aux), grads = value_and_grad(state.params, batch, key)
     grad_fn = lambda p: value_and_grad(p, batch, key)[1]  # noqa: E731
+
+    # optax's line searches hand value_fn each extra argument its signature
+    # names and refuse the others: naming obj_fn here lets them take (and
+    # ignore) it beside the optimizers that consume it.
+    def value_fn(p, obj_fn=None):
+      del obj_fn
+      return value_and_grad(p, batch, key)[0][0]
+
     extra = {
       "value": loss,
       "grad": grads,
-      "value_fn": lambda p: value_and_grad(p, batch, key)[0][0],
+      "value_fn": value_fn,
+      "obj_fn": lambda p: objective(p, batch, key),
     }
     if extra_args_fn is not None:
       extra.update(extra_args_fn(state.params, batch, key, grad_fn))
@@ -175,8 +226,13 @@ def make_train_step(
     optimizer: any optax transformation. Its ``update`` receives the keyword
       arguments ``value`` (the loss), ``grad`` (the gradient), ``value_fn``
       (``params -> loss`` on the same batch and key, as optax's line searches
-      expect), plus whatever ``extra_args_fn`` returns; plain
-      ``GradientTransformation``s ignore them.
+      expect), ``obj_fn`` (``params -> loss`` of ``loss_fn`` on the same
+      batch, key and microbatches, twice differentiable: what
+      ``optax.contrib.sophia``'s Hessian estimator and
+      ``gradlab.transforms.adahessian`` differentiate; with microbatches,
+      the mean of their losses, each under ``jax.checkpoint``), plus
+      whatever ``extra_args_fn`` returns; plain ``GradientTransformation``s
+      ignore them.
     mesh: the device mesh; ``None`` jits without sharding annotations.
     data_axis: the mesh axis the batch is split along.
     num_microbatches: gradient accumulation: the batch is processed in this

@@ -18,15 +18,29 @@ optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
   quantizer.
 * Second order: ``mfac`` / ``scale_by_mfac`` (M-FAC's sliding-window inverse
   empirical Fisher), ``inverse_fisher_product``.
+* Curvature: ``adahessian`` / ``scale_by_adahessian`` (Hutchinson's Hessian
+  diagonal from the ``obj_fn`` extra argument that ``gradlab.train.make_update``
+  passes, as ``optax.contrib.sophia`` takes it too).
+* Spike skipping: ``skip_spikes`` (OLMo's skip-step rule around any optimizer,
+  on the ``value`` extra argument and the gradient norm).
 * Training dynamics: ``orthogonal_gradient`` (the perpendicular gradient of
   "Grokking at the Edge of Numerical Stability").
 * Robust aggregation of per-example gradients: ``winsorized_mean``,
   ``median_of_means`` (suppressing weak gradient directions).
+* Schedules: ``refined_schedule`` (learning-rate multipliers refined from a
+  run's gradient norms, Defazio et al. 2023), ``refined_lr_schedule`` (as an
+  optax schedule), ``scale_by_lr_table`` (a schedule held in the
+  state), ``median_filter``.
 * Variance reduction: ``storm``, ``mars`` / ``scale_by_mars``, ``svrg``, fed by
   a ``grad_fn`` extra argument (``extra_args_fn=grad_fn_extra_args`` in
   ``gradlab.train.make_train_step``).
 """
 
+from gradlab.transforms.adahessian import (
+  ScaleByAdaHessianState,
+  adahessian,
+  scale_by_adahessian,
+)
 from gradlab.transforms.agvm import AGVMState, agvm, half_batch_grads
 from gradlab.transforms.diffgrad import (
   ScaleByDiffGradState,
@@ -69,6 +83,15 @@ from gradlab.transforms.quantized import (
 )
 from gradlab.transforms.robust import median_of_means, winsorize, winsorized_mean
 from gradlab.transforms.scale import LAYOUTS, column_normalize, scale, scale_labels
+from gradlab.transforms.schedules import (
+  ScaleByLRTableState,
+  median_filter,
+  median_filter_width,
+  refined_lr_schedule,
+  refined_schedule,
+  scale_by_lr_table,
+)
+from gradlab.transforms.skip_step import SkipSpikesState, skip_spikes
 from gradlab.transforms.spam import (
   ScaleBySpamState,
   scale_by_spam,
@@ -89,6 +112,11 @@ from gradlab.transforms.variance_reduced import (
 )
 
 __all__ = [
+  "ScaleByAdaHessianState",
+  "SkipSpikesState",
+  "adahessian",
+  "scale_by_adahessian",
+  "skip_spikes",
   "ScaleByMFACState",
   "inverse_fisher_product",
   "mfac",
@@ -144,4 +172,10 @@ __all__ = [
   "state_bytes",
   "storm",
   "svrg",
+  "median_filter",
+  "median_filter_width",
+  "refined_lr_schedule",
+  "refined_schedule",
+  "ScaleByLRTableState",
+  "scale_by_lr_table",
 ]

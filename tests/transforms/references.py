@@ -372,3 +372,106 @@ def quantize_blockwise_reference(x, code, blocksize):
 def dequantize_blockwise_reference(idx, absmax, code, shape):
   values = code[idx.astype(np.int64)] * absmax[:, None]
   return values.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+
+
+class AdaHessianReference:
+  """AdaHessian's ``get_trace`` + ``step`` (amirgholami/adahessian,
+  ``image_classification/optim_adahessian.py``), torch layouts ([out, in, kh, kw] kernels).
+
+  ``step(params, grads, hvp)``: ``hvp(v)`` is the Hessian of the batch loss at
+  ``params`` times the probe ``v`` (the ``torch.autograd.grad(grads, params,
+  grad_outputs=v)`` of the original); the probe is drawn here, as there.
+  """
+
+  def __init__(
+    self, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0, hessian_power=1, seed=0
+  ):
+    self.group = dict(
+      lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power
+    )
+    self.state = {}
+    self.rng = np.random.default_rng(seed)
+
+  def get_trace(self, params, hvp):
+    v = {
+      n: 2 * self.rng.integers(0, 2, size=p.shape).astype(p.dtype) - 1 for n, p in params.items()
+    }
+    hvs = hvp(v)
+    hutchinson_trace = {}
+    for n, hv in hvs.items():
+      param_size = hv.shape
+      if len(param_size) <= 2:  # for 0/1/2D tensor
+        # Hessian diagonal block size is 1 here.
+        # We use that torch.abs(hv * vi) = hv.abs()
+        tmp_output = np.abs(hv)
+      elif len(param_size) == 4:  # Conv kernel
+        # Hessian diagonal block size is 9 here: torch.sum() reduces the dim 2/3.
+        tmp_output = np.mean(np.abs(hv), axis=(2, 3), keepdims=True)
+      hutchinson_trace[n] = tmp_output
+    return hutchinson_trace
+
+  def step(self, params, grads, hvp):
+    group = self.group
+    hut_traces = self.get_trace(params, hvp)
+    out = {}
+    for n, p in params.items():
+      grad, hut_trace = grads[n], hut_traces[n]
+      state = self.state.setdefault(n, {})
+      if len(state) == 0:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+        state["exp_hessian_diag_sq"] = np.zeros_like(p)
+      exp_avg, exp_hessian_diag_sq = state["exp_avg"], state["exp_hessian_diag_sq"]
+      beta1, beta2 = group["betas"]
+      state["step"] += 1
+      exp_avg *= beta1
+      exp_avg += (1 - beta1) * grad
+      exp_hessian_diag_sq *= beta2
+      exp_hessian_diag_sq += (1 - beta2) * hut_trace * hut_trace  # broadcasts [o, i, 1, 1]
+      bias_correction1 = 1 - beta1 ** state["step"]
+      bias_correction2 = 1 - beta2 ** state["step"]
+      k = group["hessian_power"]
+      denom = (np.sqrt(exp_hessian_diag_sq) ** k) / math.sqrt(bias_correction2) ** k + group["eps"]
+      out[n] = p - group["lr"] * (exp_avg / bias_correction1 / denom + group["weight_decay"] * p)
+    return out
+
+
+class SkipStepReference:
+  """OLMo-core's ``SkipStepOptimizer`` rule (allenai/OLMo-core,
+  ``src/olmo_core/optim/skip_step_optimizer.py``): the ``latest_loss`` and
+  ``latest_grad_norm`` setters and ``get_step_factor``, with torch.std_mean's
+  unbiased std."""
+
+  def __init__(self, rolling_interval_length=128, sigma_factor=6):
+    self.rolling_interval_length = rolling_interval_length
+    self.sigma_factor = sigma_factor
+    self._losses = []
+    self._grad_norms = []
+
+  def set_latest(self, loss, grad_norm):
+    self._losses.append(loss)
+    while len(self._losses) > self.rolling_interval_length + 1:
+      self._losses.pop(0)
+    if grad_norm is not None:
+      self._grad_norms.append(grad_norm)
+      while len(self._grad_norms) > self.rolling_interval_length + 1:
+        self._grad_norms.pop(0)
+
+  def get_step_factor(self, warmup=None):
+    """``warmup``: the ``max(20, rolling_interval_length // 2)`` of the original, if None."""
+    if warmup is None:
+      warmup = max(20, self.rolling_interval_length // 2)
+    if len(self._losses) < warmup:
+      return 1.0
+    loss_mean = np.mean(self._losses[:-1])
+    loss_std = np.std(self._losses[:-1], ddof=1)
+    latest_loss = self._losses[-1]
+    if self._grad_norms:
+      grad_norm_mean = np.mean(self._grad_norms[:-1])
+      grad_norm_std = np.std(self._grad_norms[:-1], ddof=1)
+      latest_grad_norm = self._grad_norms[-1]
+      return float(
+        ((latest_loss - loss_mean) <= self.sigma_factor * loss_std)
+        and ((latest_grad_norm - grad_norm_mean) <= self.sigma_factor * grad_norm_std)
+      )
+    return float((latest_loss - loss_mean) <= self.sigma_factor * loss_std)

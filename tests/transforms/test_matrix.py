@@ -79,6 +79,10 @@ CASES = {
     lambda: optax.chain(transforms.svrg(2), optax.sgd(0.1)),
     lambda state, batch, key, grad_fn: {"grad_fn": grad_fn, "full_grad_fn": _full_grad},
   ),
+  # curvature from make_update's obj_fn (optax's Sophia: test_sophia_* below)
+  "adahessian": (lambda: transforms.adahessian(1e-2, key=jax.random.key(0)), None),
+  # make_update's value (the loss) and the gradient norm against their history
+  "skip_spikes": (lambda: transforms.skip_spikes(optax.adam(1e-2), window=4, warmup=3), None),
 }
 
 
@@ -118,6 +122,10 @@ def _direct_extra(name, grads):
     return {"split_grads": jax.tree.map(lambda g: jnp.stack([g, 0.5 * g]), grads)}
   if name == "svrg":
     return {"grad_fn": lambda p: grads, "full_grad_fn": lambda p: grads}
+  if name == "adahessian":
+    return {"obj_fn": lambda p: _loss_fn(p, _data(), None)[0]}
+  if name == "skip_spikes":
+    return {"value": jnp.asarray(1.0)}
   return {}
 
 
@@ -146,7 +154,7 @@ def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   if member is None:  # a whole gradlab optimizer (or one whose other members are stateless)
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), name
-    jax.tree.map(same, new_state, state)
+    jax.tree.map(same, *(optax.tree.unwrap_random_key_data(t) for t in (new_state, state)))
   else:  # a chain with an optax member: the gradlab member's state is untouched
     jax.tree.map(same, new_state[member], state[member])
   if member is not None:
@@ -154,6 +162,71 @@ def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   # and the next good step proceeds normally
   updates, _ = update(good, new_state, params)
   assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
+
+
+def test_sophia_through_make_train_step_matches_its_hand_written_loop():
+  # optax.contrib.sophia's Hutchinson estimator takes jvp(grad(obj_fn)); make_update
+  # passes obj_fn, also on 8 devices with microbatches (their mean loss is the batch's)
+  params, batch = _params(), _data(32, seed=3)
+  # gamma = 10: about a quarter of the entries escape Sophia's clip (the authors' "win
+  # rate" band is 0.1-0.5), so the Hessian estimate shapes the step: a half batch's
+  # Hessian moves the parameters by up to 70% (relative) after these 3 steps
+  opt = optax.contrib.sophia(1e-2, update_interval=1, gamma=10.0)
+  obj = lambda p: _loss_fn(p, batch, None)[0]  # noqa: E731
+  hand = jax.jit(lambda g, s, p: opt.update(g, s, p, obj_fn=obj))
+  p, s = params, opt.init(params)
+  for _ in range(3):
+    u, s = hand(jax.grad(obj)(p), s, p)
+    p = optax.apply_updates(p, u)
+  assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(s[0].nu))  # it estimated
+  mesh = sharding.make_mesh()
+  state = train.TrainState.create(params, opt, jax.random.key(1))
+  step = train.make_train_step(_loss_fn, opt, mesh=mesh, num_microbatches=2, donate=False)
+  for _ in range(3):
+    state, _ = step(state, sharding.shard_batch(batch, mesh))
+  # float32 rounding: the sharded, microbatched mean sums in another order
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5),
+    state.params,
+    p,
+  )
+
+
+def _obj_fn_spy():
+  """An optimizer whose state records ``obj_fn(params)`` and its gradient (zero update)."""
+
+  def update(updates, state, params=None, *, obj_fn, **extra):
+    del state, extra
+    value, grad = jax.value_and_grad(obj_fn)(params)
+    return jax.tree.map(jnp.zeros_like, updates), (value, grad)
+
+  return optax.GradientTransformationExtraArgs(
+    lambda p: (jnp.zeros(()), optax.tree.zeros_like(p)), update
+  )
+
+
+def test_obj_fn_is_the_differentiable_loss_on_the_steps_batch():
+  params, batch = _params(), _data(32, seed=4)
+  loss, grad = jax.value_and_grad(lambda p: _loss_fn(p, batch, None)[0])(params)
+  zero_grad = lambda p, b, k: (_loss_fn(p, b, k), optax.tree.zeros_like(p))  # noqa: E731
+  for kwargs in (
+    dict(mesh=sharding.make_mesh(), num_microbatches=4),
+    dict(value_and_grad_fn=zero_grad),  # an estimated gradient: obj_fn stays loss_fn's
+  ):
+    spy = _obj_fn_spy()
+    step = train.make_train_step(_loss_fn, spy, donate=False, **kwargs)
+    mesh = kwargs.get("mesh")
+    state, _ = step(
+      train.TrainState.create(params, spy, jax.random.key(0)),
+      sharding.shard_batch(batch, mesh) if mesh else batch,
+    )
+    value, obj_grad = state.opt_state
+    np.testing.assert_allclose(float(value), float(loss), rtol=1e-6)  # float32 rounding
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7),
+      obj_grad,
+      grad,
+    )
 
 
 def test_gradlab_member_state_is_exactly_unchanged_inside_a_chain():
@@ -237,8 +310,27 @@ def test_bad_arguments_get_a_clear_error(call, message):
 # every alias with its numeric hyperparameters injected (traced under jit),
 # inside MultiSteps, apply_if_finite, and a chain with reduce_on_plateau.
 
+
+def _skip_spikes_adam(learning_rate, threshold, window, warmup):
+  return transforms.skip_spikes(
+    optax.adam(learning_rate), threshold=threshold, window=window, warmup=warmup
+  )
+
+
 ALIASES = {
-  # name: (factory, kwargs, static_args, needs grad_fn)
+  # name: (factory, kwargs, static_args, needs: True for grad_fn, or the extra argument's name)
+  "adahessian": (
+    transforms.adahessian,
+    dict(learning_rate=1e-2, weight_decay=1e-3, key=jax.random.key(0)),
+    ("num_probes",),
+    "obj_fn",
+  ),
+  "skip_spikes": (
+    _skip_spikes_adam,
+    dict(learning_rate=1e-2, threshold=6.0, window=4, warmup=3),
+    ("window", "warmup"),
+    "value",
+  ),
   "spam": (
     transforms.spam,
     dict(learning_rate=1e-2, threshold=50.0, reset_interval=3, warmup_steps=2, clip_after=2),
@@ -267,8 +359,16 @@ _P = {"a": -jnp.ones((2, 3)), "b": jnp.ones((5, 2)), "c": jnp.ones(4)}
 _G = {"a": jnp.ones((2, 3)), "b": -jnp.ones((5, 2)), "c": 0.5 * jnp.ones(4)}
 
 
-def _extras(needs_grad_fn):
-  return {"grad_fn": lambda p: _G} if needs_grad_fn else {}
+def _extras(needs):
+  if needs == "obj_fn":  # Hessian diagonal 1 + 3 p^2
+    return {
+      "obj_fn": lambda p: (
+        optax.tree.vdot(p, p) / 2 + optax.tree.sum(jax.tree.map(lambda x: x**4 / 4, p))
+      )
+    }
+  if needs == "value":  # a flat loss (as the plateau test below feeds)
+    return {"value": jnp.asarray(1.0)}
+  return {"grad_fn": lambda p: _G} if needs else {}
 
 
 @pytest.mark.parametrize("name", sorted(ALIASES))
