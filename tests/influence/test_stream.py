@@ -58,8 +58,9 @@ def setup():
   return make_setup()
 
 
-def _grads(fn, p, e):
-  return gi.per_example_gradients(fn, p, e)  # the [n, d] rows the streamed scores avoid
+def _grads(fn, p, e):  # the [n, d] rows the streamed scores avoid
+  # jitted, as every reference here: eagerly, each vmapped op would compile alone
+  return jax.jit(lambda p, e: gi.per_example_gradients(fn, p, e))(p, e)
 
 
 SOLVERS = {
@@ -136,7 +137,7 @@ def test_low_rank_ekfac_queries_are_exact_at_full_rank_and_within_their_bound(se
 def factors_inverse(factors, params, rows, damping=None):
   _, unravel = ravel_pytree(params)
   inverse = factors.inverse(damping)
-  return jax.vmap(lambda v: ravel_pytree(inverse(unravel(v)))[0])(rows)
+  return jax.jit(jax.vmap(lambda v: ravel_pytree(inverse(unravel(v)))[0]))(rows)
 
 
 def test_every_streamed_score_equals_its_materialized_formula(setup):
@@ -350,7 +351,7 @@ def test_causal_transformer_token_and_module_scores():
     rng = np.random.default_rng(1)
     tokens = jnp.asarray(rng.integers(0, 7, size=(14, 6)))
     params = jax.tree.map(
-      lambda a: jnp.asarray(a, jnp.float64), model.init(jax.random.key(0), tokens[:1])
+      lambda a: jnp.asarray(a, jnp.float64), jax.jit(model.init)(jax.random.key(0), tokens[:1])
     )
 
     def token_loss(p, seq):
