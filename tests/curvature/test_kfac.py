@@ -71,7 +71,7 @@ def _mixed_setup(n=11):
   rng = np.random.default_rng(1)
   model = _Mixed()
   data = {"tokens": jnp.asarray(rng.integers(0, 7, (n, 4)))}
-  params = model.init(jax.random.key(2), data["tokens"][0])
+  params = jax.jit(model.init)(jax.random.key(2), data["tokens"][0])  # one program, not one per op
   loss = lambda p, e: model.apply(p, e["tokens"])
   return model, params, loss, data
 
@@ -99,23 +99,28 @@ def _mixed_rows(params, data):
   from_z1 = lambda z1: from_z2(jnp.tanh(z1) @ p["nobias"]["kernel"])
   dense = lambda e: e @ p["dense"]["kernel"] + p["dense"]["bias"]
   from_z0 = lambda e: from_z1(dense(e))
-  out = {k: ([], []) for k in ("embed", "dense", "nobias", "general", "conv")}
-  for tok in np.asarray(data["tokens"]):
-    onehot = np.eye(7)[tok]
-    e = jnp.asarray(onehot @ np.asarray(p["embed"]["embedding"]))
+  ones = jnp.ones((4, 1))
+
+  @jax.jit  # one program for the examples (eagerly, each op would compile alone)
+  def one(onehot):
+    e = onehot @ p["embed"]["embedding"]  # a one-hot row pick: exact
     z1 = dense(e)
     h1 = jnp.tanh(z1)
     z2 = h1 @ p["nobias"]["kernel"]
     z3 = general(z2)
     patches = _patches_jnp(jnp.sin(z3.reshape(2, 2, 4)))
     z4 = conv(z3)
-    rows = {
+    return {
       "embed": (onehot, jax.grad(from_z0)(e)),
-      "dense": (np.c_[e, np.ones(4)], jax.grad(from_z1)(z1)),
+      "dense": (jnp.concatenate([e, ones], 1), jax.grad(from_z1)(z1)),
       "nobias": (h1, jax.grad(from_z2)(z2)),
-      "general": (np.c_[z2, np.ones(4)], jax.grad(from_z3)(z3).reshape(4, 4)),
-      "conv": (np.c_[patches, np.ones(4)], jax.grad(from_z4)(z4)),
+      "general": (jnp.concatenate([z2, ones], 1), jax.grad(from_z3)(z3).reshape(4, 4)),
+      "conv": (jnp.concatenate([patches, ones], 1), jax.grad(from_z4)(z4)),
     }
+
+  out = {k: ([], []) for k in ("embed", "dense", "nobias", "general", "conv")}
+  for tok in np.asarray(data["tokens"]):
+    rows = one(jnp.asarray(np.eye(7)[tok]))
     for k, (a, g) in rows.items():
       out[k][0].append(np.asarray(a))
       out[k][1].append(np.asarray(g))
