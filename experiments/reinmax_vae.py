@@ -21,6 +21,14 @@ training set at the end, and test -ELBO is also logged every
 once, vmapped in one process (each seed its own initialization and batch
 order), and reports mean +- sd over seeds; with one seed a ranking by a
 fraction of a nat is not a ranking, and results.md says so.
+
+ReinMax-Rao and ReinMax-CV (Wang & Bui 2026, ``gradlab.discrete.reinmax_rao``)
+train beside the others (tau 1.0 of their Gumbel terms, as in the authors'
+hyperparameters.py). ``--quality_images=N`` scores every estimator's gradient
+w.r.t. the encoder logits of N test images against the exact gradient (all
+C^L latent configurations enumerated: 8x4 only), at every trained model, and
+writes gradient_quality.md/.csv and the paired verdict of ReinMax-Rao/CV
+against ReinMax into results.md.
 """
 
 from __future__ import annotations
@@ -34,10 +42,17 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import flag_checks, reporting, runner
+from experiments import flag_checks, reinmax_polynomial, reporting, runner
 from gradlab import data, discrete, models, sharding, train
 
-ESTIMATORS = ("straight_through", "straight_through_gumbel", "gumbel_rao", "reinmax")
+ESTIMATORS = (
+  "straight_through",
+  "straight_through_gumbel",
+  "gumbel_rao",
+  "reinmax",
+  "reinmax_rao",
+  "reinmax_cv",
+)
 # C x L: (learning rate, optimizer, ReinMax tau) from the official scripts.
 PAPER_SETTINGS = {
   "8x4": (5e-4, "adam", 1.3),
@@ -49,7 +64,17 @@ PAPER_SETTINGS = {
   "32x64": (5e-4, "radam", 1.1),
 }
 # Temperatures of the baselines (the paper tunes each; these are common picks).
-BASELINE_TEMPERATURES = {"straight_through": 1.0, "straight_through_gumbel": 0.5, "gumbel_rao": 0.5}
+# ReinMax-Rao/CV: tau of their Gumbel terms, 1.0 in every row of the authors'
+# hyperparameters.py (danielwang0452/DiscreteNumericalMethodsASC).
+BASELINE_TEMPERATURES = {
+  "straight_through": 1.0,
+  "straight_through_gumbel": 0.5,
+  "gumbel_rao": 0.5,
+  "reinmax_rao": 1.0,
+  "reinmax_cv": 1.0,
+}
+# Gradient quality against the exact gradient needs C^L configurations per image.
+MAX_QUALITY_CONFIGURATIONS = 1 << 16
 
 
 PROG = "reinmax_vae"
@@ -69,7 +94,10 @@ class Config:
   seeds: int = runner.option(1, "Seeds per estimator, vmapped in one process.")
   targets: str = runner.option("binarized", "binarized or grayscale.")
   full_mnist: str | None = runner.option(None, "A local .npz of full MNIST (optional).")
-  gumbel_rao_samples: int = runner.option(10, "k of Gumbel-Rao (paper: 100).")
+  gumbel_rao_samples: int = runner.option(
+    10, "k of Gumbel-Rao, ReinMax-Rao and ReinMax-CV (papers: 100)."
+  )
+  cv_eta: float = runner.option(0.5, "eta of ReinMax-CV (its control variate's weight).")
   reinmax_temperature: float = runner.option(
     0.0, "ReinMax's tau; 0 takes the official script's for each configuration."
   )
@@ -78,6 +106,12 @@ class Config:
   checkpoint_every: int = runner.option(1000, "Steps between checkpoints.")
   log_every: int = runner.option(40, "Steps between metrics records.")
   num_devices: int = runner.option(0, "Devices to use (0: all).")
+  quality_images: int = runner.option(
+    0,
+    "Test images at which every estimator's gradient w.r.t. the encoder logits is scored "
+    "against the exact one, at every trained model (C^L <= 65536 only, i.e. 8x4; 0: off).",
+  )
+  quality_draws: int = runner.option(200, "Draws per estimator, model and image.")
 
 
 def check(config: Config) -> int:
@@ -104,6 +138,13 @@ def check(config: Config) -> int:
   ):
     c.positive(name, getattr(config, name))
   c.non_negative("seed", config.seed)
+  c.require(
+    0 <= config.quality_images <= 1000,
+    "quality_images",
+    "between 0 and the 1000 test images",
+    config.quality_images,
+  )
+  c.require(config.quality_draws >= 2, "quality_draws", ">= 2", config.quality_draws)
   c.require(
     np.isfinite(config.reinmax_temperature) and config.reinmax_temperature >= 0,
     "reinmax_temperature",
@@ -153,6 +194,12 @@ def _temperature(name: str, cxl: str, config: Config) -> float:
   return config.reinmax_temperature or PAPER_SETTINGS[cxl][2]
 
 
+def _sample_fn(name: str, tau: float, config: Config):
+  return discrete.make_estimator(
+    name, temperature=tau, num_samples=config.gumbel_rao_samples, eta=config.cv_eta
+  )
+
+
 def _elbo_evaluator(vae, sample_fn, num_draws, chunk=500):
   """``(params, x, key) -> `` mean over images and ``num_draws`` draws of the
   single-sample -ELBO; one compiled chunk serves the train and the test set."""
@@ -199,7 +246,7 @@ def run_one(workdir, cxl, name, x_train, x_test, mesh, config: Config):
   vae = models.CategoricalVAE(
     num_latents=num_latents, num_classes=num_classes, leaky=cxl == "32x64"
   )
-  sample_fn = discrete.make_estimator(name, temperature=tau, num_samples=config.gumbel_rao_samples)
+  sample_fn = _sample_fn(name, tau, config)
   optimizer = {"adam": optax.adam, "radam": optax.radam}[opt_name](lr)
 
   def seed_state(seed):
@@ -283,7 +330,61 @@ def run_one(workdir, cxl, name, x_train, x_test, mesh, config: Config):
         "test -ELBO": negative_elbo(params, x_test, jax.random.fold_in(eval_keys[i], 1)),
       }
     )
-  return rows, records
+  first = state.params if config.seeds == 1 else jax.tree.map(lambda x: x[0], state.params)
+  return rows, records, first
+
+
+def _gradient_quality(workdir, cxl, trained, x_images, config: Config):
+  """Every estimator's gradient of one image's reconstruction NLL w.r.t. its
+  encoder logits, at every trained model (``trained[name]``: the first seed's
+  parameters), against the exact gradient by enumeration of the C^L latents;
+  ``gradient_scores`` per (model, image) point, cached per configuration."""
+  num_classes, num_latents = (int(v) for v in cxl.split("x"))
+  vae = models.CategoricalVAE(
+    num_latents=num_latents, num_classes=num_classes, leaky=cxl == "32x64"
+  )
+
+  def nll(params, x1):
+    def f(d):
+      x_logits = vae.apply(params, d[None], method=models.CategoricalVAE.decode)[0]
+      return jnp.sum(optax.sigmoid_binary_cross_entropy(x_logits, x1))
+
+    return f
+
+  @jax.jit
+  def logits_and_exact(params, x1):
+    logits = vae.apply(params, x1[None], method=models.CategoricalVAE.encode)[0]
+    return logits, discrete.exact_gradient(nll(params, x1), logits)[1]
+
+  def drawer(name):
+    sample_fn = _sample_fn(name, _temperature(name, cxl, config), config)
+
+    @jax.jit
+    def draws(params, x1, logits, key):
+      f = nll(params, x1)
+      keys = jax.random.split(key, config.quality_draws)
+      return jax.vmap(lambda k: jax.grad(lambda t: f(sample_fn(k, t)))(logits))(keys)
+
+    return draws
+
+  def compute():
+    drawers = {n: drawer(n) for n in config.estimators}
+    out = {n: [] for n in config.estimators}
+    for model, params in trained.items():
+      for j, x1 in enumerate(jnp.asarray(x_images)):
+        logits, exact = logits_and_exact(params, x1)
+        exact = np.asarray(exact, np.float64).ravel()
+        for n, draws in drawers.items():
+          g = np.asarray(draws(params, x1, logits, jax.random.key(30_000 + j)), np.float64)
+          out[n].append(reinmax_polynomial.gradient_scores(g.reshape(len(g), -1), exact))
+    return out
+
+  path = os.path.join(
+    workdir,
+    cxl,
+    f"quality_{'-'.join(config.estimators)}_{len(x_images)}x{config.quality_draws}.json",
+  )
+  return reporting.cached_unit(path, compute)[0]
 
 
 def _smoothed(xs, ys, window):
@@ -360,16 +461,25 @@ def run(config: Config, workdir: str) -> list[dict]:
   flag_checks.check_same_run(
     workdir,
     dataclasses.asdict(config),
-    may_change=("configs", "estimators", "eval_samples", "checkpoint_every", "num_devices"),
+    may_change=(
+      "configs",
+      "estimators",
+      "eval_samples",
+      "checkpoint_every",
+      "num_devices",
+      "quality_images",
+      "quality_draws",
+    ),
   )
   x_train, x_test = _load(config)
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
   rows, table = [], []
+  quality_rows, quality_lines, skipped = [], [], []
   for cfg in config.configs:
-    curves, tests = {}, {}
+    curves, tests, trained = {}, {}, {}
     for name in config.estimators:
       logging.info("config %s, estimator %s, %d seed(s)", cfg, name, config.seeds)
-      seed_rows, records = run_one(
+      seed_rows, records, trained[name] = run_one(
         os.path.join(workdir, cfg, name), cfg, name, x_train, x_test, mesh, config
       )
       rows.extend(seed_rows)
@@ -404,6 +514,15 @@ def run(config: Config, workdir: str) -> list[dict]:
     for rank, r in enumerate(sorted(summary, key=lambda r: r["test -ELBO"]), 1):
       r["rank (test)"] = rank
     table.extend(summary)
+    if config.quality_images:
+      c, ell = (int(v) for v in cfg.split("x"))
+      if c**ell > MAX_QUALITY_CONFIGURATIONS:
+        skipped.append(cfg)
+        continue
+      scores = _gradient_quality(workdir, cfg, trained, x_test[: config.quality_images], config)
+      r, v = reinmax_polynomial.quality_rows({"config (CxL)": cfg}, scores)
+      quality_rows += r
+      quality_lines += v
   seeds_note = (
     f"mean and sd over {config.seeds} seeds ({config.seed}..{config.seed + config.seeds - 1})"
     if config.seeds > 1
@@ -421,6 +540,28 @@ def run(config: Config, workdir: str) -> list[dict]:
     "far above the paper's; the comparable claim is the ranking (ReinMax first, most clearly on "
     "10x30). Per-seed rows: results_per_seed.md."
   ) + (FINDINGS_8X4 if "8x4" in config.configs else "")
+  if quality_rows:
+    reporting.write_table(
+      workdir,
+      quality_rows,
+      title="Gradient quality against the exact gradient",
+      name="gradient_quality",
+      notes=(
+        "Each estimator's gradient of one test image's reconstruction NLL w.r.t. its encoder "
+        f"logits, {config.quality_draws} draws, against the exact gradient (enumeration of "
+        f"the C^L latents), at the first {config.quality_images} test images of every trained "
+        f"model ({', '.join(config.estimators)}; seed {config.seed}): points = models x "
+        "images; bias and variance pooled over points relative to the mean |g|^2, se over "
+        "points; taus as in results.md, k = "
+        f"{config.gumbel_rao_samples}, eta = {config.cv_eta:g}."
+      ),
+    )
+    notes += reinmax_polynomial.claim_section(quality_lines, "gradient_quality.md")
+  if skipped:
+    notes += (
+      f"\n\nGradient quality not scored for {', '.join(skipped)}: more than "
+      f"{MAX_QUALITY_CONFIGURATIONS} latent configurations to enumerate."
+    )
   reporting.write_table(workdir, table, title="ReinMax categorical VAE", notes=notes)
   reporting.write_table(
     workdir, rows, title="ReinMax categorical VAE: every seed", name="results_per_seed"

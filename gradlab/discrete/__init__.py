@@ -7,9 +7,11 @@ of shape [..., K], and work under ``jit``, ``vmap`` and ``grad``.
 Which to use: ``reinmax`` (tau >= 1) when f is smooth in the sample: it is
 second-order accurate at the cost of ST. ``straight_through_gumbel`` and
 ``gumbel_rao`` (lower variance, k times the backward cost) are the classic
-relaxation-based choices; ``reinforce`` is unbiased for any f (even a
-non-differentiable one) but needs a baseline and many samples to tame its
-variance. ``exact_gradient`` is the oracle for small models.
+relaxation-based choices; ``reinmax_rao`` and ``reinmax_cv`` (Wang & Bui,
+2026) swap ReinMax's midpoint Jacobian for a Gumbel-Rao one and are biased
+where ReinMax is exact (experiments/results/reinmax_rao.md). ``reinforce`` is
+unbiased for any f (even a non-differentiable one) but needs a baseline and
+many samples to tame its variance. ``exact_gradient`` is the oracle for small models.
 """
 
 from gradlab.discrete.binary import reste_power, reste_sign, reste_slope, straight_through_sign
@@ -18,6 +20,12 @@ from gradlab.discrete.gumbel_rao import conditional_gumbel_logits, gumbel_rao
 from gradlab.discrete.registry import NAMES, make_estimator
 from gradlab.discrete.reinforce import BASELINES, ReinforceOutput, reinforce, update_moving_average
 from gradlab.discrete.reinmax import reinmax, reinmax_from_sample
+from gradlab.discrete.reinmax_rao import (
+  reinmax_cv,
+  reinmax_cv_from_sample,
+  reinmax_rao,
+  reinmax_rao_from_sample,
+)
 from gradlab.discrete.straight_through import (
   gumbel_softmax,
   sample_one_hot,
@@ -39,7 +47,11 @@ __all__ = [
   "gumbel_softmax",
   "reinforce",
   "reinmax",
+  "reinmax_cv",
+  "reinmax_cv_from_sample",
   "reinmax_from_sample",
+  "reinmax_rao",
+  "reinmax_rao_from_sample",
   "reste_power",
   "reste_sign",
   "reste_slope",
