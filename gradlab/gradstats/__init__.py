@@ -5,6 +5,7 @@ sliced Wasserstein estimators (with control variates) and their gradients."""
 from gradlab.gradstats.alignment import Alignment, gradient_alignment
 from gradlab.gradstats.coherence import coherence, coherence_instrument, per_layer_coherence
 from gradlab.gradstats.dense_moments import dense_gradient_moments
+from gradlab.gradstats.hessian_alignment import hgp_penalty, hutchinson_penalty
 from gradlab.gradstats.instruments import gradient_statistics_instrument
 from gradlab.gradstats.noise_scale import (
   NoiseScaleEstimate,
@@ -47,6 +48,8 @@ __all__ = [
   "gradient_moments",
   "gradient_statistics_instrument",
   "gsnr",
+  "hgp_penalty",
+  "hutchinson_penalty",
   "inner_product_test",
   "mean_gsnr",
   "mean_sq_norm",
