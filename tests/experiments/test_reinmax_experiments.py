@@ -131,3 +131,34 @@ def test_vae_reads_a_local_full_mnist_file(tmp_path):
 )
 def test_bad_flags_stop_before_any_compute(tmp_path, main, flag, message):
   assert_flag_error(main, tmp_path, flag, message)
+
+
+def test_polynomial_quality_points_score_reinmax_rao_and_cv_against_reinmax(tmp_path):
+  # --quality_points: every estimator at the same random points against the exact
+  # gradient, and the paired verdict of ReinMax-Rao/CV against ReinMax in results.md
+  proc = run_main(
+    "reinmax_polynomial",
+    f"--workdir={tmp_path}",
+    "--seeds=1",
+    "--powers=2",
+    "--num_latents=4",
+    "--num_steps=10",
+    "--probe_every=10",
+    "--probe_draws=4",
+    "--checkpoint_every=10",
+    "--quality_points=3",
+    "--quality_draws=64",
+    "--estimators=reinmax,reinmax_rao,reinmax_cv",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "gradient_quality.csv") as f:
+    rows = {r["estimator"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"reinmax", "reinmax_rao", "reinmax_cv"}
+  for r in rows.values():
+    assert math.isfinite(float(r["relative variance"])) and float(r["relative variance"]) > 0
+    assert -1 <= float(r["cosine"]) <= 1
+  text = (tmp_path / "results.md").read_text()
+  assert "ReinMax-Rao and ReinMax-CV have lower variance" in text
+  for n in ("reinmax_rao", "reinmax_cv"):  # a variance and a bias verdict each
+    line = next(x for x in text.splitlines() if f"{n} vs reinmax: variance ratio" in x)
+    assert sum(line.count(f"**{v}**") for v in ("agrees", "contradicts", "inconclusive")) == 2

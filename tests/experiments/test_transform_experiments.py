@@ -28,10 +28,11 @@ def test_optimizer_zoo_small_setting(tmp_path):
     f"--workdir={tmp_path}",
     "--seeds=1",
     "--num_steps=20",
-    "--only=adam,agvm+momentum,svrg+sgd,mars (exact)",
+    "--only=adam,agvm+momentum,svrg+sgd,mars (exact),adahessian,sophia,skip_spikes+adam",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (tmp_path / "results.md").read_text()
-  for name in ("agvm+momentum", "svrg+sgd", "mars (exact)"):
+  # the curvature arms train through make_update's obj_fn (sophia, adahessian)
+  for name in ("agvm+momentum", "svrg+sgd", "mars (exact)", "adahessian", "sophia", "skip_spikes"):
     assert name in table
   assert os.path.getsize(tmp_path / "loss.png") > 0
