@@ -247,9 +247,14 @@ def _fit(
       ckpt_lib.save(manager, s, state)
     if s % progress_every == 0 or is_last:
       rate = (s - s0) / max(time.perf_counter() - t0, 1e-9)
-      # (the mean, for a state vmapped over seeds)
-      loss = float(np.mean(last["loss"])) if last.get("step") == s else float("nan")
-      logging.info("step %d/%d  loss %.4f  %.1f steps/s", s, num_steps, loss, rate)
+      # the last logged loss and its step (a progress step that is not a logged
+      # step has no loss of its own); the mean, for a state vmapped over seeds
+      if "loss" in last:
+        seen = "" if last["step"] == s else f" (at step {last['step']})"
+        loss = f"  loss {float(np.mean(last['loss'])):.4f}{seen}"
+      else:
+        loss = ""
+      logging.info("step %d/%d%s  %.1f steps/s", s, num_steps, loss, rate)
   manager.wait_until_finished()
   manager.close()
   return state, last

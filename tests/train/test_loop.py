@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from gradlab import data, sharding, train
+from gradlab.train import loop
 
 
 def _setup(mesh):
@@ -26,9 +27,13 @@ def _setup(mesh):
   return state, step, batches, loss_fn
 
 
-def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path):
+def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path, monkeypatch):
   mesh = sharding.make_mesh()
   state, step, batches, loss_fn = _setup(mesh)
+  progress = []
+  monkeypatch.setattr(
+    loop.logging, "info", lambda f, *a: progress.append(str(f) % a if a else str(f))
+  )
 
   def probe(params, batch, key):
     g = jax.grad(lambda p: loss_fn(p, batch, key)[0])(params)
@@ -45,9 +50,17 @@ def test_instruments_and_eval_are_logged_on_their_schedule(tmp_path):
     instruments=[train.Instrument("probe", probe, every=5)],
     eval_fn=lambda p: {"w0": p["w"][0]},
     eval_every=10,
+    progress_every=3,
   )
   records = train.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in records] == [4, 5, 8, 10, 12, 15, 16, 20]
+  # progress lines show the last logged loss and its step, never a loss of nan
+  lines = {int(x.split()[1].split("/")[0]): x for x in progress if x.startswith("step ")}
+  assert sorted(lines) == [3, 6, 9, 12, 15, 18, 20] and not any("nan" in x for x in progress)
+  assert "loss" not in lines[3]  # nothing logged yet
+  loss5 = next(r["loss"] for r in records if r["step"] == 5)
+  assert f"loss {loss5:.4f} (at step 5)" in lines[6]
+  assert "loss" in lines[12] and "(at step" not in lines[12]
   assert all("grad_norm" in r for r in records)  # logged steps run the full step
   with_probe = [r["step"] for r in records if "probe/grad_norm" in r]
   assert with_probe == [5, 10, 15, 20]
