@@ -12,13 +12,20 @@ Subpackages (import the one you need):
   Gumbel-Softmax, Gumbel-Rao, ReinMax, REINFORCE, ReSTE) and the exact oracle.
 * ``gradlab.curvature``: Hessian-vector products, trace and diagonal
   estimators, Lanczos, spectral density, sharpness.
-* ``gradlab.gradstats``: per-example statistics, noise scale, alignment.
+* ``gradlab.gradstats``: per-example statistics, noise scale, alignment,
+  Hessian alignment across domains.
 * ``gradlab.zeroth_order``: SPSA/MeZO, Sparse MeZO, CBO.
 * ``gradlab.transforms``: optax gradient transformations (SPAM, ZClip, per-layer
-  and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG).
+  and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG,
+  AdaHessian, spike skipping) and refined learning-rate schedules.
 * ``gradlab.policy``: policy-gradient estimators for RL with verifiable rewards.
 * ``gradlab.influence``: data attribution and valuation (influence functions,
-  TracIn, TRAK, LESS, Z0-Inf, Data Shapley) and the retraining that scores them.
+  TracIn, TRAK, LESS, Z0-Inf, Data Shapley) and the retraining that scores them;
+  implicit hypergradients of bilevel problems.
+* ``gradlab.monte_carlo``: score-function, pathwise and measure-valued gradients
+  of Gaussian expectations and their control variates (optax's removed module).
+* ``gradlab.dynamics``: exact linear-network dynamics, mode connectivity, weight
+  matching, lottery tickets.
 * ``gradlab.losses``: losses studied for themselves (StableMax cross-entropy)
   and the softmax-collapse instrument.
 * ``gradlab.sharding``: meshes and batch placement.
