@@ -384,13 +384,6 @@ def _verdict(z_pred: float, z_rival: float | None = None) -> str:
   return "agrees"
 
 
-def _sign_verdict(z: float) -> str:
-  """For a predicted positive difference: z >= 2 agrees, z <= -2 contradicts."""
-  if not np.isfinite(z) or abs(z) < 2:
-    return "inconclusive"
-  return "agrees" if z > 0 else "contradicts"
-
-
 def run(config: Config, workdir: str):
   sizes, budgets = _check(config)
   flag_checks.check_same_run(
@@ -482,7 +475,7 @@ def run(config: Config, workdir: str):
   zs = (means - lam) / ses
   lines.append(
     "- Batch extremes exceed the full Hessian's (E lambda_max(H_B) > lambda_max(H)): "
-    + ", ".join(f"B={b}: z = {z:.1f} ({_sign_verdict(z)})" for b, z in zip(sizes, zs))
+    + ", ".join(f"B={b}: z = {z:.1f} ({reporting.verdict(z)})" for b, z in zip(sizes, zs))
   )
   c_pred = s2 / lam
   c_pred_se = curv["s2_stderr"] / lam
@@ -552,7 +545,7 @@ def run(config: Config, workdir: str):
       "Hutchinson variance (exact)": r["hutchinson_exact"],
       "Hutchinson / MSE": ratio,
       "z (log ratio)": z,
-      "lower than Hutchinson": _sign_verdict(z)
+      "lower than Hutchinson": reporting.verdict(z)
       if r["estimator"] not in ("Hutchinson", "Hutchinson diag")
       else "",
     }
@@ -562,7 +555,7 @@ def run(config: Config, workdir: str):
       se = math.hypot(e1.std(ddof=1) / e1.mean(), e2.std(ddof=1) / e2.mean()) / math.sqrt(len(e1))
       zh = math.log(e1.mean() / e2.mean()) / se
       row["Hutch++ / MSE"] = e1.mean() / e2.mean()
-      row["lower than Hutch++"] = f"{_sign_verdict(zh)} (z = {zh:.1f})"
+      row["lower than Hutch++"] = f"{reporting.verdict(zh)} (z = {zh:.1f})"
     trows.append(row)
   reporting.write_table(
     workdir,

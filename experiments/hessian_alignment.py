@@ -257,13 +257,6 @@ def mean_se(values) -> tuple[float, float]:
   return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def verdict(z: float) -> str:
-  """The paper claims 'better than ERM': z >= 2 agrees, z <= -2 contradicts."""
-  if not np.isfinite(z) or abs(z) < 2:
-    return "inconclusive"
-  return "agrees" if z > 0 else "contradicts"
-
-
 def difference(z: float) -> str:
   """A measured difference that tests no claim of the paper."""
   if not np.isfinite(z) or abs(z) < 2:
@@ -369,7 +362,7 @@ def run(config: Config, workdir: str):
     u = selected[method] = units[method, best]
     d, se, z = paired_z(u["test_accuracy"], erm["test_accuracy"])
     claimed = method in CLAIMED
-    judge = verdict if claimed else difference
+    judge = reporting.verdict if claimed else difference  # the claim: better than ERM
     (lines if claimed else ablation).append(
       f"* {method} (scale {best:g}, selected by training-domain validation) - ERM: "
       f"test-domain accuracy {d:+.4f} +- {se:.4f} (paired over {config.seeds} seeds, "

@@ -298,11 +298,7 @@ def _compare(a, b, claim: str) -> str:
   d = np.asarray(a, float) - np.asarray(b, float)
   mean, se = _mean_se(d)
   z = mean / se if np.isfinite(se) and se > 0 else float("nan")
-  if not np.isfinite(z) or abs(z) < 2:
-    verdict = "inconclusive"
-  else:
-    verdict = "agrees" if z > 0 else "contradicts"
-  return f"{claim}: {mean:+.4f} +- {se:.4f} (z = {z:.1f}): {verdict}"
+  return f"{claim}: {mean:+.4f} +- {se:.4f} (z = {z:.1f}): {reporting.verdict(z)}"
 
 
 def _verdicts(units: dict) -> list[str]:

@@ -64,13 +64,6 @@ class Config:
   seed: int = runner.option(0, "Seeds the data draws.")
 
 
-def _verdict(z: float) -> str:
-  """The claim holds when z > 0: agrees at z >= 2, contradicts at z <= -2."""
-  if not np.isfinite(z) or abs(z) < 2:
-    return "inconclusive"
-  return "agrees" if z > 0 else "contradicts"
-
-
 def _check(config: Config) -> list[float]:
   c = flag_checks
   alphas = c.number_list(
@@ -262,7 +255,7 @@ def run(config: Config, workdir: str):
     lines.append(
       f"- Claim 1, the long-trained test error peaks near alpha = 1: at step {record[-1]}, "
       f"alpha {alphas[near]:g} minus the highest alpha at least 2x away ({alphas[j]:g}) = "
-      f"{d:+.4g} +- {se:.2g} (z = {z:.1f}): **{_verdict(z)}**."
+      f"{d:+.4g} +- {se:.2g} (z = {z:.1f}): **{reporting.verdict(z)}**."
     )
   else:
     lines.append("- Claim 1: no alpha at least a factor 2 from 1 was run: **inconclusive**.")
@@ -272,7 +265,7 @@ def run(config: Config, workdir: str):
   lines.append(
     f"- Claim 2, the peak is overtraining (early stopping lowers it): at alpha "
     f"{alphas[near]:g}, final minus early-stopped test error = {d:+.4g} +- {se:.2g} "
-    f"(z = {z:.1f}): **{_verdict(z)}**."
+    f"(z = {z:.1f}): **{reporting.verdict(z)}**."
   )
   worst = max(r["max gap trained vs formula"] for r in rows)
   lines.append(

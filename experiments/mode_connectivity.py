@@ -83,13 +83,6 @@ class Config:
   seed: int = runner.option(0, "Seeds initializations and data orders.")
 
 
-def _verdict(z: float) -> str:
-  """The claim holds when z > 0: agrees at z >= 2, contradicts at z <= -2."""
-  if not np.isfinite(z) or abs(z) < 2:
-    return "inconclusive"
-  return "agrees" if z > 0 else "contradicts"
-
-
 def _check(config: Config, num_train: int) -> tuple[list[int], list[int]]:
   c = flag_checks
   c.one_of("dataset", config.dataset, data.DATASETS)
@@ -414,7 +407,7 @@ def run(config: Config, workdir: str):
   )
   lines.append(
     f"- Git Re-Basin, weight matching lowers the loss barrier (width {wide}): naive - matched "
-    f"test-loss barrier = {d:+.4g} +- {se:.2g} (z = {z:.1f}): **{_verdict(z)}**; the matched "
+    f"test-loss barrier = {d:+.4g} +- {se:.2g} (z = {z:.1f}): **{reporting.verdict(z)}**; the matched "
     f"barrier is {ratio:.2f} of the naive one."
   )
   if len(widths) > 1:
@@ -425,7 +418,7 @@ def run(config: Config, workdir: str):
     z2 = dd / se2 if se2 > 0 else float("nan")
     lines.append(
       f"- Git Re-Basin, the matched barrier falls with width: width {narrow} - width {wide} "
-      f"matched test-loss barrier = {dd:+.4g} +- {se2:.2g} (z = {z2:.1f}): **{_verdict(z2)}**."
+      f"matched test-loss barrier = {dd:+.4g} +- {se2:.2g} (z = {z2:.1f}): **{reporting.verdict(z2)}**."
     )
   if len(rewinds) > 1:
     first, last = rewinds[0], rewinds[-1]
@@ -437,7 +430,7 @@ def run(config: Config, workdir: str):
       lines.append(
         f"- Frankle et al., the {kind} network's instability falls with later rewinding: "
         f"test-error barrier at k={first} - at k={last} = {d:+.4g} +- {se:.2g} (z = {z:.1f}): "
-        f"**{_verdict(z)}**."
+        f"**{reporting.verdict(z)}**."
       )
       # the same on the train loss, which resolves barriers far below one test example
       d, se, z = _paired_z(
@@ -446,7 +439,7 @@ def run(config: Config, workdir: str):
       )
       lines.append(
         f"  - secondary measure (not the paper's), the train-loss barrier at k={first} - at "
-        f"k={last} = {d:+.3g} +- {se:.2g} (z = {z:.1f}): **{_verdict(z)}**; one test example "
+        f"k={last} = {d:+.3g} +- {se:.2g} (z = {z:.1f}): **{reporting.verdict(z)}**; one test example "
         f"is {1 / len(ds.x_test):.4f} of test error."
       )
   gap = max(r["permuted_endpoint_gap"] for r in rebasin.values())

@@ -247,13 +247,6 @@ def measured_variances(name: str, grids: dict[str, np.ndarray], config: Config) 
 # ---------------------------------------------------------------- claims
 
 
-def _verdict(z: float) -> str:
-  """'agrees' / 'contradicts' / 'inconclusive' (|z| < 2) for a claim ``A > B``."""
-  if not np.isfinite(z) or abs(z) < 2:
-    return "inconclusive"
-  return "agrees" if z > 0 else "contradicts"
-
-
 def _z(a, b):
   """z of ``mean(a) - mean(b)`` over seeds (independent draws), elementwise."""
   a, b = np.asarray(a), np.asarray(b)
@@ -514,7 +507,7 @@ def run(config: Config, workdir: str):
         "claim": f"{COST_TEX[cost]}: {statement}",
         "ours": measured,
         "z": float(z),
-        "verdict": _verdict(float(z)),
+        "verdict": reporting.verdict(float(z)),
       }
     )
   lines = [

@@ -241,9 +241,7 @@ def mean_se(values) -> tuple[float, float]:
 
 def verdict(z: float) -> str:
   """The paper claims 'lower than ReinMax': z < -2 agrees, z > 2 contradicts."""
-  if not np.isfinite(z) or abs(z) < 2:
-    return "inconclusive"
-  return "agrees" if z < 0 else "contradicts"
+  return reporting.verdict(-z)
 
 
 def paired(a: list[dict], b: list[dict], key: str) -> tuple[float, float, float]:

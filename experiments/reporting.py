@@ -14,11 +14,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import matplotlib
+import numpy as np
 
 from gradlab.train.atomic import atomic_open
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def verdict(z: float) -> str:
+  """The verdict on a claimed positive difference, from its z-score: "agrees" at
+  z >= 2, "contradicts" at z <= -2, "inconclusive" between and for a z that is
+  not finite. (A claim of a negative difference passes ``-z``.)"""
+  if not np.isfinite(z) or abs(z) < 2:
+    return "inconclusive"
+  return "agrees" if z > 0 else "contradicts"
 
 
 def _fmt(v: Any) -> str:
