@@ -12,6 +12,14 @@ token arrays (log-probabilities, masks) are ``[batch, group, time]``.
 * ``mixture``: BVPO's MSE-optimal mixture of two gradient estimators.
 * ``contrastive``: CoPG, the off-policy KL-regularized contrastive gradient.
 * ``exact``: tabular sequence policies with exact objectives and gradients.
+* ``pacs``: PACS, the reward as a label of the policy's log-ratio (an implicit critic).
+* ``unified``: the unified policy gradient estimator (UPGE): SFT, PPO, GRPO, online DPO.
+* ``cures``: CurES's prompt sampling and variance-minimizing rollout allocation.
+* ``kl``: per-token KL-to-reference estimators (k1, k2, k3) and the KL loss term.
+* ``gspo`` / ``cispo``: sequence-ratio (GSPO, GSPO-token) and clipped-IS-weight
+  (CISPO) objectives.
+* ``shaping``: DAPO's overlong penalty, truncation mask and dynamic sampling,
+  batch-level reward scaling, high-entropy token selection.
 
 The tasks these are studied on (the digit-sum task, the bandit population)
 live in ``gradlab.tasks``.
@@ -36,16 +44,24 @@ from gradlab.policy.advantages import (
 )
 from gradlab.policy.allocation import (
   gvm_allocation,
+  reinforce_ada_advantages,
   reinforce_ada_done,
   reinforce_ada_sample,
   reinforce_ada_select,
   round_preserving_sum,
 )
+from gradlab.policy.cispo import cispo_loss
 from gradlab.policy.contrastive import (
   copg_advantages,
   copg_loss,
   regularized_optimum,
   regularized_rewards,
+)
+from gradlab.policy.cures import (
+  cures_accuracy,
+  cures_allocation,
+  cures_sampling_probs,
+  cures_variance,
 )
 from gradlab.policy.exact import (
   all_sequences,
@@ -57,6 +73,8 @@ from gradlab.policy.exact import (
   sample_sequences,
   tabular_token_logp,
 )
+from gradlab.policy.gspo import gspo_loss, sequence_log_ratio
+from gradlab.policy.kl import KL_ESTIMATORS, kl_estimate, kl_penalty_loss
 from gradlab.policy.mixture import estimate_mixture_weight, mix, mixture_mse, mixture_weight
 from gradlab.policy.objectives import (
   AGGREGATIONS,
@@ -66,6 +84,7 @@ from gradlab.policy.objectives import (
   ppo_clip_loss,
   truncated_is_weights,
 )
+from gradlab.policy.pacs import pacs_advantages, pacs_loss, pacs_scores, pacs_weights
 from gradlab.policy.selection import (
   VADEState,
   distinct_n,
@@ -76,20 +95,49 @@ from gradlab.policy.selection import (
   vas_sample,
   vas_scores,
 )
+from gradlab.policy.shaping import (
+  DynamicSample,
+  batch_std_advantages,
+  dynamic_sampling,
+  high_entropy_mask,
+  mask_truncated,
+  overlong_penalty,
+  reinforce_pp_advantages,
+  token_entropy,
+)
+from gradlab.policy.unified import (
+  UPGEParts,
+  ppo_stable_mask,
+  upge_dpo,
+  upge_grpo,
+  upge_loss,
+  upge_ppo,
+  upge_sft,
+)
 
 __all__ = [
   "AGGREGATIONS",
   "BNPOParams",
+  "DynamicSample",
+  "KL_ESTIMATORS",
   "SPOTracker",
+  "UPGEParts",
   "VADEState",
   "aggregate",
   "all_sequences",
+  "batch_std_advantages",
   "bnpo_advantages",
   "bnpo_beta_params",
+  "cispo_loss",
   "copg_advantages",
   "copg_loss",
+  "cures_accuracy",
+  "cures_allocation",
+  "cures_sampling_probs",
+  "cures_variance",
   "distinct_n",
   "dr_grpo_advantages",
+  "dynamic_sampling",
   "estimate_mixture_weight",
   "exact_objective",
   "expected_group_estimate",
@@ -97,31 +145,51 @@ __all__ = [
   "group_scale",
   "grpo_advantages",
   "grpo_h",
+  "gspo_loss",
   "gvm_allocation",
+  "high_entropy_mask",
   "init_tabular",
+  "kl_estimate",
+  "kl_penalty_loss",
+  "mask_truncated",
   "mix",
   "mixture_mse",
   "mixture_weight",
   "nsr_advantages",
   "outcome_variance",
+  "overlong_penalty",
+  "pacs_advantages",
+  "pacs_loss",
+  "pacs_scores",
+  "pacs_weights",
   "policy_gradient_loss",
   "ppo_clip_loss",
+  "ppo_stable_mask",
   "psr_advantages",
   "regularized_optimum",
   "regularized_rewards",
+  "reinforce_ada_advantages",
   "reinforce_ada_done",
   "reinforce_ada_sample",
   "reinforce_ada_select",
   "reinforce_advantages",
+  "reinforce_pp_advantages",
   "rloo_advantages",
   "round_preserving_sum",
   "sample_sequences",
+  "sequence_log_ratio",
   "spo_advantages",
   "spo_init",
   "spo_sampling_weights",
   "spo_update",
   "tabular_token_logp",
+  "token_entropy",
   "truncated_is_weights",
+  "upge_dpo",
+  "upge_grpo",
+  "upge_loss",
+  "upge_ppo",
+  "upge_sft",
   "vade_init",
   "vade_select",
   "vade_update",

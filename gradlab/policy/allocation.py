@@ -130,3 +130,26 @@ def reinforce_ada_sample(
     active = active & ~reinforce_ada_done(pos, neg, keep=keep, mode=mode)
   rewards, valid = jnp.concatenate(rs, 1), jnp.concatenate(vs, 1)
   return rewards, valid, reinforce_ada_select(rewards, valid, keep=keep, threshold=threshold), used
+
+
+def reinforce_ada_advantages(rewards, valid, *, eps: float = 1e-6) -> jax.Array:
+  r"""Reinforce-Ada's advantages with global statistics: ``(r - \mu_x)/(s_x + \epsilon)``, ``[P, R]``.
+
+  ``\mu_x`` and ``s_x`` (Bessel's std) are over *every* response of prompt ``x``
+  sampled in the adaptive phase (``valid``), not only the kept ones, as the
+  paper's "baselines from global statistics" (its verl fork passes the
+  per-prompt positive/negative counts to the GRPO advantage; Bessel's std here
+  as :func:`gradlab.policy.grpo_advantages`). 0 where not ``valid``, and for a
+  prompt with a single response.
+  """
+  r, v = jnp.asarray(rewards, jnp.float32), jnp.asarray(valid, bool)
+  if r.shape != v.shape or r.ndim != 2:
+    raise ValueError(
+      f"rewards, valid: expected two [prompts, responses] arrays, got {r.shape}, {v.shape}"
+    )
+  _checks.positive("eps", eps, allow_zero=True)
+  vf = v.astype(jnp.float32)
+  n = jnp.sum(vf, 1, keepdims=True)
+  mean = jnp.sum(r * vf, 1, keepdims=True) / jnp.maximum(n, 1.0)
+  var = jnp.sum(((r - mean) * vf) ** 2, 1, keepdims=True) / jnp.maximum(n - 1, 1.0)
+  return jnp.where(v & (n > 1), (r - mean) / (jnp.sqrt(var) + eps), 0.0)
