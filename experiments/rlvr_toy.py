@@ -1,4 +1,5 @@
-r"""RLVR on a toy verifiable task: PSR, NSR, W-REINFORCE, GRPO, RLOO, CoPG and VADE, with exact pass@k.
+r"""RLVR on a toy verifiable task: PSR, NSR, W-REINFORCE, GRPO, RLOO, CoPG, VADE, GPPO,
+Reinforce-Ada, SPO and PACS, with exact pass@k.
 
   python -m experiments.rlvr_toy --workdir=/tmp/gradlab/rlvr
 
@@ -22,7 +23,24 @@ Methods: the advantages of ``gradlab.policy`` (``psr``, ``nsr``,
 ``w_reinforce`` with lambda = 0.1, ``grpo``, ``rloo``), ``copg`` (CoPG's
 regularized-reward advantages with the base model as the reference,
 ``--copg_beta``) and ``grpo_vade`` (GRPO on prompts chosen by VADE's
-Thompson sampler instead of uniformly).
+Thompson sampler instead of uniformly). The other estimators of
+``gradlab.policy``, each in its own regime:
+
+* ``gppo``: GRPO's advantages with GPPO's loss (clipped tokens keep a bounded
+  gradient) in place of PPO's.
+* ``reinforce_ada``: Reinforce-Ada's balanced successive elimination: rounds
+  of ``G`` responses for every prompt not yet holding ``G/2`` correct and
+  ``G/2`` wrong ones, at most ``--ada_rounds``; ``G`` kept per prompt and
+  advantages from every response it drew. It samples up to ``--ada_rounds``
+  times the responses of the other methods.
+* ``spo``: single-stream SPO: one response per prompt on prompts drawn (without
+  replacement) by its tracker's priority weights, advantages ``r - p_hat``
+  normalized over the batch, the KL-adaptive tracker update; the tracker
+  starts from 8 base-model samples per prompt. It uses ``G`` times fewer
+  responses per step than the group methods.
+* ``pacs``: PACS's supervised loss (the reward predicted from
+  ``--pacs_beta`` times the sequence log-ratio to the rollout policy,
+  RLOO-centred, class-balanced per group), no clip, as the official code.
 
 The table reports the *held-out* prompts for every method and rate, mean +-
 sd over seeds, and marks the rate each method would get if tuned on the
@@ -62,7 +80,8 @@ ADVANTAGES = {
   "rloo": policy.rloo_advantages,
   "grpo_vade": policy.grpo_advantages,
 }
-METHODS = (*ADVANTAGES, "copg")
+METHODS = (*ADVANTAGES, "copg", "gppo", "reinforce_ada", "spo", "pacs")
+SPO_OFFLINE_SAMPLES = 8  # base-model samples per prompt that start SPO's tracker
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PROG = "rlvr_toy"
 
@@ -80,6 +99,8 @@ class Config:
   updates_per_batch: int = runner.option(2, "Clipped Adam steps on each batch of rollouts.")
   clip_eps: float = runner.option(0.2, "PPO clip epsilon.")
   copg_beta: float = runner.option(0.05, "CoPG's KL weight to the base model.")
+  pacs_beta: float = runner.option(1.0, "PACS's score scale beta (official scripts: 1, 2).")
+  ada_rounds: int = runner.option(4, "Reinforce-Ada's maximum sampling rounds per step.")
   held_out: float = runner.option(0.25, "Fraction of prompts held out of SFT and RL.")
   sft_steps: int = runner.option(300, "SFT steps for the base model.")
   sft_noise: float = runner.option(0.5, "Fraction of random answers in the SFT data.")
@@ -128,36 +149,71 @@ def _base_model(prompts, seed: int, steps: int, noise: float):
   return state.params
 
 
+def _reinforce_ada_rollouts(params, key, prompts, group, rounds):
+  """Reinforce-Ada's balanced rollouts: ``group`` kept responses ``[B, G, 3]``, their rewards
+  and their advantages from the global statistics of every response drawn."""
+  drawn = []  # each round's responses, collected as reinforce_ada_sample draws them
+
+  def sample_rewards(k, active):
+    del active  # a vmapped program samples every prompt anyway; inactive rows are ignored
+    y = ds.sample(MODEL.apply, params, k, prompts, group)
+    drawn.append(y)
+    return ds.rewards(prompts[:, None], y)
+
+  r_all, valid, kept, _ = policy.reinforce_ada_sample(
+    key, sample_rewards, prompts.shape[0], round_size=group, max_rounds=rounds, keep=group
+  )
+  adv_all = policy.reinforce_ada_advantages(r_all, valid)
+  # the first round gives every prompt `group` responses, so each row keeps exactly `group`
+  order = jnp.argsort(~kept, axis=1, stable=True)[:, :group]
+  responses = jnp.take_along_axis(jnp.concatenate(drawn, 1), order[..., None], 1)
+  return responses, jnp.take_along_axis(r_all, order, 1), jnp.take_along_axis(adv_all, order, 1)
+
+
 def _rl_step(method, config, base, train_prompts):
-  """One replica's step: ``(params, opt_state, vade), key -> (..., mean reward)``."""
+  """One replica's step: ``(params, opt_state, vade, spo), key -> (..., mean reward)``."""
   opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
   num = train_prompts.shape[0]
-  b, g = config.prompts_per_step, config.group
+  b = config.prompts_per_step
+  g = 1 if method == "spo" else config.group  # SPO: a single stream, one response per prompt
 
   def step(carry, key):
-    params, opt_state, vade = carry
+    params, opt_state, vade, spo = carry
     k_pick, k_sample = jax.random.split(key)
     if method == "grpo_vade":
       idx, _ = policy.vade_select(k_pick, vade, b)
+    elif method == "spo":
+      w = policy.spo_sampling_weights(spo)
+      idx = jax.random.choice(k_pick, num, (b,), replace=False, p=w)
     else:
       idx = jax.random.choice(k_pick, num, (b,), replace=False)
     prompts = train_prompts[idx]
-    responses = ds.sample(MODEL.apply, params, k_sample, prompts, g)  # [B, G, 3]
-    r = ds.rewards(prompts[:, None], responses)  # [B, G]
+    if method == "reinforce_ada":
+      responses, r, adv = _reinforce_ada_rollouts(params, k_sample, prompts, g, config.ada_rounds)
+    else:
+      responses = ds.sample(MODEL.apply, params, k_sample, prompts, g)  # [B, G, 3]
+      r = ds.rewards(prompts[:, None], responses)  # [B, G]
     pb = jnp.broadcast_to(prompts[:, None], (b, g, 2))
     old = ds.response_logp(MODEL.apply, params, pb, responses)
     if method == "copg":
       ref = ds.response_logp(MODEL.apply, base, pb, responses)
       adv = policy.copg_advantages(r, old.sum(-1), ref.sum(-1), beta=config.copg_beta)
-    else:
+    elif method == "spo":
+      adv = policy.spo_advantages(spo, idx, r)
+    elif method == "gppo":
+      adv = policy.grpo_advantages(r)
+    elif method == "pacs":
+      adv = None  # PACS's loss reads the rewards themselves
+    elif method != "reinforce_ada":
       adv = ADVANTAGES[method](r)
     mask = jnp.ones(responses.shape, jnp.float32)
 
     def loss(p):
       logp = ds.response_logp(MODEL.apply, p, pb, responses)
-      return policy.ppo_clip_loss(
-        logp, old, adv, mask, eps_low=config.clip_eps, aggregation="token_mean"
-      )
+      if method == "pacs":
+        return policy.pacs_loss(r, logp, old, beta=config.pacs_beta, mask=mask, balance=True)
+      clipped = policy.gppo_loss if method == "gppo" else policy.ppo_clip_loss
+      return clipped(logp, old, adv, mask, eps_low=config.clip_eps, aggregation="token_mean")
 
     for _ in range(config.updates_per_batch):
       grads = jax.grad(loss)(params)
@@ -165,9 +221,27 @@ def _rl_step(method, config, base, train_prompts):
       params = optax.apply_updates(params, updates)
     # VADE's posterior learns from the rollouts the step made anyway (decays: ours)
     vade = policy.vade_update(vade, idx, r.sum(1), g, global_decay=0.99, revisit_decay=0.7)
-    return (params, opt_state, vade), jnp.mean(r)
+    if method == "spo":  # the tracker's decay follows each prompt's policy change
+      new = ds.response_logp(MODEL.apply, params, pb, responses)
+      spo = policy.spo_update(spo, idx, r, jnp.mean(jnp.abs(old - new), (1, 2)))
+    return (params, opt_state, vade, spo), jnp.mean(r)
 
   return opt, step
+
+
+def _spo_tracker(method, config, base, train_prompts):
+  """SPO's starting tracker from base-model samples (a uniform one for the other methods)."""
+  num = train_prompts.shape[0]
+  if method != "spo":
+    return policy.spo_init(jnp.zeros(num), 0)
+  n = SPO_OFFLINE_SAMPLES
+  draw = jax.jit(
+    lambda key: ds.rewards(
+      train_prompts[:, None], ds.sample(MODEL.apply, base, key, train_prompts, n)
+    )
+  )
+  successes = draw(jax.random.key(1000 * config.seed + 5)).sum(1)
+  return policy.spo_init(successes, n)
 
 
 def _train(method, config, base, train_prompts, lrs, evaluate, base_rates):
@@ -178,11 +252,12 @@ def _train(method, config, base, train_prompts, lrs, evaluate, base_rates):
   opt, step = _rl_step(method, config, base, jnp.asarray(train_prompts))
   reps = list(itertools.product(range(len(lrs)), range(config.seeds)))
   rate = jnp.asarray([lrs[i] for i, _ in reps], jnp.float32)
+  spo = _spo_tracker(method, config, base, jnp.asarray(train_prompts))
 
   def init(lr):
     st = opt.init(base)
     st.hyperparams["learning_rate"] = lr
-    return base, st, policy.vade_init(train_prompts.shape[0])
+    return base, st, policy.vade_init(train_prompts.shape[0]), spo
 
   carry = jax.vmap(init)(rate)
   keys = jnp.stack([jax.random.key(1000 * config.seed + 17 * s + 1) for _, s in reps])
@@ -243,7 +318,8 @@ def _select(history, steps):
 
 
 def _verdict(histories, steps, lrs, base_test) -> str:
-  """How the evidence on NSR / PSR / W-REINFORCE points at each rate, with standard errors."""
+  """How the evidence on NSR / PSR / W-REINFORCE, and on the newer estimators against GRPO,
+  points at each rate, with standard errors."""
 
   def diff(xa, xb, base):
     xa = np.asarray(xa)
@@ -256,7 +332,7 @@ def _verdict(histories, steps, lrs, base_test) -> str:
 
   lines = []
   for lr in lrs:
-    for a, b in (("nsr", "psr"), ("nsr", "base"), ("psr", "base"), ("w_reinforce", "psr")):
+    for a, b in _PAIRS:
       if a not in histories or (b != "base" and b not in histories):
         continue
       parts = []
@@ -270,30 +346,50 @@ def _verdict(histories, steps, lrs, base_test) -> str:
   return "\n".join(lines)
 
 
-# The paper's claims as signs of our differences: PSR best at pass@1 and worst at
-# large k, NSR keeping or raising pass@k, W-REINFORCE at least PSR's at large k.
+_PAIRS = (
+  ("nsr", "psr"),
+  ("nsr", "base"),
+  ("psr", "base"),
+  ("w_reinforce", "psr"),
+  ("gppo", "grpo"),
+  ("reinforce_ada", "grpo"),
+  ("spo", "grpo"),
+  ("pacs", "grpo"),
+)
+
+# The papers' claims as signs of our differences. Zhu et al.: PSR best at pass@1 and
+# worst at large k, NSR keeping or raising pass@k, W-REINFORCE at least PSR's at large
+# k. GPPO (Klear-Reasoner), Reinforce-Ada and PACS each report a higher accuracy than
+# their PPO-clip / GRPO baseline, PACS also a higher pass@256. The single-stream SPO arm
+# sees G times fewer responses per step than GRPO, a regime no paper's claim covers.
 _CLAIMS = {
   ("nsr", "psr", 1): "<",
   ("nsr", "psr", KS[-1]): ">",
   ("nsr", "base", KS[-1]): ">=",
   ("psr", "base", KS[-1]): "<",
   ("w_reinforce", "psr", KS[-1]): ">=",
+  ("gppo", "grpo", 1): ">",
+  ("reinforce_ada", "grpo", 1): ">",
+  ("pacs", "grpo", 1): ">",
+  ("pacs", "grpo", KS[-1]): ">",
+}
+_WORDS = {
+  "agrees": ": agrees with the paper",
+  "contradicts": ": contradicts the paper",
+  "inconclusive": ": inconclusive",
 }
 
 
 def _against_paper(a, b, k, z) -> str:
-  """'agrees' / 'contradicts' / 'inconclusive' (|z| < 2) for a difference the paper predicts."""
+  """``reporting.verdict`` on a difference a paper predicts (``-z`` for a claimed negative
+  one); a claimed ">=" with ``|z| < 2`` is consistent with the paper."""
   claim = _CLAIMS.get((a, b, k))
   if claim is None or not np.isfinite(z):
     return ""
-  if claim == ">=":
-    if abs(z) < 2:
-      return ": consistent with the paper (no difference detected)"
-    return ": contradicts the paper" if z < 0 else ": agrees with the paper"
-  if abs(z) < 2:
-    return ": inconclusive"
-  agrees = (z > 0) == (claim == ">")
-  return ": agrees with the paper" if agrees else ": contradicts the paper"
+  v = reporting.verdict(-z if claim == "<" else z)
+  if claim == ">=" and v == "inconclusive":
+    return ": consistent with the paper (no difference detected)"
+  return _WORDS[v]
 
 
 def run(config: Config, workdir: str):
@@ -316,6 +412,8 @@ def run(config: Config, workdir: str):
   c.require(0 < config.held_out < 1, "held_out", "a fraction in (0, 1)", config.held_out)
   c.require(0 < config.clip_eps < 1, "clip_eps", "in (0, 1)", config.clip_eps)
   c.positive("copg_beta", config.copg_beta)
+  c.positive("pacs_beta", config.pacs_beta)
+  c.positive("ada_rounds", config.ada_rounds)
   c.non_negative("eval_prompts", config.eval_prompts)
   train_prompts, test_prompts = ds.split_prompts(
     ds.all_prompts(constrained=True), config.held_out, config.seed
@@ -339,6 +437,8 @@ def run(config: Config, workdir: str):
         "updates_per_batch",
         "clip_eps",
         "copg_beta",
+        "pacs_beta",
+        "ada_rounds",
         "held_out",
         "sft_steps",
         "sft_noise",
@@ -403,7 +503,12 @@ def run(config: Config, workdir: str):
       "Differences (held out, at each rate; +- is the standard error over seeds):\n\n"
       + verdict
       + "\n\nPaper (Zhu et al. 2025, Qwen2.5-Math-7B on MATH): PSR best at pass@1 and "
-      "worst at large k; NSR keeps or raises pass@k across k; W-REINFORCE best or near-best."
+      "worst at large k; NSR keeps or raises pass@k across k; W-REINFORCE best or near-best. "
+      "GPPO (Su et al. 2025), Reinforce-Ada (Xiong et al. 2025) and PACS (Li et al. 2025; "
+      "AIME 2025 pass@256 59.78, 14.36 points above GRPO) report beating their "
+      "GRPO/PPO-clip baselines. Reinforce-Ada draws up to "
+      f"{config.ada_rounds}x the responses of GRPO, SPO {config.group}x fewer; PACS uses no "
+      f"clip (beta {config.pacs_beta:g})."
     ),
   )
   sweep = [

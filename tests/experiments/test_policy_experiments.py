@@ -70,6 +70,42 @@ def test_rlvr_toy_small_setting_and_resume(tmp_path):
   assert again.returncode == 0 and "copg (lr" not in again.stdout  # finished methods reused
   assert_flag_error("rlvr_toy", tmp_path / "c", "--methods=ppo2", "--methods must be")
   assert_flag_error("rlvr_toy", tmp_path / "d", "--held_out=1.5", "--held_out must be")
+  assert_flag_error("rlvr_toy", tmp_path / "e", "--ada_rounds=0", "--ada_rounds must be")
+  assert_flag_error("rlvr_toy", tmp_path / "f", "--pacs_beta=0", "--pacs_beta must be")
+
+
+def test_rlvr_toy_new_arms_keep_the_scan_carry():
+  # Compiling one training step costs ~7 s of CPU per arm here, so the GPPO, Reinforce-Ada,
+  # SPO and PACS arms are traced, not run (experiments/results/rlvr_toy.md records a run):
+  # each step, SPO's starting tracker included, must trace and return a carry of the
+  # structure, shapes and dtypes it was given (lax.scan needs that) and a scalar reward.
+  import jax
+  import jax.numpy as jnp
+
+  from experiments import rlvr_toy
+  from gradlab import policy
+  from gradlab.tasks import digit_sum as ds
+
+  config = rlvr_toy.Config(group=2, prompts_per_step=2, updates_per_batch=1, ada_rounds=2)
+  prompts = jnp.asarray(ds.all_prompts(constrained=True)[:8])
+  tokens = jnp.zeros((1, ds.PROMPT_LEN + 2), jnp.int32)
+  base = jax.eval_shape(lambda: rlvr_toy.MODEL.init(jax.random.key(0), tokens))
+  for method in ("gppo", "reinforce_ada", "spo", "pacs"):
+    opt, step = rlvr_toy._rl_step(method, config, base, prompts)
+    carry = jax.eval_shape(
+      lambda p, m=method: (
+        p,
+        opt.init(p),
+        policy.vade_init(8),
+        rlvr_toy._spo_tracker(m, config, p, prompts),
+      ),
+      base,
+    )
+    new, reward = jax.eval_shape(step, carry, jax.random.key(1))
+    assert jax.tree.structure(new) == jax.tree.structure(carry), method
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(carry)):
+      assert (a.shape, a.dtype) == (b.shape, b.dtype), method
+    assert reward.shape == () and reward.dtype == jnp.float32
 
 
 def test_inventory_hdpo_small_setting(tmp_path):
