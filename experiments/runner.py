@@ -14,7 +14,20 @@ which defines one flag per field (so ``--help`` lists them), builds the
 config from the command line, holds the workdir's lock while it runs (a
 second run on the same workdir is refused, naming the holder) and turns a
 ``FlagError``, a divergence (``train.NonFiniteError``), a busy workdir or a
-mismatched restart into one line on stderr and exit code 1. Tests call ``run`` in process with a small config.
+mismatched restart into one line on stderr and exit code 1. A run told to
+stop (a scheduler's SIGTERM, a Ctrl-C's SIGINT) while it trains finishes the
+step it is in, saves it and verifies the checkpoint (``train.fit``; on several
+processes every process saves the same step), prints one line on stderr::
+
+  train_classifier: preempted by SIGTERM at step 2345: checkpoint 2345 in
+  /.../checkpoints saved and verified; run again with the same workdir to resume
+
+and exits with ``128 +`` the signal's number (``train.EXIT_CODES``): **143 for
+SIGTERM, 130 for SIGINT**, the codes a shell reports for a process that signal
+killed; started again with the same ``--workdir`` it resumes there. (Outside
+a training loop one process's signals keep their default action; BUILD.md's
+"Preemption" says what several processes do.) Tests call ``run`` in process
+with a small config.
 Flags are defined only when a module runs as a main, so any number of mains
 can be imported into one process.
 """
@@ -160,5 +173,8 @@ def main(run: Callable[[Any, str], Any], config_cls: type, *, prog: str, workdir
         run(config_from_flags(config_cls), workdir)
     except USER_ERRORS as e:
       flag_checks.exit_on_flag_error(prog, e)
+    except train.Preempted as e:  # its step is saved: one line and the signal's code
+      print(f"{prog}: {e}", file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
 
   app.run(absl_main)

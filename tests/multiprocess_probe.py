@@ -3,11 +3,18 @@ device of every process; ``tests/test_multiprocess.py`` runs it as 2 processes x
 4 devices (``gradlab.launch``) and compares with 1 process x 8 devices.
 
   python -m tests.multiprocess_probe --out=FILE [--coordinator_address=... ...]
+
+With ``--preempt_at=STEP --preempt_process=I`` it runs ``experiments.train_classifier``
+instead (its flags follow), whose process I sends itself SIGTERM as it starts
+step STEP (see :func:`preempted_train_classifier`).
 """
 
 import argparse
 import json
 import os
+import signal
+import sys
+import time
 
 from experiments import runner
 
@@ -61,7 +68,66 @@ def measure() -> dict:
   }
 
 
+def preempted_train_classifier(argv: list[str]) -> None:
+  """``experiments.train_classifier`` through ``runner.main``, with ``argv`` its
+  flags plus ``--preempt_at=STEP --preempt_process=I``: process I sends itself
+  SIGTERM as it starts step STEP, and from then on takes 0.2 s a step (the
+  other process waits for it in the all-reduce), since JAX's preemption
+  notifier polls for the signal once a second and the stop must be agreed
+  before the run's last step. Once ``runner.main`` has exited, the same
+  processes run the main again on its workdir (the restart a scheduler's
+  requeue makes, without a second start-up) and exit with the first exit code.
+  """
+  from absl import flags
+
+  from experiments import train_classifier
+  from gradlab import train
+
+  opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--preempt_"))
+  at, who = int(opts["preempt_at"]), int(opts["preempt_process"])
+  real = train.make_train_step
+  pace = [True]
+
+  def make_train_step(*args, **kwargs):
+    import jax
+
+    step = real(*args, **kwargs)
+
+    def wrap(fn):
+      def wrapped(state, batch):
+        s = int(state.step) + 1
+        if jax.process_index() == who and s >= at and pace[0]:
+          if s == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+          time.sleep(0.2)
+        return fn(state, batch)
+
+      return wrapped
+
+    wrapped = wrap(step)
+    wrapped.lean = wrap(step.lean)
+    return wrapped
+
+  train.make_train_step = make_train_step
+  sys.argv = [sys.argv[0], *(a for a in argv if not a.startswith("--preempt_"))]
+  try:
+    runner.main(
+      train_classifier.run, train_classifier.Config, prog=train_classifier.PROG, workdir="run"
+    )
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  pace[0] = False
+  workdir = flags.FLAGS.workdir
+  with train.workdir_lock(workdir):
+    train_classifier.run(runner.config_from_flags(train_classifier.Config), workdir)
+  sys.exit(code)
+
+
 def main():
+  if any(a.startswith("--preempt_at=") for a in sys.argv[1:]):
+    preempted_train_classifier(sys.argv[1:])
+    return
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", required=True)
   parser.add_argument("--coordinator_address")

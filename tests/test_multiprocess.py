@@ -3,6 +3,7 @@ over loopback (gloo), started by ``gradlab.launch``, against 1 process x 8 devic
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -87,6 +88,53 @@ def test_both_processes_killed_and_restarted_end_bit_identical(two_process_run, 
   for r in resumed:
     assert r.returncode == 0, r.stderr[-3000:]
   assert _records(tmp_path) == _records(two_process_run)
+
+
+def _final_state(workdir):
+  """Checkpoint 60 as NumPy leaves, and its tree structure."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  path = str(workdir / "checkpoints" / "60" / "default")
+  ckptr = ocp.StandardCheckpointer()
+  # onto this process's first device (the checkpoint's 2-process topology is gone)
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+    ckptr.metadata(path).item_metadata.tree,
+  )
+  leaves, treedef = jax.tree.flatten(ckptr.restore(path, abstract))
+  return [np.asarray(x) for x in leaves], treedef
+
+
+def test_a_sigterm_to_one_process_stops_both_at_one_saved_step_and_resumes_bit_identical(
+  two_process_run, tmp_path
+):
+  # process 1 alone is sent SIGTERM as it starts step 23; JAX's preemption
+  # sync manager carries the notice to process 0, and both stop after the
+  # same step, the one after the furthest either had reached; then the same
+  # two processes run the main again on the workdir (multiprocess_probe)
+  runs = _launch(
+    "tests.multiprocess_probe",
+    ["--preempt_at=23", "--preempt_process=1", f"--workdir={tmp_path}", *FLAGS],
+  )
+  assert [r.returncode for r in runs] == [143, 143], [r.stderr[-1500:] for r in runs]
+  pattern = (
+    r"train_classifier: preempted by SIGTERM \(agreed by all 2 processes\) at step (\d+): "
+    r"checkpoint \1 in \S+ saved( and verified)?; run again with the same workdir to resume"
+  )
+  matches = [re.search(f"^{pattern}$", r.stderr, re.MULTILINE) for r in runs]
+  assert all(matches), [r.stderr[-1500:] for r in runs]
+  (stop,) = {int(m.group(1)) for m in matches}
+  assert 23 <= stop < 60, stop
+  assert matches[0].group(2), matches[0].group(0)  # process 0 verified it against its checksum
+  assert f"Resumed from the checkpoint of step {stop} " in runs[0].stderr
+  # no step lost or logged twice, and the same final state, bit for bit
+  assert _records(tmp_path) == _records(two_process_run)
+  (got, tree), (want, want_tree) = _final_state(tmp_path), _final_state(two_process_run)
+  assert tree == want_tree
+  for x, y in zip(got, want):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_free_noise_scale_and_hessian_trace_match_one_process(tmp_path):

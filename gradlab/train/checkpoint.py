@@ -11,7 +11,9 @@ checksum), or that orbax cannot restore, is reported in one line, moved aside
 to ``<checkpoints>/../checkpoints_rejected/`` (never deleted), and the next
 older one is tried. A run therefore resumes from the newest checkpoint that
 is intact, and, since every step is a pure function of the step index, ends
-exactly where an uninterrupted run would.
+exactly where an uninterrupted run would. ``save_verified`` is the last save
+of a preempted run: it waits for the checkpoint and verifies it before the
+run exits.
 """
 
 from __future__ import annotations
@@ -112,6 +114,24 @@ def verify(manager: ocp.CheckpointManager, step: int) -> str | None:
       f"{expected['files']} recorded)"
     )
   return None
+
+
+def save_verified(manager: ocp.CheckpointManager, step: int, state: Any, *, saved: bool) -> str:
+  """Makes ``state`` checkpoint ``step`` (``saved``: it already is), waits for it
+  and verifies it against its checksum; returns what was done, in words.
+
+  The checksum is process 0's: it alone verifies, the others report the save.
+  """
+  if not saved:
+    save(manager, step, state)
+  manager.wait_until_finished()
+  where = f"checkpoint {step} in {manager.directory}"
+  if jax.process_index() != 0:
+    return f"{where} saved"
+  why = verify(manager, step)
+  if why is not None:
+    return f"{where} saved but it does not verify ({why}); a restart falls back to the one before"
+  return f"{where} saved and verified"
 
 
 def _reject(manager: ocp.CheckpointManager, step: int, why: str) -> None:

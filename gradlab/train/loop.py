@@ -4,7 +4,8 @@ restore the latest checkpoint -> for each step: train, log, run instruments,
 evaluate, checkpoint -> final evaluation and checkpoint. A run killed at any
 moment and started again with the same workdir resumes from its last
 checkpoint and ends with the same parameters and the same metrics.jsonl as an
-uninterrupted run.
+uninterrupted run. A run told to stop (SIGTERM, SIGINT) stops at the next step
+boundary with that step saved and raises ``Preempted`` (see ``preemption``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from gradlab.train import checkpoint as ckpt_lib
+from gradlab.train import preemption
 from gradlab.train.atomic import write_json_atomically
 from gradlab.train.lock import workdir_lock
 from gradlab.train.metrics import MetricsWriter, read_metrics, to_python
@@ -89,6 +91,11 @@ def fit(
     The final state and the last metrics record.
 
   Raises:
+    Preempted: the process received SIGTERM or SIGINT (on several processes:
+      JAX's preemption notice reached them); the loop stopped after the step
+      it was in (every process after the same one), saved that step as a
+      checkpoint, waited for it and verified it. Started again, the run
+      resumes there and ends as an uninterrupted run would.
     NonFiniteError: see ``stop_on_nonfinite``.
     WorkdirBusy: another process is training in ``workdir``.
     ValueError: a bad argument, or a restart that would corrupt the run's
@@ -109,7 +116,7 @@ def fit(
     if inst.every < 1:
       raise ValueError(f"instruments: {inst.name!r} has every={inst.every}, expected >= 1")
 
-  with workdir_lock(workdir):
+  with workdir_lock(workdir), preemption.stop_on_signals() as should_stop:
     return _fit(
       state,
       train_step,
@@ -124,6 +131,7 @@ def fit(
       instruments=instruments,
       progress_every=progress_every,
       stop_on_nonfinite=stop_on_nonfinite,
+      should_stop=should_stop,
     )
 
 
@@ -169,6 +177,15 @@ def _params_finite(params):
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
 
 
+def _preempted(step: int, saved: str) -> preemption.Preempted:
+  """The exception, after a line on stdout (process 0) and in the log."""
+  error = preemption.preempted(step, saved)
+  logging.warning("%s", error)
+  if jax.process_index() == 0:
+    print(f"gradlab: {error}", flush=True)
+  return error
+
+
 def _fit(
   state,
   train_step,
@@ -184,6 +201,7 @@ def _fit(
   instruments,
   progress_every,
   stop_on_nonfinite,
+  should_stop,
 ):
   _check_cadence(workdir, {"log_every": log_every, "eval_every": eval_every})
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
@@ -213,6 +231,14 @@ def _fit(
   it = batches(start)
   t0, s0 = time.perf_counter(), start
   lean_step = getattr(train_step, "lean", train_step)
+  # Step boundaries: here, and after every step. should_stop is one Python bool
+  # read per step (on several processes, JAX's sync point: the same on all).
+  if should_stop():  # stopped before this run trained a step: nothing new to save
+    manager.close()
+    saved = (
+      f"checkpoint {start} in {manager.directory}" if restored is not None else "no checkpoint yet"
+    )
+    raise _preempted(start, f"nothing trained since the start ({saved})")
   for s in range(start + 1, num_steps + 1):
     batch = next(it)
     is_last = s == num_steps
@@ -255,6 +281,18 @@ def _fit(
       else:
         loss = ""
       logging.info("step %d/%d%s  %.1f steps/s", s, num_steps, loss, rate)
+    if should_stop():
+      if not logged and stop_on_nonfinite and not bool(_params_finite(state.params)):
+        kept = manager.latest_step()  # a checkpoint is finite: keep the last one
+        manager.close()
+        raise NonFiniteError(
+          f"step {s}: the parameters hold NaN or Inf; told to stop, the run saved "
+          "nothing; the last finite checkpoint is "
+          + (f"step {kept} in {workdir}" if kept is not None else "none (no step was saved)")
+        )
+      done = ckpt_lib.save_verified(manager, s, state, saved=checkpoint)
+      manager.close()
+      raise _preempted(s, done)
   manager.wait_until_finished()
   manager.close()
   return state, last
