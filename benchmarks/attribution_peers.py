@@ -42,6 +42,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks import timing
+
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per method.")
 _METHODS = flags.DEFINE_list("methods", ["trak", "trak_logra", "tracin", "if_cg"], "Methods.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
@@ -207,11 +209,8 @@ def lds(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray) -> float:
   )
 
 
-def main(argv):
-  del argv
-  if _CONTENDER.value:
-    contender(_CONTENDER.value)
-    return
+def _figures():
+  """The rows of the table, at the flags' settings."""
   tmp = tempfile.mkdtemp(prefix="attribution_peers_")
   data_path = os.path.join(tmp, "data.npz")
   prepare(data_path)
@@ -253,9 +252,71 @@ def main(argv):
       }
     )
     print(rows[-1], flush=True)
-  from benchmarks import timing
+  return rows
 
-  timing.report("Attribution, 4,000 train x 500 test, MNIST LR", rows, _JSON.value)
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    contender(_CONTENDER.value)
+    return
+  timing.report("Attribution, 4,000 train x 500 test, MNIST LR", _figures(), _JSON.value)
+
+
+QUICK = {"rounds": "1", "methods": "trak"}
+
+
+def measure(quick: bool, device: str):
+  """``benchmarks.all``'s rows: per method dattri's time over gradlab's (first call,
+  compilation included, and compiled) and the two LDS's difference. dattri runs on
+  the CPU, whatever ``device`` (its device is fixed in this benchmark)."""
+  del device
+  values = QUICK if quick else {"rounds": "1"}
+  cmd = timing.command(__name__, values)
+  no_peer = timing.missing("torch", "dattri")
+  with timing.flag_values(values):
+    methods = list(_METHODS.value)
+    rows = [] if no_peer else _figures()
+  if no_peer:
+    return [
+      timing.Row(f"{m}: dattri / gradlab", goal=">= 3", command=cmd, note=timing.skipped(no_peer))
+      for m in methods
+    ]
+  dev = f"{timing.jax_device()}, dattri torch cpu"
+  out = []
+  for r in rows:
+    m = r["method"]
+    out.append(
+      timing.Row(
+        f"{m}: dattri / gradlab, first call",
+        r["speed-up, first call (median of rounds)"],
+        r["spread"],
+        ">= 3",
+        dev,
+        cmd,
+      )
+    )
+    out.append(
+      timing.Row(
+        f"{m}: dattri / gradlab, compiled",
+        r["speed-up, compiled"],
+        r["spread (compiled)"],
+        ">= 3",
+        dev,
+        cmd,
+      )
+    )
+    out.append(
+      timing.Row(
+        f"{m}: LDS gradlab - dattri",
+        r["gradlab LDS"] - r["dattri LDS"],
+        "",
+        "~0 (the same LDS within noise)",
+        dev,
+        cmd,
+      )
+    )
+  return out
 
 
 if __name__ == "__main__":

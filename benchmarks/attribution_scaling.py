@@ -84,7 +84,8 @@ def _problem(width: int):
     return -jax.nn.log_softmax(model.apply(p, e["x"]))[e["y"]]
 
   margin = lambda p, e: gi.margin(model.apply(p, e["x"]), e["y"])
-  factors = curvature.ekfac(loss, params, _data(1024, 1), micro_batch=256)
+  needed = any(m.startswith("ekfac") for m in _METHODS.value)
+  factors = curvature.ekfac(loss, params, _data(1024, 1), micro_batch=256) if needed else None
   d = sum(x.size for x in jax.tree.leaves(params))
   return params, loss, margin, factors, d
 
@@ -116,7 +117,7 @@ def _method(name: str, params, loss, margin, factors, test, chunk):
   return table.get(name)
 
 
-def measure(name: str, width: int, n: int, chunk: int, m: int, cache: dict) -> dict | None:
+def time_and_memory(name: str, width: int, n: int, chunk: int, m: int, cache: dict) -> dict | None:
   if width not in cache:
     cache[width] = _problem(width)
   params, loss, margin, factors, d = cache[width]
@@ -175,17 +176,17 @@ def _plot(by_n: list[dict], by_d: list[dict], path: str) -> None:
   save_figure(fig, path)
 
 
-def main(argv):
-  del argv
+def _figures():
+  """The rows of the n sweep, the d sweep and the summary, at the flags' sizes."""
   cache: dict = {}
   by_n, by_d, summary = [], [], []
   m, chunk = _QUERIES.value, _CHUNK.value
   for name in _METHODS.value:
-    rows_n = [measure(name, _WIDTH.value, int(n), chunk, m, cache) for n in _NS.value]
+    rows_n = [time_and_memory(name, _WIDTH.value, int(n), chunk, m, cache) for n in _NS.value]
     if rows_n[0] is None:
       print(f"{name}: not available, skipped")
       continue
-    rows_d = [measure(name, int(w), _N_FOR_D.value, chunk, m, cache) for w in _WIDTHS.value]
+    rows_d = [time_and_memory(name, int(w), _N_FOR_D.value, chunk, m, cache) for w in _WIDTHS.value]
     by_n += rows_n
     by_d += rows_d
     temps = [r["temp MiB"] for r in rows_n]
@@ -197,12 +198,66 @@ def main(argv):
       "[n, d] MiB at largest n": rows_n[-1]["[n, d] gradients MiB"],
     })  # fmt: skip
     print(summary[-1], flush=True)
+  return by_n, by_d, summary
+
+
+def main(argv):
+  del argv
+  m, chunk = _QUERIES.value, _CHUNK.value
+  by_n, by_d, summary = _figures()
   timing.report("Attribution time and memory against n", by_n, None)
   timing.report("Attribution time and memory against d", by_d, None)
   timing.report(f"Scaling summary (chunk {chunk}, m = {m})", summary, _JSON.value)
   if _PNG.value:
     _plot(by_n, by_d, _PNG.value)
     print(f"wrote {_PNG.value}")
+
+
+QUICK = {
+  "ns": "32,64",
+  "widths": "4,8",
+  "width": "4",
+  "n_for_d": "32",
+  "chunk": "16",
+  "queries": "2",
+  "methods": "grad_dot",
+}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: per method the log-log slope of time in n (linear: 1)
+  and the temporaries at the largest n over those at the smallest (flat: 1)."""
+  del device
+  values = QUICK if quick else {}
+  with timing.flag_values(values):
+    _, _, summary = _figures()
+  dev, cmd = timing.jax_device(), timing.command(__name__, values)
+  out = []
+  for r in summary:
+    m = r["method"]
+    out.append(
+      timing.Row(
+        f"{m}: time slope in n (log-log)",
+        r["time slope in n (log-log)"],
+        "",
+        "~1 (linear in n)",
+        dev,
+        cmd,
+      )
+    )
+    out.append(
+      timing.Row(
+        f"{m}: temp at largest n / at smallest n",
+        r["temp MiB at largest n"] / r["temp MiB at smallest n"]
+        if r["temp MiB at smallest n"]
+        else float("nan"),
+        "",
+        "~1 (flat in n)",
+        dev,
+        cmd,
+      )
+    )
+  return out
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per contender.")
 _CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'pyhessian'.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "PyHessian's device: cpu or cuda.")
+_EXAMPLES = flags.DEFINE_integer("examples", 5000, "The first this many of the 5,000 digits.")
+_RANDOM = flags.DEFINE_bool("random_data", False, "Random MNIST-shaped data (no MNIST to read).")
 
 
 def _forwarded():
@@ -51,12 +54,19 @@ def _forwarded():
     f"--micro_batches={_MICRO.value}",
     f"--width={_WIDTH.value}",
     f"--repeats={_REPEATS.value}",
+    f"--torch_device={_TORCH_DEVICE.value}",
+    f"--examples={_EXAMPLES.value}",
+    f"--random_data={_RANDOM.value}",
   ]
 
 
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
+  n = _EXAMPLES.value
+  if _RANDOM.value:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 784), np.float32), rng.integers(0, 10, n).astype(np.int32)
   d = data.load_dataset("mnist")
-  return np.concatenate([d.x_train, d.x_test]), np.concatenate([d.y_train, d.y_test])
+  return np.concatenate([d.x_train, d.x_test])[:n], np.concatenate([d.y_train, d.y_test])[:n]
 
 
 def _contender(which: str) -> dict:
@@ -101,14 +111,15 @@ def _contender(which: str) -> dict:
         p = params["params"][f"dense_{i}"]
         layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
         layer.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
+    net = net.to(_TORCH_DEVICE.value)
     dataset = torch.utils.data.TensorDataset(
       torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=mb, shuffle=False)
     criterion = torch.nn.CrossEntropyLoss()
 
-    def run_pyhessian():
-      h = pyhessian(net, criterion, dataloader=loader, cuda=False)
+    def run_pyhessian():  # its trace reads each product back with .item(): synchronized
+      h = pyhessian(net, criterion, dataloader=loader, cuda=_TORCH_DEVICE.value == "cuda")
       vals = np.array(h.trace(maxIter=m, tol=-float("inf")))
       results["PyHessian"] = (float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(m)))
 
@@ -124,21 +135,19 @@ def _contender(which: str) -> dict:
   }
 
 
-def main(argv):
-  del argv
-  if _CONTENDER.value:
-    print(json.dumps(_contender(_CONTENDER.value)))
-    return
-  runs = timing.contender_processes(
-    "benchmarks.dataset_trace_peers", ["jax", "pyhessian"], rounds=_ROUNDS.value, args=_forwarded()
-  )
+def _figures(runs):
+  """The title and rows of the table from the contenders' runs."""
   ms = timing.per_round(runs)
-  last = {**runs["jax"][-1]["estimate"], **runs["pyhessian"][-1]["estimate"]}
-  err = {**runs["jax"][-1]["stderr"], **runs["pyhessian"][-1]["stderr"]}
+  last = {k: v for r in runs.values() for k, v in r[-1]["estimate"].items()}
+  err = {k: v for r in runs.values() for k, v in r[-1]["stderr"].items()}
   rows = []
   for k, v in ms.items():
     ratio = timing.paired(v, ms["gradlab"])
-    z = (last[k] - last["PyHessian"]) / math.hypot(err[k], err["PyHessian"])
+    z = (
+      (last[k] - last["PyHessian"]) / math.hypot(err[k], err["PyHessian"])
+      if "PyHessian" in last
+      else float("nan")
+    )
     rows.append(
       {
         "implementation": k,
@@ -152,14 +161,74 @@ def main(argv):
     )
   jax_run = runs["jax"][0]
   prob = tasks.mlp_problem(_WIDTH.value, 1)
-  timing.report(
+  title = (
     f"Dataset Hutchinson trace, {_PROBES.value} Rademacher probes, MLP 784-{_WIDTH.value}-"
-    f"{_WIDTH.value}-10 ({prob.num_params:,} params), {jax_run['examples']:,} MNIST digits in "
+    f"{_WIDTH.value}-10 ({prob.num_params:,} params), {jax_run['examples']:,} "
+    f"{'random MNIST-shaped inputs' if _RANDOM.value else 'MNIST digits'} in "
     f"micro-batches of {jax_run['micro_batch']}; each framework in its own process, "
-    f"{_ROUNDS.value} alternating rounds; jax on {jax_run['platform']}, torch on CPU",
-    rows,
-    _JSON.value,
+    f"{_ROUNDS.value} alternating rounds; jax on {jax_run['platform']}, torch on "
+    f"{_TORCH_DEVICE.value.upper()}"
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  runs = timing.contender_processes(
+    "benchmarks.dataset_trace_peers", ["jax", "pyhessian"], rounds=_ROUNDS.value, args=_forwarded()
+  )
+  timing.report(*_figures(runs), _JSON.value)
+
+
+QUICK = {
+  "probes": "2",
+  "micro_batches": "2",
+  "width": "8",
+  "repeats": "1",
+  "rounds": "1",
+  "examples": "16",
+  "random_data": "true",
+}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: PyHessian's dataloader trace over gradlab's micro-batched
+  one (PyHessian on CUDA when ``device`` is gpu), the two estimates' z, and the
+  stream of NumPy micro-batches over the stacked arrays."""
+  values = dict(QUICK if quick else {"rounds": "2"})
+  if device == "gpu":
+    values["torch_device"] = "cuda"
+  no_torch = timing.missing("torch", "pyhessian")
+  cmd = timing.command(__name__, values)
+  with timing.flag_values(values):
+    names = ["jax"] if no_torch else ["jax", "pyhessian"]
+    runs = timing.contenders(
+      __name__, names, rounds=_ROUNDS.value, args=_forwarded(), local=_contender
+    )
+    _, rows = _figures(runs)
+  ms = timing.per_round(runs)
+  dev = f"jax {runs['jax'][0]['platform']}, torch {values.get('torch_device', 'cpu')}"
+  r = timing.paired(ms["gradlab stream"], ms["gradlab"])
+  out = [
+    timing.Row(
+      "gradlab stream / gradlab stacked", r["median"], r["spread"], "", timing.jax_device(), cmd
+    )
+  ]
+  if no_torch:
+    note = timing.skipped(no_torch)
+    out.append(timing.Row("PyHessian / gradlab", goal="", command=cmd, note=note))
+    out.append(
+      timing.Row("z, gradlab - PyHessian estimates", goal="|z| < 3", command=cmd, note=note)
+    )
+  else:
+    r = timing.paired(ms["PyHessian"], ms["gradlab"])
+    z = next(row["z vs PyHessian"] for row in rows if row["implementation"] == "gradlab")
+    out.append(timing.Row("PyHessian / gradlab", r["median"], r["spread"], "", dev, cmd))
+    out.append(timing.Row("z, gradlab - PyHessian estimates", z, "", "|z| < 3", dev, cmd))
+  return out
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ _TORCH = flags.DEFINE_bool("torch", True, "Also time BackPACK.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per framework.")
 _CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'torch'.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "BackPACK's device: cpu or cuda.")
 
 
 def _backpack(w, x, y):
@@ -57,12 +58,16 @@ def _backpack(w, x, y):
     )
   )
   crit = extend(torch.nn.CrossEntropyLoss())
-  tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+  device = torch.device(_TORCH_DEVICE.value)
+  net = net.to(device)
+  tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
 
   def run_backpack():
     net.zero_grad()
     with backpack(Variance()):
       crit(net(tx), ty).backward()
+    if device.type == "cuda":  # the variances are ready, as block_until_ready for jax
+      torch.cuda.synchronize()
     return [p.variance for p in net.parameters()]
 
   return run_backpack, torch.get_num_threads()
@@ -141,18 +146,19 @@ def _contender(which: str) -> dict:
   return out
 
 
-def main(argv):
-  del argv
-  if _CONTENDER.value:
-    print(json.dumps(_contender(_CONTENDER.value)))
-    return
+def _forwarded():
+  return [
+    f"--width={_WIDTH.value}",
+    f"--batch_size={_BATCH.value}",
+    f"--chunk_size={_CHUNK.value}",
+    f"--repeats={_REPEATS.value}",
+    f"--torch_device={_TORCH_DEVICE.value}",
+  ]
+
+
+def _figures(runs):
+  """The title and rows of the table from the contenders' runs."""
   w, b = _WIDTH.value, _BATCH.value
-  names = ["jax", "torch"] if _TORCH.value else ["jax"]
-  args = [f"--width={w}", f"--batch_size={b}", f"--chunk_size={_CHUNK.value}",
-          f"--repeats={_REPEATS.value}"]  # fmt: skip
-  runs = timing.contender_processes(
-    "benchmarks.gradstats_overhead", names, rounds=_ROUNDS.value, args=args
-  )
   ms = timing.per_round(runs)
   rows = []
   for k, v in ms.items():
@@ -179,16 +185,69 @@ def main(argv):
           "spread": ratio["spread"],
         }
       )
-  threads = runs["torch"][0]["threads"] if _TORCH.value else None
+  threads = runs["torch"][0]["threads"] if "torch" in runs else None
   prob = tasks.mlp_problem(w, b)
-  timing.report(
+  title = (
     f"Gradient statistics, MLP 784-{w}-{w}-10 ({prob.num_params:,} params), batch {b}, "
     f"chunk {_CHUNK.value}; each framework in its own process, {_ROUNDS.value} alternating "
     f"rounds; jax on {runs['jax'][0]['platform']}"
-    + (f", torch on CPU ({threads} threads)" if threads else ""),
-    rows,
-    _JSON.value,
+    + (f", torch on {_TORCH_DEVICE.value.upper()} ({threads} threads)" if threads else "")
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  names = ["jax", "torch"] if _TORCH.value else ["jax"]
+  runs = timing.contender_processes(
+    "benchmarks.gradstats_overhead", names, rounds=_ROUNDS.value, args=_forwarded()
+  )
+  timing.report(*_figures(runs), _JSON.value)
+
+
+QUICK = {"width": "8", "batch_size": "8", "chunk_size": "4", "repeats": "1", "rounds": "1"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: the per-example statistics over the plain step, BackPACK
+  over gradlab's statistics (BackPACK on CUDA when ``device`` is gpu), and the free
+  noise scale's sharded step over the plain sharded step (on two or more devices)."""
+  values = dict(QUICK if quick else {"rounds": "2"})
+  if device == "gpu":
+    values["torch_device"] = "cuda"
+  no_torch = timing.missing("torch", "backpack")
+  cmd = timing.command(__name__, values)
+  with timing.flag_values(values):
+    names = ["jax"] if no_torch else ["jax", "torch"]
+    runs = timing.contenders(
+      __name__, names, rounds=_ROUNDS.value, args=_forwarded(), local=_contender
+    )
+  ms, jax_run = timing.per_round(runs), runs["jax"][0]
+  jax_dev = f"jax {jax_run['platform']}"
+  stats, plain = ms["gradlab variance + GSNR"], ms["plain train step"]
+  out = []
+  for k, goal in (("gradlab variance + GSNR", "<= 2"), ("gradlab, generic per-example (vmap)", "")):
+    r = timing.paired(ms[k], plain)
+    out.append(timing.Row(f"{k} / plain train step", r["median"], r["spread"], goal, jax_dev, cmd))
+  name, goal = "BackPACK Variance / gradlab variance + GSNR", ">= 2"
+  if no_torch:
+    out.append(timing.Row(name, goal=goal, command=cmd, note=timing.skipped(no_torch)))
+  else:
+    r = timing.paired(ms["BackPACK Variance"], stats)
+    dev = f"{jax_dev}, torch {values.get('torch_device', 'cpu')}"
+    out.append(timing.Row(name, r["median"], r["spread"], goal, dev, cmd))
+  name, goal = "sharded step + free noise scale / sharded step", "<= 1.05"
+  if "sharded ms" in jax_run:
+    sh = timing.per_round(runs, "sharded ms")
+    r = timing.paired(sh["sharded step + free noise scale"], sh["sharded step"])
+    dev = f"{jax_dev} x {jax_run['devices']}"
+    out.append(timing.Row(name, r["median"], r["spread"], goal, dev, cmd))
+  else:
+    out.append(timing.Row(name, goal=goal, command=cmd, note="skipped: one device"))
+  return out
 
 
 if __name__ == "__main__":

@@ -594,6 +594,11 @@ def main(argv):
     run = _gradlab if framework == "gradlab" else _kronfluence
     print(json.dumps(run(cfg, d, _out_path(_CONTENDER.value))))
     return
+  _report(_results())
+
+
+def _results() -> dict:
+  """``{model: (config, runs, factors)}``: each model's contenders, in their processes."""
   forwarded = [
     f"--repeats={_REPEATS.value}", f"--ihvp_repeats={_IHVP_REPEATS.value}",
     f"--batch_size={_BATCH.value}", f"--mnist_examples={_MNIST.value}", f"--width={_WIDTH.value}",
@@ -616,7 +621,7 @@ def main(argv):
         with np.load(os.path.join(tmp, name.replace(":", "_") + ".npz")) as f:
           factors[name] = dict(f)
       results[model] = (cfg, runs, factors)
-  _report(results)
+  return results
 
 
 def _report(results: dict) -> None:
@@ -671,6 +676,60 @@ def _report(results: dict) -> None:
     runs = {m: r for m, (_, r, _) in results.items()}
     with open(_JSON.value, "w") as f:
       json.dump({"summary": rows, "layers": layer_rows, "runs": runs}, f, indent=2)
+
+
+QUICK = {
+  "rounds": "1",
+  "repeats": "0",
+  "ihvp_repeats": "1",
+  "batch_size": "8",
+  "mnist_examples": "32",
+  "width": "8",
+  "lm_examples": "8",
+  "seq_len": "4",
+  "vocab": "8",
+  "dim": "8",
+  "heads": "2",
+  "layers": "1",
+}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: per model kronfluence's time over gradlab's (EK-FAC fit,
+  K-FAC fit, one inverse product) and the worst factor disagreement. kronfluence
+  runs on the CPU, whatever ``device`` (its ``cpu=True`` is fixed in this benchmark)."""
+  del device
+  values = QUICK if quick else {"rounds": "1"}
+  cmd = timing.command(__name__, values)
+  no_peer = timing.missing("torch", "kronfluence")
+  with timing.flag_values(values):
+    models = list(_MODELS.value)
+    if no_peer:
+      return [
+        timing.Row(
+          f"{m}: kronfluence / gradlab", goal=">= 3", command=cmd, note=timing.skipped(no_peer)
+        )
+        for m in models
+      ]
+    _check_flags()
+    results = _results()
+  out = []
+  for model, (cfg, runs, factors) in results.items():
+    g, k = runs[f"gradlab:{model}"], runs[f"kronfluence:{model}"]
+    dev = f"jax {g[0]['platform']}, kronfluence {k[0]['platform']}"
+    for field, label in (("s", "fit"), ("s", "kfac"), ("ms", "ihvp")):
+      r = timing.paired([x[field][label] for x in k], [x[field][label] for x in g])
+      out.append(
+        timing.Row(
+          f"{model}: {label} kronfluence / gradlab", r["median"], r["spread"], ">= 3", dev, cmd
+        )
+      )
+    comp = _compare(cfg, factors[f"gradlab:{model}"], factors[f"kronfluence:{model}"])
+    for c in ("e_A max err / max e_A", "e_S max err / max e_S", "ihvp rel. err"):
+      out.append(
+        timing.Row(f"{model}: worst {c}", max(r[c] for r in comp), "", "float tolerance", dev, cmd)
+      )
+  return out
 
 
 if __name__ == "__main__":

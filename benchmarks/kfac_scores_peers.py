@@ -351,6 +351,11 @@ def main(argv):
       np.save(_scores_path(kp._OUT.value, kp._CONTENDER.value), scores)
     print(json.dumps(figures))
     return
+  _report(_results())
+
+
+def _results() -> dict:
+  """``{model: (config, runs, agreement)}``: each model's contenders, in their processes."""
   forwarded = [
     f"--repeats={kp._REPEATS.value}", f"--batch_size={kp._BATCH.value}",
     f"--mnist_examples={kp._MNIST.value}", f"--width={kp._WIDTH.value}",
@@ -376,7 +381,7 @@ def main(argv):
         for f in frameworks if f != "kronfluence"
       }  # fmt: skip
       results[model] = (cfg, runs, agree)
-  _report(results)
+  return results
 
 
 def _report(results: dict) -> None:
@@ -427,6 +432,58 @@ def _report(results: dict) -> None:
     runs = {m: r for m, (_, r, _) in results.items()}
     with open(_JSON.value, "w") as f:
       json.dump({"summary": rows, "runs": runs}, f, indent=2)
+
+
+QUICK = {**kp.QUICK, "mlp_queries": "2", "lm_queries": "2", "train_steps": "2"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: per model and gradlab contender (eager, jitted)
+  kronfluence's time over gradlab's for the whole pipeline (first and repeated), and
+  the scores' correlations. kronfluence runs on the CPU, whatever ``device``."""
+  del device
+  values = QUICK if quick else {"rounds": "1"}
+  cmd = timing.command(__name__, values)
+  no_peer = timing.missing("torch", "kronfluence")
+  with timing.flag_values(values):
+    models = list(kp._MODELS.value)
+    if no_peer:
+      return [
+        timing.Row(
+          f"{m}: kronfluence / gradlab, pipeline",
+          goal=">= 3",
+          command=cmd,
+          note=timing.skipped(no_peer),
+        )
+        for m in models
+      ]
+    _check_flags()
+    results = _results()
+  out = []
+  for model, (cfg, runs, agree) in results.items():
+    k = runs[f"kronfluence:{model}"]
+    for f in agree:
+      g = runs[f"{f}:{model}"]
+      dev = f"jax {g[0]['platform']}, kronfluence {k[0]['platform']}"
+      for label in ("total first", "total"):
+        r = timing.paired([x["s"][label] for x in k], [x["s"][label] for x in g])
+        out.append(
+          timing.Row(
+            f"{model}: kronfluence / {f}, pipeline ({label})",
+            r["median"],
+            r["spread"],
+            ">= 3",
+            dev,
+            cmd,
+          )
+        )
+      for c in ("Pearson", "Spearman"):
+        out.append(
+          timing.Row(
+            f"{model}: {c}, {f} vs kronfluence scores", agree[f][c], "", ">= 0.99", dev, cmd
+          )
+        )
+  return out
 
 
 if __name__ == "__main__":

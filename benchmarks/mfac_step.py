@@ -15,8 +15,11 @@ r"""M-FAC's train step against ``optax.sgd`` and ``optax.adam``, and what it rea
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import app, flags
 
@@ -26,11 +29,20 @@ from gradlab import data, models, transforms
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _STEPS = flags.DEFINE_integer("steps", 500, "Training steps of the accuracy comparison.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed repeats.")
+_RANDOM = flags.DEFINE_bool("random_data", False, "Random digits-shaped data (nothing to read).")
 
 
-def main(argv):
-  del argv
-  ds = data.load_dataset("digits")
+def _random_digits():
+  rng = np.random.default_rng(0)
+  x, y = rng.random((1797, 64), np.float32), rng.integers(0, 10, 1797).astype(np.int32)
+  return types.SimpleNamespace(
+    x_train=x[:1437], y_train=y[:1437], x_test=x[1437:], y_test=y[1437:], num_classes=10
+  )
+
+
+def _figures(samples=None):
+  """The rows of the table, at the flags' sizes."""
+  ds = _random_digits() if _RANDOM.value else data.load_dataset("digits")
   x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
   model = models.MLP((128, 128, ds.num_classes))
   params = model.init(jax.random.key(0), x[:1])
@@ -62,7 +74,7 @@ def main(argv):
   for name, opt in opts.items():
     step, s = make_step(opt), opt.init(params)
     fns[name] = lambda step=step, s=s: jax.block_until_ready(step(params, s, b0))
-  times = timing.interleaved(fns, repeats=_REPEATS.value, inner=5)
+  times = timing.interleaved(fns, repeats=_REPEATS.value, inner=5, samples=samples)
   rows = [
     {
       "optimizer": n,
@@ -91,7 +103,33 @@ def main(argv):
       if row["optimizer"] == name:
         row[f"test acc after {_STEPS.value} steps"] = accs[best]
         row["best lr"] = best
-  timing.report("M-FAC on the digits MLP (26k parameters, batch 128)", rows, _JSON.value)
+  return rows
+
+
+def main(argv):
+  del argv
+  timing.report("M-FAC on the digits MLP (26k parameters, batch 128)", _figures(), _JSON.value)
+
+
+# no training step (the accuracies at initialization), and no digits to read
+QUICK = {"steps": "0", "repeats": "2", "random_data": "true"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: M-FAC's step over Adam's, and its accuracy over Adam's."""
+  del device
+  values, samples = QUICK if quick else {}, {}
+  with timing.flag_values(values):
+    rows, steps = _figures(samples), _STEPS.value
+  dev, cmd = timing.jax_device(), timing.command(__name__, values)
+  acc = {r["optimizer"]: r.get(f"test acc after {steps} steps") for r in rows}
+  out = []
+  for m in ("mfac m=16", "mfac m=64"):
+    out.append(timing.Row(f"{m} step / adam step", *timing.ratio(samples, m, "adam"), "", dev, cmd))
+    out.append(
+      timing.Row(f"{m} test acc / adam's (best lr each)", acc[m] / acc["adam"], "", "", dev, cmd)
+    )
+  return out
 
 
 if __name__ == "__main__":

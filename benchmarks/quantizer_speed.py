@@ -62,8 +62,9 @@ def exhaustive_mismatches(signed: bool) -> int:
   return total
 
 
-def main(argv):
-  del argv
+def _figures(samples=None):
+  """The title and rows of the table, at the flags' sizes (``samples``: each code's
+  per-repeat times, by code)."""
   rng = np.random.default_rng(0)
   rows = []
   for signed in (True, False):
@@ -78,7 +79,8 @@ def main(argv):
       "table": lambda f=fast, v=x: jax.block_until_ready(f(v)),
       "search": lambda f=search, v=x: jax.block_until_ready(f(v)),
     }
-    t = timing.interleaved(fns, repeats=_REPEATS.value, inner=3, warmup=1)
+    per = {} if samples is None else samples.setdefault("signed" if signed else "unsigned", {})
+    t = timing.interleaved(fns, repeats=_REPEATS.value, inner=3, warmup=1, samples=per)
     rows.append(
       {
         "code": "signed" if signed else "unsigned",
@@ -92,13 +94,35 @@ def main(argv):
       start = time.perf_counter()
       row["exhaustive mismatches"] = exhaustive_mismatches(signed)
       row["exhaustive s"] = time.perf_counter() - start
-  timing.report(
-    f"nearest dynamic-code index of {_SIZE.value:,} float32 values, {jax.devices()[0].platform}",
-    rows,
-    _JSON.value,
+  title = (
+    f"nearest dynamic-code index of {_SIZE.value:,} float32 values, {jax.devices()[0].platform}"
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  title, rows = _figures()
+  timing.report(title, rows, _JSON.value)
   if any(r.get("exhaustive mismatches", 0) for r in rows):
     sys.exit(1)
+
+
+QUICK = {"size": "1000", "repeats": "2"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: the binary search's time over the table's, per code
+  (``--exhaustive`` is left to its own command)."""
+  del device
+  values, samples = QUICK if quick else {}, {}
+  with timing.flag_values(values):
+    _figures(samples)
+  dev, cmd = timing.jax_device(), timing.command(__name__, values)
+  return [
+    timing.Row(f"search / table, {code} code", *timing.ratio(s, "search", "table"), "", dev, cmd)
+    for code, s in samples.items()
+  ]
 
 
 if __name__ == "__main__":

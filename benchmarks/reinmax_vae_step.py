@@ -41,13 +41,18 @@ _TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "cpu or cuda.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per framework.")
 _CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'torch'.")
+_ESTIMATORS = flags.DEFINE_list(
+  "estimators",
+  ["straight_through", "reinmax", "straight_through_gumbel"],
+  "gradlab's estimators (straight_through and reinmax at least).",
+)
 
 
 def _gradlab_step(name, num_classes, num_latents, tau):
   vae = models.CategoricalVAE(num_latents=num_latents, num_classes=num_classes)
   sample_fn = discrete.make_estimator(name, temperature=tau)
   opt = optax.adam(5e-4)
-  params = vae.init(jax.random.key(0), jnp.zeros((1, 784)), sample_fn, jax.random.key(0))
+  params = jax.jit(lambda k: vae.init(k, jnp.zeros((1, 784)), sample_fn, k))(jax.random.key(0))
   state = train.TrainState.create(params, opt, jax.random.key(1))
   step = train.make_train_step(
     lambda p, b, k: models.negative_elbo(vae, p, b["x"], sample_fn, k),
@@ -119,7 +124,7 @@ def _contender(which: str) -> dict:
   fns, boxes, threads = {}, {}, None
   if which == "jax":
     dev_batch = {"x": jax.device_put(batch)}
-    for name in ("straight_through", "reinmax", "straight_through_gumbel"):
+    for name in _ESTIMATORS.value:
       step, state = _gradlab_step(name, num_classes, num_latents, tau)
       boxes[name] = state
 
@@ -136,17 +141,18 @@ def _contender(which: str) -> dict:
           "platform": jax.devices()[0].platform}  # fmt: skip
 
 
-def main(argv):
-  del argv
-  if _CONTENDER.value:
-    print(json.dumps(_contender(_CONTENDER.value)))
-    return
-  names = ["jax", "torch"] if _TORCH.value else ["jax"]
-  args = [f"--config={_CONFIG.value}", f"--batch_size={_BATCH.value}",
-          f"--repeats={_REPEATS.value}", f"--torch_device={_TORCH_DEVICE.value}"]  # fmt: skip
-  runs = timing.contender_processes(
-    "benchmarks.reinmax_vae_step", names, rounds=_ROUNDS.value, args=args
-  )
+def _forwarded():
+  return [
+    f"--config={_CONFIG.value}",
+    f"--batch_size={_BATCH.value}",
+    f"--repeats={_REPEATS.value}",
+    f"--torch_device={_TORCH_DEVICE.value}",
+    f"--estimators={','.join(_ESTIMATORS.value)}",
+  ]
+
+
+def _figures(runs):
+  """The title and rows of the table from the contenders' runs."""
   ms = timing.per_round(runs)
   rows = []
   for k, v in ms.items():
@@ -161,14 +167,62 @@ def main(argv):
         "spread": rm["spread"],
       }
     )
-  threads = runs["torch"][0]["threads"] if _TORCH.value else None
-  timing.report(
+  threads = runs["torch"][0]["threads"] if "torch" in runs else None
+  title = (
     f"Categorical VAE train step, {_CONFIG.value} (CxL), batch {_BATCH.value}, Adam; "
     f"each framework in its own process, {_ROUNDS.value} alternating rounds; jax on "
-    f"{runs['jax'][0]['platform']}" + (f", torch on {threads}" if threads else ""),
-    rows,
-    _JSON.value,
+    f"{runs['jax'][0]['platform']}" + (f", torch on {threads}" if threads else "")
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  names = ["jax", "torch"] if _TORCH.value else ["jax"]
+  runs = timing.contender_processes(
+    "benchmarks.reinmax_vae_step", names, rounds=_ROUNDS.value, args=_forwarded()
+  )
+  timing.report(*_figures(runs), _JSON.value)
+
+
+QUICK = {
+  "config": "2x2",
+  "batch_size": "4",
+  "repeats": "1",
+  "rounds": "1",
+  "estimators": "straight_through,reinmax",
+}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: ReinMax's step over ST's, and the official torch
+  step over gradlab's ReinMax (torch on CUDA when ``device`` is gpu)."""
+  values = dict(QUICK if quick else {"rounds": "2"})
+  if device == "gpu":
+    values["torch_device"] = "cuda"
+  no_torch = timing.missing("torch", "reinmax")
+  cmd = timing.command(__name__, values)
+  with timing.flag_values(values):
+    names = ["jax"] if no_torch else ["jax", "torch"]
+    runs = timing.contenders(
+      __name__, names, rounds=_ROUNDS.value, args=_forwarded(), local=_contender
+    )
+  ms = timing.per_round(runs)
+  rm, st = ms["gradlab reinmax"], ms["gradlab straight_through"]
+  jax_dev = f"jax {runs['jax'][0]['platform']}"
+  r = timing.paired(rm, st)
+  out = [timing.Row("gradlab ReinMax / ST step", r["median"], r["spread"], "<= 1.05", jax_dev, cmd)]
+  name, goal = "torch reinmax (official) / gradlab ReinMax step", ">= 2"
+  if no_torch:
+    out.append(timing.Row(name, goal=goal, command=cmd, note=timing.skipped(no_torch)))
+  else:
+    r = timing.paired(ms["torch reinmax (official)"], rm)
+    dev = f"{jax_dev}, torch {runs['torch'][0]['threads']}"
+    out.append(timing.Row(name, r["median"], r["spread"], goal, dev, cmd))
+  return out
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 
 
-def main(argv):
-  del argv
+def _figures():
+  """The title and rows of the table, at the flags' sizes."""
   prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   params, batch, loss, n = prob.params, prob.batch, prob.loss, prob.num_params
   rows = []
-  for pb in (1, 2, 4, 8, 16, 32, 64):
+  for pb in [pb for pb in (1, 2, 4, 8, 16, 32, 64) if pb <= _PROBES.value]:
     fn = jax.jit(
       lambda p, b, k, pb=pb: (
         curvature.hessian_trace(loss, p, b, k, num_probes=_PROBES.value, probe_batch=pb).estimate
@@ -36,14 +36,42 @@ def main(argv):
     mem = fn.lower(params, batch, jax.random.key(0)).compile().memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", float("nan"))
     rows.append({"probe_batch": pb, "temp MiB": temp / 2**20, "x params' size": temp / (4 * n)})
-  timing.report(
+  title = (
     f"Peak temporary memory of hessian_trace ({_PROBES.value} probes), MLP "
     f"784-{_WIDTH.value}-{_WIDTH.value}-10 ({n:,} params, "
     f"{4 * n / 2**20:.1f} MiB), batch {_BATCH.value}, on "
-    f"{jax.devices()[0].platform}",
-    rows,
-    _JSON.value,
+    f"{jax.devices()[0].platform}"
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  timing.report(*_figures(), _JSON.value)
+
+
+QUICK = {"probes": "2", "width": "8", "batch_size": "8"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: the temporaries over the parameters' size, at the
+  smallest and the largest probe batch (XLA's accounting: no spread)."""
+  del device
+  values = QUICK if quick else {}
+  with timing.flag_values(values):
+    _, rows = _figures()
+  dev, cmd = timing.jax_device(), timing.command(__name__, values)
+  return [
+    timing.Row(
+      f"temp bytes / params' bytes, probe_batch={r['probe_batch']}",
+      r["x params' size"],
+      "",
+      "",
+      dev,
+      cmd,
+    )
+    for r in (rows[0], rows[-1])
+  ]
 
 
 if __name__ == "__main__":

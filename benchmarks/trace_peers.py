@@ -36,6 +36,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating process rounds per contender.")
 _CONTENDER = flags.DEFINE_string("contender", None, "Internal: 'jax' or 'pyhessian'.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "PyHessian's device: cpu or cuda.")
 
 
 def _forwarded():
@@ -44,6 +45,7 @@ def _forwarded():
     f"--width={_WIDTH.value}",
     f"--batch_size={_BATCH.value}",
     f"--repeats={_REPEATS.value}",
+    f"--torch_device={_TORCH_DEVICE.value}",
   ]
 
 
@@ -53,24 +55,27 @@ def _contender(which: str) -> dict:
   params, batch, loss, x, y = prob.params, prob.batch, prob.loss, prob.x, prob.y
   results, fns = {}, {}
   if which == "jax":
-    from matfree import stochtrace
-
     ours = jax.jit(lambda p, b, k: curvature.hessian_trace(loss, p, b, k, num_probes=m))
-    estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
-      stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(params, num=m)
-    )
-    theirs = jax.jit(lambda p, b, k: estimate(curvature.make_hvp(loss, p, b), k))
     keys = iter(jax.random.split(jax.random.key(1), 10_000))
 
     def run_ours():
       r = ours(params, batch, next(keys))
       results["gradlab"] = tuple(map(float, jax.block_until_ready(r[:2])))
 
-    def run_matfree():
-      r = theirs(params, batch, next(keys))
-      results["matfree"] = tuple(map(float, jax.block_until_ready(r)))
+    fns = {"gradlab": run_ours}
+    if not timing.missing("matfree"):
+      from matfree import stochtrace
 
-    fns = {"gradlab": run_ours, "matfree": run_matfree}
+      estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
+        stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(params, num=m)
+      )
+      theirs = jax.jit(lambda p, b, k: estimate(curvature.make_hvp(loss, p, b), k))
+
+      def run_matfree():
+        r = theirs(params, batch, next(keys))
+        results["matfree"] = tuple(map(float, jax.block_until_ready(r)))
+
+      fns["matfree"] = run_matfree
   else:
     import torch
     from pyhessian import hessian as pyhessian
@@ -88,11 +93,12 @@ def _contender(which: str) -> dict:
         p = params["params"][f"dense_{i}"]
         layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
         layer.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
+    net = net.to(_TORCH_DEVICE.value)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
     criterion = torch.nn.CrossEntropyLoss()
 
-    def run_pyhessian():
-      h = pyhessian(net, criterion, data=(tx, ty), cuda=False)
+    def run_pyhessian():  # its trace reads each product back with .item(): synchronized
+      h = pyhessian(net, criterion, data=(tx, ty), cuda=_TORCH_DEVICE.value == "cuda")
       vals = np.array(h.trace(maxIter=m, tol=-float("inf")))
       results["PyHessian"] = (float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(m)))
 
@@ -106,17 +112,11 @@ def _contender(which: str) -> dict:
   }
 
 
-def main(argv):
-  del argv
-  if _CONTENDER.value:
-    print(json.dumps(_contender(_CONTENDER.value)))
-    return
-  runs = timing.contender_processes(
-    "benchmarks.trace_peers", ["jax", "pyhessian"], rounds=_ROUNDS.value, args=_forwarded()
-  )
+def _figures(runs):
+  """The title and rows of the table from the contenders' runs."""
   ms = timing.per_round(runs)
-  last = {**runs["jax"][-1]["estimate"], **runs["pyhessian"][-1]["estimate"]}
-  err = {**runs["jax"][-1]["stderr"], **runs["pyhessian"][-1]["stderr"]}
+  last = {k: v for r in runs.values() for k, v in r[-1]["estimate"].items()}
+  err = {k: v for r in runs.values() for k, v in r[-1]["stderr"].items()}
   rows = []
   for k, v in ms.items():
     ratio = timing.paired(v, ms["gradlab"])
@@ -131,14 +131,58 @@ def main(argv):
       }
     )
   prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
-  timing.report(
+  title = (
     f"Hutchinson trace, {_PROBES.value} Rademacher probes, MLP 784-{_WIDTH.value}-"
     f"{_WIDTH.value}-10 ({prob.num_params:,} params), batch {_BATCH.value}; each framework "
     f"in its own process, {_ROUNDS.value} alternating rounds; jax on "
-    f"{runs['jax'][0]['platform']}, torch on CPU",
-    rows,
-    _JSON.value,
+    f"{runs['jax'][0]['platform']}, torch on {_TORCH_DEVICE.value.upper()}"
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  if _CONTENDER.value:
+    print(json.dumps(_contender(_CONTENDER.value)))
+    return
+  runs = timing.contender_processes(
+    "benchmarks.trace_peers", ["jax", "pyhessian"], rounds=_ROUNDS.value, args=_forwarded()
+  )
+  timing.report(*_figures(runs), _JSON.value)
+
+
+QUICK = {"probes": "2", "width": "8", "batch_size": "8", "repeats": "1", "rounds": "1"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: PyHessian's and matfree's time over gradlab's at equal
+  probes (PyHessian on CUDA when ``device`` is gpu)."""
+  values = dict(QUICK if quick else {"rounds": "2"})
+  if device == "gpu":
+    values["torch_device"] = "cuda"
+  no_torch, no_matfree = timing.missing("torch", "pyhessian"), timing.missing("matfree")
+  peers = {"PyHessian": (no_torch, ">= 2"), "matfree": (no_matfree, ">= 1 (parity or better)")}
+  cmd = timing.command(__name__, values)
+  if no_torch and no_matfree:
+    return [
+      timing.Row(f"{k} / gradlab", goal=g, command=cmd, note=timing.skipped(why))
+      for k, (why, g) in peers.items()
+    ]
+  with timing.flag_values(values):
+    names = ["jax"] if no_torch else ["jax", "pyhessian"]
+    runs = timing.contenders(
+      __name__, names, rounds=_ROUNDS.value, args=_forwarded(), local=_contender
+    )
+  ms = timing.per_round(runs)
+  dev = f"jax {runs['jax'][0]['platform']}, torch {values.get('torch_device', 'cpu')}"
+  out = []
+  for k, (why, goal) in peers.items():
+    if why:
+      out.append(timing.Row(f"{k} / gradlab", goal=goal, command=cmd, note=timing.skipped(why)))
+    else:
+      r = timing.paired(ms[k], ms["gradlab"])
+      out.append(timing.Row(f"{k} / gradlab", r["median"], r["spread"], goal, dev, cmd))
+  return out
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed repeats (medians are reported).")
 
 
-def main(argv):
-  del argv
+def _figures(samples=None):
+  """The title and rows of the table, at the flags' sizes."""
   prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   model, params, num_params = prob.model, prob.params, prob.num_params
   batch = {"x": prob.x, "y": prob.y}
@@ -85,14 +85,38 @@ def main(argv):
       "gradlab as fit runs it (log_every=10)": run_as_fit,
     },
     repeats=_REPEATS.value,
+    samples=samples,
   )
   rows = [{"step": k, "ms": v * 1e3, "ratio": v / t["hand-written"]} for k, v in t.items()]
-  timing.report(
+  title = (
     f"Train step, MLP 784-{_WIDTH.value}-{_WIDTH.value}-10 ({num_params:,} params), "
-    f"batch {_BATCH.value}, adam, on {jax.devices()[0].platform}",
-    rows,
-    _JSON.value,
+    f"batch {_BATCH.value}, adam, on {jax.devices()[0].platform}"
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  timing.report(*_figures(), _JSON.value)
+
+
+QUICK = {"width": "8", "batch_size": "8", "repeats": "2"}
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: each gradlab step over the hand-written one."""
+  del device
+  values, samples = QUICK if quick else {}, {}
+  with timing.flag_values(values):
+    _figures(samples)
+  dev, cmd = timing.jax_device(), timing.command(__name__, values)
+  return [
+    timing.Row(
+      f"{k} / hand-written", *timing.ratio(samples, k, "hand-written"), "<= 1.05", dev, cmd
+    )
+    for k in samples
+    if k != "hand-written"
+  ]
 
 
 if __name__ == "__main__":

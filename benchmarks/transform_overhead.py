@@ -23,9 +23,15 @@ STORM, exact MARS and SVRG evaluate a second gradient per step by design
 (``grad_fn``), so their step ratio is ~2x; their update-only row then includes
 that extra backward pass too. Also reports the optimizer-state bytes of
 ``adam_8bit`` against fp32 Adam (goal <= 0.3x).
+
+``--only="adam_8bit one pass"`` (not in the default list; ``benchmarks.all`` runs
+it) is ``adam_8bit`` traced without its cache-sized chunk loop, each leaf in one
+pass: the loop's price or gain on a device where the L2 argument differs.
 """
 
 from __future__ import annotations
+
+from unittest import mock
 
 import jax
 import optax
@@ -33,6 +39,7 @@ from absl import app, flags
 
 from benchmarks import timing
 from gradlab import tasks, transforms
+from gradlab.transforms import quantized
 
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _WIDTH = flags.DEFINE_integer("width", 2800, "Hidden width (2800: 10.1M parameters).")
@@ -68,6 +75,22 @@ TRANSFORMS = {
 }
 
 
+def _one_pass(tx):
+  """``tx`` with 8-bit Adam's update traced without its chunk loop: the chunk size
+  (``quantized._CHUNK_VALUES``, sized for a CPU core's L2 cache) raised past every
+  leaf while the update is traced, so each leaf is one chunk, one pass."""
+
+  def update(*args, **kwargs):
+    with mock.patch.object(quantized, "_CHUNK_VALUES", 1 << 62):
+      return tx.update(*args, **kwargs)
+
+  return tx._replace(update=update)
+
+
+# Selectable by --only and measured by benchmarks.all; not in the default list.
+EXTRA = {"adam_8bit one pass": lambda: _one_pass(transforms.adam_8bit(1e-3))}
+
+
 def cost_analysis(tx, params, grads, *, donate: bool = False) -> dict[str, float]:
   """Bytes accessed and flops of one jitted ``tx.update`` (non-finite policy on).
 
@@ -91,8 +114,9 @@ def cost_analysis(tx, params, grads, *, donate: bool = False) -> dict[str, float
   return {"bytes": float(ca["bytes accessed"]), "flops": float(ca.get("flops", 0.0))}
 
 
-def main(argv):
-  del argv
+def _figures(samples=None):
+  """The title and rows of the table, at the flags' sizes (``samples``: each
+  transform's per-repeat step and update times, by name)."""
   prob = tasks.mlp_problem(_WIDTH.value, _BATCH.value)
   params, batch = prob.params, prob.batch
   grad = jax.grad(prob.loss)
@@ -129,11 +153,12 @@ def main(argv):
     return step, update_only
 
   names = _ONLY.value or list(TRANSFORMS)
+  table = {**TRANSFORMS, **EXTRA}
   adam_cost = cost_analysis(optax.adam(1e-3), params, fixed_grads)
   adam_donated = cost_analysis(optax.adam(1e-3), params, fixed_grads, donate=True)
   rows = []
   for name in names:
-    contenders = {"adam": optax.adam(1e-3), name: TRANSFORMS[name]()}
+    contenders = {"adam": optax.adam(1e-3), name: table[name]()}
     fns_step, fns_update = {}, {}
     for label, tx in contenders.items():
       step, update_only = make(label, tx)
@@ -150,8 +175,14 @@ def main(argv):
         jax.block_until_ready(p)
 
       fns_step[label], fns_update[label] = run_step, run_update
-    ts = timing.interleaved(fns_step, repeats=_REPEATS.value, inner=_INNER.value, warmup=2)
-    tu = timing.interleaved(fns_update, repeats=_REPEATS.value, inner=_INNER.value, warmup=2)
+    per = {"step": {}, "update": {}}
+    per = per if samples is None else samples.setdefault(name, per)
+    ts = timing.interleaved(
+      fns_step, repeats=_REPEATS.value, inner=_INNER.value, warmup=2, samples=per["step"]
+    )
+    tu = timing.interleaved(
+      fns_update, repeats=_REPEATS.value, inner=_INNER.value, warmup=2, samples=per["update"]
+    )
     rows.append(
       {
         "transform": name,
@@ -163,10 +194,10 @@ def main(argv):
         "update ratio": tu[name] / tu["adam"],
         **{
           f"{k} ratio (XLA cost)": v / adam_cost[k]
-          for k, v in cost_analysis(TRANSFORMS[name](), params, fixed_grads).items()
+          for k, v in cost_analysis(table[name](), params, fixed_grads).items()
         },
         "bytes ratio, state donated (XLA cost)": cost_analysis(
-          TRANSFORMS[name](), params, fixed_grads, donate=True
+          table[name](), params, fixed_grads, donate=True
         )["bytes"]
         / adam_donated["bytes"],
       }
@@ -177,12 +208,65 @@ def main(argv):
   rows.append(
     {"transform": "adam_8bit state bytes / adam state bytes", "step ratio": state8 / state32}
   )
-  timing.report(
+  title = (
     f"gradlab transforms against optax.adam, MLP with {prob.num_params / 1e6:.1f}M "
-    f"parameters, batch {_BATCH.value}, {jax.devices()[0].platform}",
-    rows,
-    _JSON.value,
+    f"parameters, batch {_BATCH.value}, {jax.devices()[0].platform}"
   )
+  return title, rows
+
+
+def main(argv):
+  del argv
+  timing.report(*_figures(), _JSON.value)
+
+
+QUICK = {
+  "width": "8",
+  "batch_size": "8",
+  "repeats": "2",
+  "inner": "1",
+  "only": "adam_8bit one pass",
+}
+# Every transform, and 8-bit Adam with and without its chunk loop.
+FULL = {"only": ",".join([*TRANSFORMS, *EXTRA])}
+SECOND_GRADIENT = ("storm", "mars (exact)", "svrg + sgd")  # ~2x by design
+
+
+def measure(quick: bool, device: str) -> list[timing.Row]:
+  """``benchmarks.all``'s rows: per transform the step and the update over Adam's
+  (timed) and the bytes over Adam's (XLA's cost analysis, state donated); 8-bit
+  Adam's state bytes over Adam's."""
+  del device
+  values, samples = QUICK if quick else FULL, {}
+  with timing.flag_values(values):
+    _, rows = _figures(samples)
+  dev, cmd = timing.jax_device(), timing.command(__name__, values)
+  out = []
+  for row in rows[:-1]:
+    name, per = row["transform"], samples[row["transform"]]
+    goal = "~2 (a second gradient)" if name in SECOND_GRADIENT else "<= 1.15"
+    out.append(
+      timing.Row(
+        f"{name}: step / adam step", *timing.ratio(per["step"], name, "adam"), goal, dev, cmd
+      )
+    )
+    out.append(
+      timing.Row(
+        f"{name}: update / adam update", *timing.ratio(per["update"], name, "adam"), "", dev, cmd
+      )
+    )
+    out.append(
+      timing.Row(
+        f"{name}: bytes / adam's (XLA cost, state donated)",
+        row["bytes ratio, state donated (XLA cost)"],
+        "",
+        "" if name in SECOND_GRADIENT else "<= 1.15 (elementwise ones)",
+        dev,
+        cmd,
+      )
+    )
+  out.append(timing.Row(rows[-1]["transform"], rows[-1]["step ratio"], "", "<= 0.3", dev, cmd))
+  return out
 
 
 if __name__ == "__main__":
