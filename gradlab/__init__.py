@@ -17,7 +17,7 @@ Subpackages (import the one you need):
 * ``gradlab.zeroth_order``: SPSA/MeZO, Sparse MeZO, CBO.
 * ``gradlab.transforms``: optax gradient transformations (SPAM, ZClip, per-layer
   and DP clipping, diffGrad, SCALE, AGVM, 8-bit Adam, STORM, MARS, SVRG,
-  AdaHessian, spike skipping) and refined learning-rate schedules.
+  AdaHessian, spike skipping, DIFF2) and refined learning-rate schedules.
 * ``gradlab.policy``: policy-gradient estimators for RL with verifiable rewards.
 * ``gradlab.influence``: data attribution and valuation (influence functions,
   TracIn, TRAK, LESS, Z0-Inf, Data Shapley) and the retraining that scores them;
@@ -26,6 +26,8 @@ Subpackages (import the one you need):
   of Gaussian expectations and their control variates (optax's removed module).
 * ``gradlab.dynamics``: exact linear-network dynamics, mode connectivity, weight
   matching, lottery tickets.
+* ``gradlab.privacy``: what shared gradients leak: gradient inversion (DLG,
+  iDLG's label, the analytic Dense-layer recovery).
 * ``gradlab.losses``: losses studied for themselves (StableMax cross-entropy)
   and the softmax-collapse instrument.
 * ``gradlab.sharding``: meshes and batch placement.

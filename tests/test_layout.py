@@ -47,3 +47,13 @@ def test_train_depends_only_on_sharding():
     for module, names in _imports(path):
       seen.add(_package(module) if module != "gradlab" else names[0])
   assert seen <= {"train", "sharding", "_checks"}, seen
+
+
+def test_privacy_attacks_depend_only_on_the_shared_checks():
+  # the attacks are pure functions of a loss and a gradient; the defenses they are
+  # measured against (clipping, noise) live in transforms, and experiments wire the two
+  seen = set()
+  for path in (ROOT / "privacy").rglob("*.py"):
+    for module, names in _imports(path):
+      seen.add(_package(module) if module != "gradlab" else names[0])
+  assert seen <= {"privacy", "_checks"}, seen

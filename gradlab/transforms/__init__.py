@@ -34,6 +34,9 @@ optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
 * Variance reduction: ``storm``, ``mars`` / ``scale_by_mars``, ``svrg``, fed by
   a ``grad_fn`` extra argument (``extra_args_fn=grad_fn_extra_args`` in
   ``gradlab.train.make_train_step``).
+* Differential privacy from gradient differences: ``diff2`` (DIFF2's
+  clipped, noised difference estimator with periodic restarts; per-example
+  gradients in, a ``per_example_grad_fn`` extra argument).
 """
 
 from gradlab.transforms.adahessian import (
@@ -42,6 +45,7 @@ from gradlab.transforms.adahessian import (
   scale_by_adahessian,
 )
 from gradlab.transforms.agvm import AGVMState, agvm, half_batch_grads
+from gradlab.transforms.diff2 import Diff2State, diff2
 from gradlab.transforms.diffgrad import (
   ScaleByDiffGradState,
   diffgrad,
@@ -178,4 +182,6 @@ __all__ = [
   "refined_schedule",
   "ScaleByLRTableState",
   "scale_by_lr_table",
+  "Diff2State",
+  "diff2",
 ]
