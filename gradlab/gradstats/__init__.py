@@ -1,6 +1,9 @@
 """Gradient statistics: per-example gradients, variance, GSNR, noise scale,
 alignment, coherence, Cockpit-style instruments for the training loop, and
-sliced Wasserstein estimators (with control variates) and their gradients."""
+sliced Wasserstein estimators (with control variates) and their gradients,
+and minibatch sampling (:mod:`gradlab.gradstats.sampling`): gradient-norm
+importance sampling (PA&DA) and upsampling against upweighting of domains,
+with their exact means and variances."""
 
 from gradlab.gradstats.alignment import Alignment, gradient_alignment
 from gradlab.gradstats.coherence import coherence, coherence_instrument, per_layer_coherence
@@ -27,6 +30,24 @@ from gradlab.gradstats.per_example import (
   trace_covariance,
   variance,
 )
+from gradlab.gradstats.sampling import (
+  ImportanceSample,
+  ImportanceState,
+  SamplingMoments,
+  domain_example_probabilities,
+  domain_sample,
+  domain_sampling_moments,
+  importance_init,
+  importance_probabilities,
+  importance_sample,
+  importance_update,
+  importance_variance,
+  logit_gradient_norms,
+  sampling_moments,
+  temperature_probabilities,
+  upsampling_moments,
+  upweighting_moments,
+)
 from gradlab.gradstats.sliced_wasserstein import (
   random_directions,
   sliced_wasserstein,
@@ -34,6 +55,22 @@ from gradlab.gradstats.sliced_wasserstein import (
 )
 
 __all__ = [
+  "ImportanceSample",
+  "ImportanceState",
+  "SamplingMoments",
+  "domain_example_probabilities",
+  "domain_sample",
+  "domain_sampling_moments",
+  "importance_init",
+  "importance_probabilities",
+  "importance_sample",
+  "importance_update",
+  "importance_variance",
+  "logit_gradient_norms",
+  "sampling_moments",
+  "temperature_probabilities",
+  "upsampling_moments",
+  "upweighting_moments",
   "random_directions",
   "sliced_wasserstein",
   "sliced_wasserstein_power",
