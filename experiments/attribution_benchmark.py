@@ -22,9 +22,16 @@ Methods (``--methods``): influence functions (``explicit``, ``cg``,
 ``grad_cos`` (projected to ``--proj_dim``); ``tracin`` (TracIn-CP over the
 checkpoints at epochs 4, 8, ..., of the full-data run); ``trak1`` and
 ``trakN`` (TRAK on the full-data model, and on ``--trak_models`` models
-trained on random half subsets, as dattri's TRAK-10). Time is wall-clock
-including compilation, peak memory is XLA's compiled temporary buffer for
-the method's program (arguments and outputs excluded).
+trained on random half subsets, as dattri's TRAK-10); ``z0inf`` and
+``z0inf_corr`` (Z0-Inf, ``gradlab.influence.z0_influence``, facebookresearch/z0inf:
+zeroth-order influence from the per-example train and test losses at
+TracIn's checkpoints, ``--z0_neighbors`` neighbouring checkpoints per finite
+difference; the second multiplied by the Spearman correlation of the loss
+trajectories, as the official ``zinf_train_test`` does by default; both
+skipped with fewer than two checkpoints, i.e. unless 4 divides ``--epochs``
+and ``--epochs >= 8``). Time is wall-clock including compilation, peak
+memory is XLA's compiled temporary buffer for the method's program
+(arguments and outputs excluded).
 
 results.md sets dattri 0.3.0's figures, measured on this machine with the
 same data, split and training, beside ours.
@@ -58,6 +65,8 @@ METHODS = (
   "tracin",
   "trak1",
   "trakN",
+  "z0inf",
+  "z0inf_corr",
 )
 # dattri 0.3.0 on this machine (LR, 4,000 x 500; LDS R=1 / R=3, LOO corr, seconds).
 DATTRI_LR = {
@@ -96,6 +105,7 @@ class Config:
   arnoldi_rank: int = runner.option(100, "Arnoldi eigenpairs.")
   proj_dim: int = runner.option(512, "Projection dimension (Grad-Dot/Cos, TRAK).")
   trak_models: int = runner.option(10, "Half-data models of trakN.")
+  z0_neighbors: int = runner.option(4, "Z0-Inf's neighbouring checkpoints (< the checkpoints).")
   seed: int = runner.option(0, "Seed.")
 
 
@@ -155,6 +165,7 @@ def run(config: Config, workdir: str):
   for name in (
     "num_train", "num_test", "epochs", "batch_size", "hidden", "seeds", "cg_iterations",
     "lissa_depth", "lissa_batch", "arnoldi_rank", "proj_dim", "trak_models", "loo_examples",
+    "z0_neighbors",
   ):  # fmt: skip
     flag_checks.positive(name, getattr(config, name))
   flag_checks.require(
@@ -180,6 +191,14 @@ def run(config: Config, workdir: str):
   )
   flag_checks.positive("learning_rate", config.learning_rate)
   flag_checks.positive("damping", config.damping)
+  checkpoints_kept = config.epochs // 4 if config.epochs % 4 == 0 else 1
+  if checkpoints_kept >= 2 and {"z0inf", "z0inf_corr"} & set(config.methods):
+    flag_checks.require(
+      config.z0_neighbors < checkpoints_kept,
+      "z0_neighbors",
+      f"less than the {checkpoints_kept} checkpoints (one every 4 epochs)",
+      config.z0_neighbors,
+    )
   flag_checks.check_same_run(
     workdir, {k: v for k, v in dataclasses.asdict(config).items() if k != "methods"}
   )
@@ -267,6 +286,14 @@ def run(config: Config, workdir: str):
       lrs = [config.learning_rate] * len(checkpoints)
       prj = functools.partial(gi.project, key=proj_key, dim=config.proj_dim)
       return lambda tr, te: gi.tracin_cp(loss, checkpoints, lrs, tr, te, project=prj)
+    if name in ("z0inf", "z0inf_corr"):
+      losses_at = lambda ex: jnp.stack(
+        [jax.vmap(lambda e, p=p: loss(p, e))(ex) for p in checkpoints]
+      )
+      return lambda tr, te: gi.z0_influence(
+        checkpoints, losses_at(tr), losses_at(te), neighbors=config.z0_neighbors,
+        weight_by_correlation=name == "z0inf_corr",
+      )  # fmt: skip
     ms = [full_params] if name == "trak1" else half_models()
     return lambda tr, te: gi.trak(output, ms, tr, te, proj_key, dim=config.proj_dim)
 
@@ -274,6 +301,9 @@ def run(config: Config, workdir: str):
   for name in config.methods:
     if name == "explicit" and config.model == "mlp":
       rows.append({"method": name, "note": f"skipped: a dense {d} x {d} Hessian"})
+      continue
+    if name in ("z0inf", "z0inf_corr") and len(checkpoints) < 2:
+      rows.append({"method": name, "note": "skipped: fewer than 2 checkpoints"})
       continue
 
     def compute(name=name):

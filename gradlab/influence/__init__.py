@@ -27,10 +27,18 @@ effect of *removing* it on the test loss).
 * ``z0_influence`` / ``z0_self_influence``: zeroth-order influence from the
   losses at checkpoints.
 * Data Shapley: ``exact_shapley`` (enumeration), ``tmc_shapley``,
-  ``knn_shapley``.
+  ``knn_shapley``; G-Shapley (one SGD pass per permutation, an order-dependent
+  game): ``g_shapley``, ``exact_g_shapley`` (all n! orderings),
+  ``g_shapley_learning_rate``.
+* Data mixing (:mod:`gradlab.influence.mixing`, DoGE / DGA): ``mixing_init``,
+  ``alignment_scores``, ``dga_update``, ``mixed_gradient``, ``MixingState``.
 * Ground truth: ``train_on_subset``, ``newton_fit``, ``subset_retrain``,
   ``loo_retrain``, ``random_subsets``; metrics ``lds``, ``loo_correlation``,
   ``auroc``.
+* Unlearning (:mod:`gradlab.influence.unlearning`, SalUn): ``saliency_mask``,
+  ``masked_optimizer``, ``random_labels``, ``random_label_loss``, ``salun_update``,
+  ``mia_efficacy``; DiffROAR (:mod:`gradlab.influence.roar`): ``keep_mask``,
+  ``unmask``, ``diff_roar``.
 * Bilevel optimization (:mod:`gradlab.influence.bilevel`), the same
   implicit-gradient machinery: ``hypergradient`` (every ``solver`` method and
   ``neumann_inverse_hvp``), ``penalty_hypergradient`` / ``penalty_objective``,
@@ -68,6 +76,13 @@ from gradlab.influence.functions import (
 )
 from gradlab.influence.less import less_attribution, less_features, less_scores, less_select
 from gradlab.influence.metrics import auroc, lds, loo_correlation, pearson, rank, spearman
+from gradlab.influence.mixing import (
+  MixingState,
+  alignment_scores,
+  dga_update,
+  mixed_gradient,
+  mixing_init,
+)
 from gradlab.influence.projectors import (
   logra,
   logra_features,
@@ -84,6 +99,7 @@ from gradlab.influence.retrain import (
   subset_retrain,
   train_on_subset,
 )
+from gradlab.influence.roar import KEEPS, DiffROAR, diff_roar, keep_mask, unmask
 from gradlab.influence.scores import (
   el2n,
   grad_cos,
@@ -96,15 +112,36 @@ from gradlab.influence.scores import (
 )
 from gradlab.influence.shapley import (
   ShapleyEstimate,
+  exact_g_shapley,
   exact_shapley,
+  g_shapley,
+  g_shapley_learning_rate,
   knn_shapley,
   knn_utility,
   tmc_shapley,
 )
 from gradlab.influence.trak import margin, trak
+from gradlab.influence.unlearning import (
+  MaskedState,
+  MIAEfficacy,
+  masked_optimizer,
+  mia_efficacy,
+  random_label_loss,
+  random_labels,
+  saliency_mask,
+  salun_update,
+)
 from gradlab.influence.z0inf import z0_influence, z0_self_influence
 
 __all__ = [
+  "MixingState",
+  "alignment_scores",
+  "dga_update",
+  "exact_g_shapley",
+  "g_shapley",
+  "g_shapley_learning_rate",
+  "mixed_gradient",
+  "mixing_init",
   "BORep",
   "BORepState",
   "HYPERGRADIENT_METHODS",
@@ -167,4 +204,17 @@ __all__ = [
   "vog",
   "z0_influence",
   "z0_self_influence",
+  "KEEPS",
+  "DiffROAR",
+  "diff_roar",
+  "keep_mask",
+  "unmask",
+  "MaskedState",
+  "MIAEfficacy",
+  "masked_optimizer",
+  "mia_efficacy",
+  "random_label_loss",
+  "random_labels",
+  "saliency_mask",
+  "salun_update",
 ]

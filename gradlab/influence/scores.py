@@ -14,9 +14,14 @@ suspicious):
 
 * ``el2n``: Paul et al. (2021), ``|softmax(logits) - onehot(y)|_2``.
 * ``grand``: Paul et al. (2021), the per-example gradient norm ``|g_j|_2``.
+  Both as mansheej/data_diet computes them (``data_diet/scores.py``
+  ``get_lord_error_fn`` with ``ord=2``, ``get_grad_norm_fn``): at one early
+  checkpoint of one run; the paper averages the scores over several
+  initializations (``scripts/get_mean_score.py``), which the caller does.
 * ``vog``: Agarwal et al. (2022), the variance of gradients across checkpoints:
-  per input pixel, the variance over K checkpoints of the gradient of the
-  true class's logit with respect to the input, averaged over pixels.
+  per input pixel, the standard deviation over K checkpoints of the gradient
+  of the true class's logit with respect to the input, averaged over pixels,
+  optionally normalized within each class (chirag126/VOG).
 """
 
 from __future__ import annotations
@@ -210,17 +215,57 @@ def grand(
   return jnp.linalg.norm(g, axis=1)
 
 
-def vog(input_gradients: Any) -> jax.Array:
-  """``[n]``: variance of gradients from ``[K, n, ...]`` input gradients at K checkpoints.
+def vog(input_gradients: Any, labels: Any = None, *, num_classes: int | None = None) -> jax.Array:
+  """``[n]``: Variance of Gradients from ``[K, n, ...]`` input gradients at K checkpoints.
 
-  Per pixel, the variance over checkpoints (population, as the paper's
-  ``1/K sum (G - mu)^2``), then the mean over pixels.
+  As the official code (chirag126/VOG, ``train_cifar/main.py`` and
+  ``imagenet/train_visualize_grad.py``; the paper's eqs. 2-3) computes it,
+  with ``S_k`` example j's input gradient at checkpoint k (of the true
+  class's pre-softmax logit, :func:`input_gradients`) and N its pixels:
+
+      VoG_j = (1/N) sum_pixels sqrt( (1/K) sum_k (S_k - mean_k S_k)^2 ),
+
+  the per-pixel population standard deviation over checkpoints, averaged over
+  pixels. With ``labels`` (``[n]`` integer classes), each score is normalized
+  within its class, ``(VoG_j - mu_c) / sigma_c`` with the population mean and
+  standard deviation over the class's examples (the paper's eq. 4,
+  ``toy_script.py``'s ``--vog_cal=normalize``); a class whose scores are all
+  equal (one example, say) gets 0 where the official code divides by zero.
+  ``num_classes`` sizes the class statistics; it is read from ``labels`` when
+  they are concrete and is needed under ``jit``. The official code averages a
+  colour image's gradient over its channels first (``np.mean(grad, axis=-1)``):
+  pass ``g.mean(-1)`` for that.
   """
   g = jnp.asarray(input_gradients)
   if g.ndim < 2 or g.shape[0] < 2:
     raise ValueError(f"input_gradients: expected [K >= 2 checkpoints, n, ...], got {g.shape}")
-  v = jnp.var(g, axis=0)
-  return jnp.mean(v.reshape(v.shape[0], -1), axis=1)
+  if not jnp.issubdtype(g.dtype, jnp.floating):
+    raise ValueError(f"input_gradients: expected a floating dtype, got {g.dtype}")
+  sd = jnp.std(g, axis=0)
+  scores = jnp.mean(sd.reshape(sd.shape[0], -1), axis=1)
+  if labels is None:
+    return scores
+  y = jnp.asarray(labels)
+  if y.shape != scores.shape or not jnp.issubdtype(y.dtype, jnp.integer):
+    raise ValueError(
+      f"labels: expected [{scores.shape[0]}] integer classes, got {y.dtype} of shape {y.shape}"
+    )
+  if num_classes is None:
+    v = _checks.concrete(y)
+    if v is None:
+      raise ValueError("num_classes: expected an integer when labels are traced (under jit)")
+    num_classes = int(v.max()) + 1 if v.size else 1
+  c = _checks.integer("num_classes", num_classes, minimum=1)
+  v = _checks.concrete(y)
+  if v is not None and v.size and (v.min() < 0 or v.max() >= c):
+    raise ValueError(f"labels: expected classes in [0, {c}), got [{v.min()}, {v.max()}]")
+  onehot = jax.nn.one_hot(y, c, dtype=scores.dtype)  # [n, C]
+  count = jnp.maximum(onehot.sum(0), 1.0)
+  mu = (onehot.T @ scores) / count
+  centred = scores - onehot @ mu
+  sigma = jnp.sqrt((onehot.T @ centred**2) / count)
+  s = onehot @ sigma
+  return jnp.where(s > 0, centred / jnp.where(s > 0, s, 1.0), 0.0)
 
 
 def input_gradients(

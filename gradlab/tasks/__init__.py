@@ -11,9 +11,19 @@
 * ``mlp_problem``: the MNIST-shaped MLP the benchmarks share.
 * ``planted_facts``: a language-modelling corpus with key -> value facts
   planted in known training sequences, for attribution with a known answer.
+* ``block_mnist``: BlockMNIST (Shah, Jain & Netrapalli 2021), MNIST digits beside a
+  fixed null patch in random order, with the signal region known, and
+  ``signal_fraction`` of an attribution's mass on it.
 """
 
 from gradlab.tasks import bandit, digit_sum, inventory
+from gradlab.tasks.block_mnist import (
+  BlockMNIST,
+  block_mnist,
+  null_patch,
+  signal_fraction,
+  signal_region,
+)
 from gradlab.tasks.mlp_problem import MLPProblem, mlp_problem
 from gradlab.tasks.planted_facts import PlantedFacts, planted_facts
 from gradlab.tasks.synthetic import fibonacci_sequences, gaussian_blobs
@@ -32,4 +42,9 @@ __all__ = [
   "make_task",
   "mlp_problem",
   "planted_facts",
+  "BlockMNIST",
+  "block_mnist",
+  "null_patch",
+  "signal_fraction",
+  "signal_region",
 ]

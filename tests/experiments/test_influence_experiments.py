@@ -14,14 +14,15 @@ def _rows(path):
 def test_attribution_benchmark_small_setting_scores_every_method(tmp_path):
   proc = run_main(
     "attribution_benchmark", f"--workdir={tmp_path}", "--dataset=digits", "--num_train=160",
-    "--num_test=16", "--epochs=2", "--num_subsets=8", "--seeds=2", "--loo_examples=8",
+    "--num_test=16", "--epochs=8", "--num_subsets=8", "--seeds=2", "--loo_examples=8",
     "--arnoldi_rank=20", "--proj_dim=32", "--trak_models=2", "--lissa_depth=20",
+    "--z0_neighbors=1",
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = {r["method"]: r for r in _rows(tmp_path / "results.csv")}
   assert set(rows) == {
     "explicit", "cg", "lissa", "arnoldi", "ekfac", "grad_dot", "grad_cos", "tracin", "trak1",
-    "trakN",
+    "trakN", "z0inf", "z0inf_corr",
   }  # fmt: skip
   # CG solves the same damped system as the explicit solve: the same LDS.
   assert abs(float(rows["cg"]["LDS R=1"]) - float(rows["explicit"]["LDS R=1"])) < 0.02
@@ -33,12 +34,16 @@ def test_attribution_benchmark_small_setting_scores_every_method(tmp_path):
 def test_mislabel_detection_small_setting_beats_random(tmp_path):
   proc = run_main(
     "mislabel_detection", f"--workdir={tmp_path}", "--num_train=160", "--epochs=5",
-    "--batch_size=40", "--checkpoints=4", "--permutations=2",
+    "--batch_size=40", "--checkpoints=4", "--permutations=2", "--g_permutations=2",
+    "--g_learning_rates=0.1",
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = {r["score"]: float(r["AUROC"]) for r in _rows(tmp_path / "results.csv")}
-  assert len(rows) == 9
+  assert len(rows) == 10
   assert rows["self-influence (IF, CG)"] > 0.8 and rows["KNN-Shapley (low = suspicious)"] > 0.8
+  assert 0 <= rows["G-Shapley, one SGD pass (low = suspicious)"] <= 1
+  md = (tmp_path / "results.md").read_text()
+  assert "G-Shapley: 2 permutations, step 0.1." in md
 
 
 def test_less_selection_small_setting_selects_from_the_target_mix(tmp_path):

@@ -411,7 +411,8 @@ def test_scores_el2n_grand_and_vog_against_numpy():
     gi.el2n(logits, labels), np.linalg.norm(p - np.eye(4)[labels], axis=1), rtol=1e-5
   )
   g = rng.normal(size=(3, 6, 2, 2))
-  np.testing.assert_allclose(gi.vog(g), g.var(0).reshape(6, -1).mean(1), rtol=1e-5)
+  # VoG averages each pixel's standard deviation over checkpoints (the official code)
+  np.testing.assert_allclose(gi.vog(g), g.std(0).reshape(6, -1).mean(1), rtol=1e-5)
   train, _ = _data(n=5, t=1, dtype=np.float32)
   loss = _logistic(0.0)
   params = _zeros(dtype=jnp.float32)
