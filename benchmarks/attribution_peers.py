@@ -116,7 +116,7 @@ def run_gradlab(method: str, d: dict) -> tuple[np.ndarray, float, float]:
     ),
     "tracin": lambda tr, te: gi.tracin_cp(loss, ckpts, [LR] * len(ckpts), tr, te, project=prj),
     "if_cg": lambda tr, te: gi.influence(
-      loss, ckpts[-1], tr, te, method="cg", damping=DAMPING, max_iterations=CG_ITERS
+      loss, ckpts[-1], tr, te, solver=gi.cg(max_iterations=CG_ITERS), damping=DAMPING
     ),
   }
   fn = jax.jit(fns[method])

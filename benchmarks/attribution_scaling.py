@@ -7,7 +7,7 @@ A flax MLP ``64 -> width -> width -> 10`` (ReLU, ``nn.Dense``) on generated
 inputs and labels; ``m = --queries`` test examples are scored against n train
 examples, ``--chunk`` at a time, by
 
-* ``ekfac``: ``influence(method="ekfac")`` with factors fitted beforehand (on
+* ``ekfac``: ``influence(solver=ekfac_solver(factors=factors))`` with factors fitted beforehand (on
   1,024 examples: the fit is not what scales here), scored by the factored
   per-layer contraction;
 * ``ekfac_r4``: the same with rank-4 queries (``query_rank=4``);
@@ -95,15 +95,20 @@ def _method(name: str, params, loss, margin, factors, test, chunk):
   ckpts = [params, jax.tree.map(lambda a: 0.9 * a, params)]
   table = {
     "ekfac": lambda tr: gi.influence(
-      loss, params, tr, test, method="ekfac", factors=factors, damping=None, chunk_size=chunk
+      loss,
+      params,
+      tr,
+      test,
+      solver=gi.ekfac_solver(factors=factors),
+      damping=None,
+      chunk_size=chunk,
     ),
     "ekfac_r4": lambda tr: gi.influence(
       loss,
       params,
       tr,
       test,
-      method="ekfac",
-      factors=factors,
+      solver=gi.ekfac_solver(factors=factors),
       damping=None,
       chunk_size=chunk,
       query_rank=4,

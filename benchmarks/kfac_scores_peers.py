@@ -34,7 +34,7 @@ The two calls compared:
   cross-entropy, so the query side is the training loss, as gradlab's default.
 * gradlab: ``factors = curvature.ekfac(loss, params, train, micro_batch=B,
   fisher="empirical", ...)`` then ``influence.influence(loss, params, train,
-  test, method="ekfac", factors=factors, damping=None, chunk_size=min(B, n))``:
+  test, solver=influence.ekfac_solver(factors=factors), damping=None, chunk_size=min(B, n))``:
   the query gradients preconditioned once, the train set read ``B`` examples at a
   time by the factored per-layer contraction (no per-example train gradient).
 
@@ -213,7 +213,13 @@ def _gradlab(cfg: dict, d: dict, jit: bool = False) -> tuple[dict, np.ndarray]:
 
   fit = lambda p, tr: curvature.ekfac(loss, p, tr, **kw)
   scores = lambda p, tr, te, f: gi.influence(
-    loss, p, tr, te, method="ekfac", factors=f, damping=None, chunk_size=min(batch, cfg["n"])
+    loss,
+    p,
+    tr,
+    te,
+    solver=gi.ekfac_solver(factors=f),
+    damping=None,
+    chunk_size=min(batch, cfg["n"]),
   )
   if jit:
     fit, scores = jax.jit(fit), jax.jit(scores)

@@ -63,7 +63,7 @@ TRANSFORMS = {
     transforms.layerwise_normalize(), optax.sgd(1e-3)
   ),
   "diffgrad": lambda: transforms.diffgrad(1e-3),
-  "scale": lambda: transforms.scale(1e-3, last_layer="dense_2/kernel"),
+  "scale": lambda: transforms.column_normalized_sgd(1e-3, last_layer="dense_2/kernel"),
   "agvm + momentum": lambda: optax.chain(
     optax.sgd(1e-3, momentum=0.9), transforms.agvm(_labels, "body", start=0)
   ),

@@ -264,18 +264,18 @@ def run(config: Config, workdir: str):
     """``(train, test) -> [t, n]`` scores of method ``name``."""
     inf = lambda tr, te, **kw: gi.influence(loss, full_params, tr, te, damping=config.damping, **kw)
     if name == "explicit":
-      return lambda tr, te: inf(tr, te, method="explicit")
+      return lambda tr, te: inf(tr, te, solver=gi.explicit())
     if name == "cg":
-      return lambda tr, te: inf(tr, te, method="cg", max_iterations=config.cg_iterations)
+      return lambda tr, te: inf(tr, te, solver=gi.cg(max_iterations=config.cg_iterations))
     if name == "lissa":
       return lambda tr, te: inf(
-        tr, te, method="lissa", max_iterations=config.lissa_depth,
-        batch_size=config.lissa_batch, key=jax.random.fold_in(key, 6),
+        tr, te, solver=gi.lissa(depth=config.lissa_depth, batch_size=config.lissa_batch,
+                                key=jax.random.fold_in(key, 6)),
       )  # fmt: skip
     if name == "arnoldi":
-      return lambda tr, te: inf(tr, te, method="arnoldi", rank=config.arnoldi_rank)
+      return lambda tr, te: inf(tr, te, solver=gi.arnoldi(rank=config.arnoldi_rank))
     if name == "ekfac":
-      return lambda tr, te: inf(tr, te, method="ekfac")
+      return lambda tr, te: inf(tr, te, solver=gi.ekfac_solver())
     if name in ("grad_dot", "grad_cos"):
       score = gi.grad_dot if name == "grad_dot" else gi.grad_cos
       feats = functools.partial(

@@ -223,8 +223,8 @@ def _method(name: str, config: Config, ds: data.Dataset):
 
   def implicit(outer, inner, x, y):
     y = descend(inner, x, y, config.inner_steps)
-    h = gi.hypergradient(outer, inner, x, y, method="cg", damping=config.damping,
-                         max_iterations=config.cg_iterations)  # fmt: skip
+    h = gi.hypergradient(outer, inner, x, y, solver=gi.cg(max_iterations=config.cg_iterations),
+                         damping=config.damping)  # fmt: skip
     return y, h.grad
 
   def penalty(outer, inner, x, y_sigma):

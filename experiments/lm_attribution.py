@@ -27,7 +27,7 @@ Methods (``--methods``), each ``[queries, train]``, positive = helps:
 
 * ``ekfac``: ``curvature.ekfac`` factors of the empirical Fisher (the
   LayerNorms and the position table are left out, ``uncovered="ignore"``),
-  then ``influence.influence(method="ekfac")`` with damping
+  then ``influence.influence(solver=influence.ekfac_solver(factors))`` with damping
   ``--ekfac_damping`` x the mean EK-FAC eigenvalue over all layers. The
   default is small (1e-4): a fact lives in directions only its few sources
   excite (the value's column of the output head above all), whose curvature
@@ -362,7 +362,7 @@ def run(config: Config, workdir: str):
       mean_eig = float(np.mean(eig))
       inf = jax.jit(
         lambda tr, te, f, damping: gi.influence(
-          loss_fn, params, tr, te, method="ekfac", factors=f, damping=damping
+          loss_fn, params, tr, te, solver=gi.ekfac_solver(factors=f), damping=damping
         )
       )
       damping = config.ekfac_damping * mean_eig

@@ -153,7 +153,7 @@ def run(config: Config, workdir: str):
   def compute():
     scores = {
       "self-influence (IF, CG)": gi.self_influence(
-        loss, final, train, method="cg", damping=config.damping, max_iterations=100
+        loss, final, train, solver=gi.cg(max_iterations=100), damping=config.damping
       ),
       "TracIn self-influence": sum(
         config.learning_rate * gi.grand(loss, p, train) ** 2 for p in ckpts

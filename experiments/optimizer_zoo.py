@@ -76,7 +76,11 @@ def _optimizers(task: tasks.Task, task_name: str):
     ),
     "lamb (layer-wise trust ratio)": (lambda lr: optax.lamb(lr), 3e-3, None),
     "diffgrad": (lambda lr: transforms.diffgrad(lr), 3e-3, None),
-    "scale": (lambda lr: transforms.scale(lr, last_layer=LAST_LAYER[task_name]), 3e-3, None),
+    "scale": (
+      lambda lr: transforms.column_normalized_sgd(lr, last_layer=LAST_LAYER[task_name]),
+      3e-3,
+      None,
+    ),
     "agvm+momentum": (
       lambda lr: optax.chain(
         optax.sgd(lr, momentum=0.9), transforms.agvm(labels, "body", start=0, interval=5)

@@ -7,7 +7,7 @@ tiny transformer on Fibonacci sequences (``lm``). Each is trained with Adam
 three ways from the same initialization and batches: exact backpropagation,
 and with every Dense layer's kernel gradient estimated from
 ``--keep_fraction`` (30%) of the activation rows, by WTA-CRS and by plain
-column-row sampling (``gradlab.models.sampled_dense_layers``). Reported: the
+column-row sampling (``gradlab.gradstats.sampled_dense_layers``). Reported: the
 final training loss (and, for the classifier, held-out accuracy); the bytes
 the backward pass keeps (the residuals of the loss's ``jax.vjp``, parameters
 and batch excluded: the activation memory the method targets); and the
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments import flag_checks, reporting, runner
-from gradlab import data, models, tasks
+from gradlab import data, gradstats, tasks
 
 PROG = "wta_crs"
 MODES = ("exact", "WTA-CRS", "CRS")
@@ -56,7 +56,7 @@ def _loss(task, mode, keep_fraction):
   def loss(params, batch, key):
     if mode == "exact":
       return task.loss_fn(params, batch, key)[0]
-    with models.sampled_dense_layers(key, keep_fraction=keep_fraction, wta=mode == "WTA-CRS"):
+    with gradstats.sampled_dense_layers(key, keep_fraction=keep_fraction, wta=mode == "WTA-CRS"):
       return task.loss_fn(params, batch, key)[0]
 
   return loss

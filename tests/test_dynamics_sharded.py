@@ -41,7 +41,8 @@ def test_losses_coherence_robust_aggregation_sliced_wasserstein_and_wta_crs_on_e
       ),
       "wta_grad": jax.grad(
         lambda w: jnp.sum(
-          models.wta_crs_dense(b["x"], w, jnp.zeros(3), jax.random.key(2), keep_fraction=0.3) ** 2
+          gradstats.wta_crs_dense(b["x"], w, jnp.zeros(3), jax.random.key(2), keep_fraction=0.3)
+          ** 2
         )
       )(jnp.ones((6, 3))),
     }

@@ -1,4 +1,5 @@
-"""StableMax, softmax collapse and the perpendicular gradient against float64 NumPy."""
+"""StableMax and softmax collapse against float64 NumPy (gradlab/losses.py; the perpendicular
+gradient of the same paper is tests/transforms/test_orthogonal.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from gradlab import losses, train, transforms
+from gradlab import losses, train
 
 
 def _s(x):
@@ -59,25 +60,6 @@ def test_the_collapse_instrument_counts_a_constructed_collapse_exactly():
   )
   out = inst.fn(jnp.float32(1.0), {"x": logits, "y": labels}, jax.random.key(0))
   assert float(out["collapse_fraction"]) == pytest.approx(0.4)
-
-
-def test_orthogonal_gradient_is_orthogonal_to_each_layer_and_keeps_its_norm():
-  rng = np.random.default_rng(1)
-  with jax.enable_x64(True):
-    params = {"a": jnp.asarray(rng.normal(size=(4, 3))), "b": jnp.asarray(rng.normal(size=5))}
-    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)) + 2 * p, params)
-    tx = transforms.orthogonal_gradient()
-    out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    for k in params:
-      w, g, o = (np.ravel(np.asarray(t[k])) for t in (params, grads, out))
-      assert abs(w @ o) <= 1e-12 * np.linalg.norm(w) * np.linalg.norm(o)
-      assert np.linalg.norm(o) == pytest.approx(np.linalg.norm(g), rel=1e-13)
-      # the official formula, line by line
-      proj = (w @ g) / (w @ w + 1e-30)
-      perp = g - proj * w
-      np.testing.assert_allclose(o, perp * np.linalg.norm(g) / (np.linalg.norm(perp) + 1e-30))
-  with pytest.raises(ValueError, match="^params: orthogonal_gradient"):
-    tx.update(grads, tx.init(params))
 
 
 @pytest.mark.parametrize(

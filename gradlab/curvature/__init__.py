@@ -8,9 +8,16 @@ linear map over params-shaped pytrees (``trace``, ``diagonal``,
 of a pure scalar ``loss_fn(params, batch)`` (``hessian_trace``,
 ``hessian_diagonal``, ``hessian_top_eigenvalues``,
 ``hessian_spectral_density``). Probes come from a sampler function
-(``sampler_signs``, ``sampler_normal``). Explicit keys; nothing is jitted
-inside. Wrap in ``jax.jit`` with the batch sharded as ``gradlab.train`` has
-it to reduce across devices.
+(a ``Sampler``: ``sampler_signs``, ``sampler_normal``, ``sampler_sphere``).
+Explicit keys; nothing is jitted inside. Wrap in ``jax.jit`` with the batch
+sharded as ``gradlab.train`` has it to reduce across devices.
+
+The pieces underneath: ``lanczos_tridiagonal`` and ``power_iteration``, the
+stochastic Lanczos ``quadrature`` nodes and weights of a spectral density, and
+``sampled_cross_entropy`` (the sampled-label loss of ``fisher_vp``). The
+batch-size study (:mod:`gradlab.curvature.batch_size`) adds GD's
+``sgd_stability_limit`` (``2 / lambda``) and ``diverges``, the measured test
+behind ``largest_stable_learning_rate``.
 
 K-FAC and EK-FAC (``kfac``, ``ekfac``: :class:`KroneckerFactors` with
 ``matvec``, ``inverse``, ``eigenvalues``, ``to_dense``) are fitted over a
@@ -30,7 +37,6 @@ from gradlab.curvature.batch_size import (
   hessian_noise,
   largest_stable_learning_rate,
   minibatch_top_eigenvalues,
-  sample_batch_indices,
   sgd_stability_limit,
   spiked_top_eigenvalue,
 )
@@ -67,9 +73,8 @@ from gradlab.curvature.lanczos import (
   power_iteration,
   top_eigenvalues,
 )
-from gradlab.curvature.probes import Sampler, rademacher, sampler_normal, sampler_signs
+from gradlab.curvature.probes import Sampler, sampler_normal, sampler_signs
 from gradlab.curvature.products import (
-  check_scalar_loss,
   empirical_fisher_vp,
   fisher_vp,
   ggn_vp,
@@ -104,7 +109,6 @@ __all__ = [
   "TraceEstimate",
   "Tridiagonal",
   "batches",
-  "check_scalar_loss",
   "count_outliers",
   "dataset_empirical_fisher_vp",
   "dataset_fisher_vp",
@@ -135,8 +139,6 @@ __all__ = [
   "nystrom_pp",
   "power_iteration",
   "quadrature",
-  "rademacher",
-  "sample_batch_indices",
   "sampled_cross_entropy",
   "sampler_normal",
   "sampler_signs",

@@ -77,7 +77,8 @@ import jax
 import jax.numpy as jnp
 
 from gradlab import _checks
-from gradlab.curvature import Sampler, check_scalar_loss, hessian_diagonal, hvp, sampler_signs
+from gradlab.curvature import Sampler, hessian_diagonal, hvp, sampler_signs
+from gradlab.curvature.products import check_scalar_loss
 
 LossFn = Callable[[Any, Any], jax.Array]
 

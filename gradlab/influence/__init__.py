@@ -6,12 +6,15 @@ stacked examples. Every attribution is ``[len(test), len(train)]`` and
 positive where the train example helps the test example (the sign of the
 effect of *removing* it on the test loss).
 
-* ``influence(loss_fn, params, train, test, method=...)``: influence
-  functions ``(1/n) g_test^T (H + damping I)^-1 g_train`` by an explicit solve,
-  CG, LiSSA, Arnoldi (top-k eigenpairs) or EK-FAC (``curvature.ekfac``, scored
-  by the factored per-layer contraction, optionally with low-rank queries);
-  a ``measurement_fn`` for the test side, ``per_module`` and per-token
-  (``token_loss_fn``) scores; ``self_influence``; the ``solver`` behind them.
+* ``influence(loss_fn, params, train, test, solver=..., damping=...)``: influence
+  functions ``(1/n) g_test^T (H + damping I)^-1 g_train``; the solvers are values
+  (a ``SolverSpec`` with the method's options, passed as ``solver=``): ``explicit()``,
+  ``cg(tol, max_iterations)``, ``lissa(depth, scale, batch_size, key)``,
+  ``arnoldi(rank, max_iterations, key)`` (top-k eigenpairs), ``ekfac_solver(factors)``
+  (``curvature.ekfac``, scored by the factored per-layer contraction, optionally
+  with low-rank queries) and ``neumann(num_terms, scale, key)``; a
+  ``measurement_fn`` for the test side, ``per_module`` and per-token
+  (``token_loss_fn``) scores; ``self_influence``; ``inverse_hvp`` on flat vectors.
 * Streaming (:mod:`gradlab.influence.stream`): every pairwise score below
   applies its query side once and reads the train set ``chunk_size`` examples
   at a time, so no ``[n, d]`` array of train gradients is held; with
@@ -40,19 +43,19 @@ effect of *removing* it on the test loss).
   ``mia_efficacy``; DiffROAR (:mod:`gradlab.influence.roar`): ``keep_mask``,
   ``unmask``, ``diff_roar``.
 * Bilevel optimization (:mod:`gradlab.influence.bilevel`), the same
-  implicit-gradient machinery: ``hypergradient`` (every ``solver`` method and
-  ``neumann_inverse_hvp``), ``penalty_hypergradient`` / ``penalty_objective``,
+  implicit-gradient machinery: ``hypergradient`` (any ``solver=`` value;
+  ``neumann_inverse_hvp`` on pytrees), ``penalty_hypergradient`` / ``penalty_objective``,
   ``bo_rep`` with its ``normalized_momentum``, ``inner_descent``.
 """
 
 from gradlab.influence.bilevel import (
-  HYPERGRADIENT_METHODS,
   BORep,
   BORepState,
   Hypergradient,
   bo_rep,
   hypergradient,
   inner_descent,
+  neumann,
   neumann_inverse_hvp,
   normalized_momentum,
   penalty_hypergradient,
@@ -61,21 +64,24 @@ from gradlab.influence.bilevel import (
 from gradlab.influence.features import (
   adam_transform,
   gradient_features,
-  normalize_rows,
   per_example_gradients,
   project,
 )
 from gradlab.influence.functions import (
-  METHODS,
+  Solver,
+  SolverSpec,
+  arnoldi,
+  cg,
   dense_hessian,
+  ekfac_solver,
+  explicit,
   influence,
   inverse_hvp,
-  module_name,
+  lissa,
   self_influence,
-  solver,
 )
 from gradlab.influence.less import less_attribution, less_features, less_scores, less_select
-from gradlab.influence.metrics import auroc, lds, loo_correlation, pearson, rank, spearman
+from gradlab.influence.metrics import auroc, lds, loo_correlation, spearman
 from gradlab.influence.mixing import (
   MixingState,
   alignment_scores,
@@ -86,8 +92,6 @@ from gradlab.influence.mixing import (
 from gradlab.influence.projectors import (
   logra,
   logra_features,
-  logra_project,
-  logra_projection,
   random_mask,
   sjlt,
 )
@@ -134,26 +138,33 @@ from gradlab.influence.unlearning import (
 from gradlab.influence.z0inf import z0_influence, z0_self_influence
 
 __all__ = [
-  "MixingState",
-  "alignment_scores",
-  "dga_update",
-  "exact_g_shapley",
-  "g_shapley",
-  "g_shapley_learning_rate",
-  "mixed_gradient",
-  "mixing_init",
   "BORep",
   "BORepState",
-  "HYPERGRADIENT_METHODS",
+  "DiffROAR",
   "Hypergradient",
-  "METHODS",
+  "KEEPS",
+  "MIAEfficacy",
+  "MaskedState",
+  "MixingState",
   "ShapleyEstimate",
+  "Solver",
+  "SolverSpec",
   "adam_transform",
+  "alignment_scores",
+  "arnoldi",
   "auroc",
   "bo_rep",
+  "cg",
   "dense_hessian",
+  "dga_update",
+  "diff_roar",
+  "ekfac_solver",
   "el2n",
+  "exact_g_shapley",
   "exact_shapley",
+  "explicit",
+  "g_shapley",
+  "g_shapley_learning_rate",
   "grad_cos",
   "grad_dot",
   "grad_similarity",
@@ -164,7 +175,7 @@ __all__ = [
   "inner_descent",
   "input_gradients",
   "inverse_hvp",
-  "module_name",
+  "keep_mask",
   "knn_shapley",
   "knn_utility",
   "lds",
@@ -172,49 +183,41 @@ __all__ = [
   "less_features",
   "less_scores",
   "less_select",
+  "lissa",
   "logra",
   "logra_features",
-  "logra_project",
-  "logra_projection",
   "loo_correlation",
   "loo_masks",
   "loo_retrain",
   "margin",
+  "masked_optimizer",
+  "mia_efficacy",
+  "mixed_gradient",
+  "mixing_init",
+  "neumann",
   "neumann_inverse_hvp",
   "newton_fit",
-  "normalize_rows",
   "normalized_momentum",
-  "pearson",
   "penalty_hypergradient",
   "penalty_objective",
   "per_example_gradients",
   "project",
+  "random_label_loss",
+  "random_labels",
   "random_mask",
   "random_subsets",
-  "rank",
+  "saliency_mask",
+  "salun_update",
   "self_influence",
   "sjlt",
-  "solver",
   "spearman",
   "subset_retrain",
   "tmc_shapley",
   "tracin_cp",
   "train_on_subset",
   "trak",
+  "unmask",
   "vog",
   "z0_influence",
   "z0_self_influence",
-  "KEEPS",
-  "DiffROAR",
-  "diff_roar",
-  "keep_mask",
-  "unmask",
-  "MaskedState",
-  "MIAEfficacy",
-  "masked_optimizer",
-  "mia_efficacy",
-  "random_label_loss",
-  "random_labels",
-  "saliency_mask",
-  "salun_update",
 ]

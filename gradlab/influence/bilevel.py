@@ -4,8 +4,8 @@ The problem is ``min_x F(x) = f(x, y*(x))`` with ``y*(x) = argmin_y g(x, y)``
 for an inner ``g`` strongly convex in y. ``f`` is ``outer_fn(x, y)`` and ``g``
 is ``inner_fn(x, y)``, both real scalars, x and y any pytrees of floating
 arrays. Influence functions are the special case where x up-weights one
-training example: the same implicit-gradient machinery
-(:func:`gradlab.influence.solver`) serves both.
+training example: the same implicit-gradient machinery (the solver values of
+:mod:`gradlab.influence.functions`) serves both.
 
 **Implicit hypergradient** (:func:`hypergradient`). Differentiating
 ``grad_y g(x, y*(x)) = 0`` gives ``dy*/dx = -(d2_yy g)^-1 d2_yx g``, so
@@ -13,10 +13,10 @@ training example: the same implicit-gradient machinery
     dF/dx = grad_x f - d2_xy g v,      v = (d2_yy g + damping I)^-1 grad_y f,
 
 everything at ``(x, y)`` with y the caller's (approximate) ``y*(x)``. ``v`` is
-one inverse-Hessian-vector product, by any of :func:`gradlab.influence.solver`'s
-methods (``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac``; see
+one inverse-Hessian-vector product, by any solver value passed as ``solver=``
+(``explicit()``, ``cg()``, ``lissa()``, ``arnoldi()``, ``ekfac_solver()``; see
 :mod:`gradlab.influence.functions`) or the truncated Neumann series
-(``neumann``, :func:`neumann_inverse_hvp`); ``d2_xy g v`` is one
+(:func:`neumann`, by :func:`neumann_inverse_hvp`); ``d2_xy g v`` is one
 vector-Jacobian product of ``x -> grad_y g(x, y)``, never a matrix. References:
 Pedregosa, "Hyperparameter optimization with approximate gradient" (ICML 2016;
 CG), Lorraine, Vicol and Duvenaud, "Optimizing millions of hyperparameters by
@@ -24,13 +24,13 @@ implicit differentiation" (AISTATS 2020; Neumann), Grazzi et al., "On the
 iteration complexity of hypergradient computation" (ICML 2020; the error of
 both as a function of the iterations).
 
-Which solver: ``explicit`` for a few thousand inner parameters (exact);
-``cg`` otherwise (its relative residual ``tol`` bounds the error of v by
+Which solver: ``explicit()`` for a few thousand inner parameters (exact);
+``cg()`` otherwise (its relative residual ``tol`` bounds the error of v by
 ``tol |grad_y f| / mu``, mu the smallest eigenvalue of the damped Hessian);
-``neumann`` / ``lissa`` when only a step size below ``1 / L`` is known (error
-``(1 - step mu)^K |v|`` after K terms: slow when badly conditioned); ``arnoldi``
-or ``ekfac`` for very large y, trading exactness for cost (``ekfac`` factors the
-empirical Fisher, not the Hessian, and needs ``inner_data``).
+``neumann()`` / ``lissa()`` when only a step size below ``1 / L`` is known (error
+``(1 - step mu)^K |v|`` after K terms: slow when badly conditioned); ``arnoldi()``
+or ``ekfac_solver()`` for very large y, trading exactness for cost (EK-FAC factors
+the empirical Fisher, not the Hessian, and needs ``inner_data``).
 
 **Penalty gradient** (:func:`penalty_hypergradient`). The fully first-order
 surrogate of Kwon et al., "A fully first-order method for stochastic bilevel
@@ -72,12 +72,10 @@ from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
 from gradlab.curvature.dataset import num_examples
-from gradlab.curvature.lanczos import top_eigenvalues
 from gradlab.curvature.products import hvp
 from gradlab.influence import functions
 
 ObjectiveFn = Callable[[Any, Any], jax.Array]
-HYPERGRADIENT_METHODS = (*functions.METHODS, "neumann")
 
 
 class Hypergradient(NamedTuple):
@@ -144,8 +142,8 @@ def neumann_inverse_hvp(matvec: Callable[[Any], Any], b: Any, *, num_terms: int,
       |A^-1 b - result| <= (1 - step mu)^num_terms |A^-1 b|.
 
   One product per term after the first (``num_terms - 1`` in all). Lorraine et
-  al. (2020), eq. (9); Agarwal et al.'s LiSSA (``influence.solver(method=
-  "lissa")``) is the same series on flat vectors, with sampled Hessians.
+  al. (2020), eq. (9); Agarwal et al.'s LiSSA (``influence.lissa()``) is the same
+  series on flat vectors, with sampled Hessians. As a solver value: :func:`neumann`.
 
   Args:
     matvec: ``u -> A u`` on pytrees like ``b``.
@@ -171,6 +169,49 @@ def neumann_inverse_hvp(matvec: Callable[[Any], Any], b: Any, *, num_terms: int,
   return optax.tree.scale(step, acc)
 
 
+def neumann(
+  *, num_terms: int = 100, scale: Any = None, key: jax.Array | None = None
+) -> functions.SolverSpec:
+  """The truncated Neumann series as a solver value: :func:`neumann_inverse_hvp` of
+  ``A = H + damping I`` with ``step = 1 / scale``, every right-hand side under ``vmap``.
+
+  The full-batch LiSSA series counted in terms (``lissa(depth=J)`` sums J + 1 terms);
+  usable wherever ``solver=`` is (:func:`hypergradient`, ``influence.influence``, ...).
+
+  Args:
+    num_terms: K >= 1, the terms kept; the error is at most ``(1 - mu / scale)^K``
+      relative, mu the smallest eigenvalue of A.
+    scale: the inverse step, above the top eigenvalue of A (> 0); default 1.5x its
+      Lanczos estimate (30 steps, at build).
+    key: PRNG key of the Lanczos start (default key 0).
+  """
+  k = _checks.integer("num_terms", num_terms, minimum=1)
+  if scale is not None:
+    _checks.positive("scale", scale)
+  kk = jax.random.key(0) if key is None else key
+  _checks.is_key("key", kk)
+
+  def build(loss_fn, params, train, damping) -> functions.Solver:
+    functions.check_damping("neumann", damping)
+    num_examples("train", train)
+    flat, _ = ravel_pytree(params)
+    sc = scale
+    if sc is None:
+      m = min(flat.shape[0], 30)
+      sc = 1.5 * (functions.hessian_top(loss_fn, params, train, kk, 1, m)[0][0] + damping)
+
+    def apply(state, v):
+      p, data, lam, s = state
+      matvec = functions.flat_hvp(loss_fn, p, data)
+      a = lambda u: matvec(u) + lam * u
+      return jax.vmap(lambda b: neumann_inverse_hvp(a, b, num_terms=k, step=1.0 / s))(v)
+
+    state = (params, train, jnp.asarray(damping, flat.dtype), jnp.asarray(sc, flat.dtype))
+    return functions.Solver("neumann", state, apply)
+
+  return functions.SolverSpec("neumann", {"num_terms": k, "scale": scale, "key": key}, build)
+
+
 def _mean_inner(inner_fn, inner_data) -> ObjectiveFn:
   if inner_data is None:
     return inner_fn
@@ -183,16 +224,9 @@ def hypergradient(
   x: Any,
   y: Any,
   *,
-  method: str = "cg",
+  solver: functions.SolverSpec | None = None,
   damping: Any = 0.0,
   inner_data: Any = None,
-  max_iterations: int | None = None,
-  tol: float = 1e-7,
-  rank: int | None = None,
-  scale: Any = None,
-  batch_size: int | None = None,
-  key: jax.Array | None = None,
-  factors: Any = None,
 ) -> Hypergradient:
   r"""``dF/dx = grad_x f - d2_xy g (d2_yy g + damping I)^-1 grad_y f`` at ``(x, y)``.
 
@@ -202,39 +236,30 @@ def hypergradient(
   Args:
     outer_fn: ``f(x, y) -> scalar``.
     inner_fn: ``g(x, y) -> scalar``; with ``inner_data``, one example's inner
-      loss ``g_j(x, y, example)`` and ``g = mean_j g_j`` (needed by ``ekfac``,
-      and by ``lissa`` with ``batch_size``).
+      loss ``g_j(x, y, example)`` and ``g = mean_j g_j`` (needed by
+      ``ekfac_solver()``, and by ``lissa(batch_size=...)``).
     x, y: the outer and inner variables, pytrees of floating arrays.
-    method: ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac`` (as in
-      :func:`gradlab.influence.solver`) or ``neumann``.
+    solver: the solve for v, a solver value (``influence.explicit()``, ``cg()``
+      (the default), ``lissa()``, ``arnoldi()``, ``ekfac_solver()`` with factors of
+      the inner loss, or :func:`neumann`), its options given to it.
     damping: added to ``d2_yy g``'s diagonal (a number >= 0, for EK-FAC too).
     inner_data: stacked examples for a per-example ``inner_fn``.
-    max_iterations: CG iterations (default the dimension of y), LiSSA depth
-      (default 1000), Lanczos steps (Arnoldi, default ``rank``), Neumann terms
-      (default 100).
-    tol: CG's relative residual tolerance.
-    rank: Arnoldi's eigenpairs.
-    scale: LiSSA's and Neumann's scale, the inverse step (> the top eigenvalue
-      of the damped Hessian; default 1.5x its Lanczos estimate).
-    batch_size: LiSSA's Hessian batch (with ``inner_data``).
-    key: PRNG key for LiSSA's batches and the Lanczos start (default key 0).
-    factors: EK-FAC factors to reuse (``curvature.ekfac`` on the inner loss).
 
   Returns:
     :class:`Hypergradient` ``(grad, v, residual)``.
   """
-  _checks.one_of("method", method, HYPERGRADIENT_METHODS)
+  spec = functions.check_solver(solver)
   _check_tree("x", x)
   _check_tree("y", y)
   _check_scalar_fn("outer_fn", outer_fn, x, y)
   if inner_data is None:
     _check_scalar_fn("inner_fn", inner_fn, x, y)
-    if method == "ekfac":
+    if spec.method == "ekfac":
       raise ValueError(
-        "inner_data: method='ekfac' needs the inner loss per example (inner_fn(x, y, example) "
-        "and inner_data), got None"
+        "inner_data: solver=ekfac_solver() needs the inner loss per example "
+        "(inner_fn(x, y, example) and inner_data), got None"
       )
-    if batch_size is not None:
+    if spec.options.get("batch_size") is not None:
       raise ValueError("batch_size: LiSSA's batches need inner_data (per-example inner losses)")
   else:
     num_examples("inner_data", inner_data)
@@ -246,32 +271,14 @@ def hypergradient(
   flat_fy, unravel = ravel_pytree(fy)
   y_hvp = lambda u: optax.tree.add_scale(hvp(lambda yy, _: g(x, yy), y, None, u), damping, u)
 
-  if method == "neumann":
-    k = (
-      100
-      if max_iterations is None
-      else _checks.integer("max_iterations", max_iterations, minimum=1)
-    )
-    if scale is None:
-      kk = jax.random.key(0) if key is None else key
-      _checks.is_key("key", kk)
-      top = top_eigenvalues(y_hvp, y, kk, k=1, num_iterations=min(flat_fy.shape[0], 30))
-      scale = 1.5 * top.eigenvalues[0]
-    else:
-      _checks.positive("scale", scale)
-    v = neumann_inverse_hvp(y_hvp, fy, num_terms=k, step=1.0 / scale)
+  if inner_data is None:
+    loss_fn = lambda yy, _: inner_fn(x, yy)
+    train = jnp.zeros((1,), flat_fy.dtype)  # one dummy example: the mean is g itself
   else:
-    if inner_data is None:
-      loss_fn = lambda yy, _: inner_fn(x, yy)
-      train = jnp.zeros((1,), flat_fy.dtype)  # one dummy example: the mean is g itself
-    else:
-      loss_fn = lambda yy, example: inner_fn(x, yy, example)
-      train = inner_data
-    s = functions.solver(
-      loss_fn, y, train, method=method, damping=damping, max_iterations=max_iterations,
-      tol=tol, rank=rank, scale=scale, batch_size=batch_size, key=key, factors=factors,
-    )  # fmt: skip
-    v = unravel(s.apply(s.state, flat_fy[None])[0])
+    loss_fn = lambda yy, example: inner_fn(x, yy, example)
+    train = inner_data
+  s = spec.build(loss_fn, y, train, damping)
+  v = unravel(jax.jit(s.apply)(s.state, flat_fy[None])[0])  # one program when called eagerly
 
   _, cross_vjp = jax.vjp(lambda xx: jax.grad(g, argnums=1)(xx, y), x)
   grad = optax.tree.sub(fx, cross_vjp(v)[0])

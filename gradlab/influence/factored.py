@@ -92,15 +92,17 @@ def influence(
   tag: str,
   identity: tuple,
 ) -> Any:
-  """``influence(method="ekfac")``'s scores from the preconditioned flat ``queries()``."""
+  """``influence(solver=ekfac_solver())``'s scores from the preconditioned flat ``queries()``."""
   first = jax.tree.map(lambda x: x[0], train)
   spec = _spec(loss_fn, params, first, factors)
   if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, first))):
     check_capture(spec, factors.layers, params, first, None)  # eager only, as in the fit
 
-  def make():
-    q = layer_queries(factors, params, queries())
+  def split(p, flat):  # reads only the factors' layer layout, no array of theirs
+    q = layer_queries(factors, p, flat)
     return q if query_rank is None else low_rank_queries(q, query_rank)[0]
+
+  make = lambda: jax.jit(split)(params, queries())  # noqa: E731 - one program, not one per op
 
   def block(args, chunk):
     p, q = args

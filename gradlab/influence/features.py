@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
-from gradlab.curvature import rademacher
 from gradlab.curvature.dataset import num_examples
+from gradlab.curvature.probes import rademacher
 
 ExampleFn = Callable[[Any, Any], jax.Array]
 PROJECTIONS = ("rademacher", "normal")

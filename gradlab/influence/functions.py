@@ -1,4 +1,4 @@
-"""Influence functions: ``(1/n) g_test^T (H + damping I)^-1 g_train`` by five inverse solves.
+"""Influence functions: ``(1/n) g_test^T (H + damping I)^-1 g_train`` by any inverse solver.
 
 Convention (every score in ``gradlab.influence``): entry ``[i, j]`` is the
 effect on test example i of *removing* train example j, so a positive score
@@ -13,29 +13,55 @@ opposite sign, divided by n. The inverse-Hessian product is applied to the
 (few) test gradients and dotted with every train gradient, so the solve count
 is ``len(test)``, never ``len(train)``.
 
-Methods:
+**Solvers are values.** The inverse is chosen by passing ``solver=`` a
+:class:`SolverSpec`, made by one small function that takes the method's own
+options (keyword-only, checked when the value is made) and nothing else, in
+matfree's ``lsmr(**options)`` form; ``damping`` stays a separate argument of
+every function, since every method uses it::
 
-* ``"explicit"``: the dense Hessian (``d`` Hessian-vector products) and one
-  linear solve; exact, for models with up to a few thousand parameters.
-* ``"cg"``: conjugate gradient on ``v -> (H + damping I) v`` (linearized once),
-  all test gradients at once under ``vmap``. Needs H + damping I positive
-  definite; ``max_iterations`` bounds the products.
-* ``"lissa"``: Agarwal et al.'s stochastic Neumann series
-  ``x <- v + (I - (H_b + damping I) / scale) x``, result ``x / scale``, with
-  ``H_b`` the Hessian on a random ``batch_size`` train examples per step (all
-  of them by default). ``scale`` must exceed the top eigenvalue of H + damping
-  (default: 1.5x the Lanczos estimate of it); the error after J steps falls as
+    influence(loss_fn, params, train, test, solver=cg(tol=1e-10), damping=0.01)
+    inverse_hvp(loss_fn, params, train, vectors, solver=arnoldi(rank=20))
+
+A value's ``build(loss_fn, params, train, damping)`` sets the solve up once
+and returns a :class:`Solver` (its arrays in ``state``, a pure ``apply``), so
+one value serves :func:`inverse_hvp`, :func:`influence`, :func:`self_influence`
+and :func:`gradlab.influence.hypergradient`, and a new method is one new
+function returning a :class:`SolverSpec` (:func:`gradlab.influence.neumann`
+in ``bilevel.py`` is one). The solvers:
+
+* :func:`explicit`: the dense Hessian (``d`` Hessian-vector products) and one
+  LU factorization; exact, for models with up to a few thousand parameters.
+* :func:`cg` ``(tol, max_iterations)``: conjugate gradient on
+  ``v -> (H + damping I) v`` (linearized once), all test gradients at once
+  under ``vmap``. Needs H + damping I positive definite; it stops at relative
+  residual ``tol`` or after ``max_iterations`` products (default d).
+* :func:`lissa` ``(depth, scale, batch_size, key)``: Agarwal et al.'s
+  stochastic Neumann series ``x <- v + (I - (H_b + damping I) / scale) x``,
+  ``depth`` steps, result ``x / scale``, with ``H_b`` the Hessian on a random
+  ``batch_size`` train examples per step (all of them by default). ``scale``
+  must exceed the top eigenvalue of H + damping (default: 1.5x the Lanczos
+  estimate of it); the error after J steps falls as
   ``(1 - (lambda_min + damping) / scale)^J``.
-* ``"arnoldi"``: Schioppa et al. (2022): H restricted to its top ``rank``
-  eigenpairs (Lanczos with full reorthogonalization, ``curvature.lanczos``),
+* :func:`arnoldi` ``(rank, max_iterations, key)``: Schioppa et al. (2022): H
+  restricted to its top ``rank`` eigenpairs (``max_iterations`` Lanczos steps
+  with full reorthogonalization, ``curvature.lanczos``),
   ``H^-1 v ~= sum_k u_k u_k^T v / (lambda_k + damping)``. With ``rank = d`` it
   is exact; the error falls as ``rank`` grows.
-* ``"ekfac"``: ``gradlab.curvature.ekfac``'s EK-FAC of the empirical Fisher (the
-  per-example gradient covariance), for models whose parameters all sit in
-  flax Dense, DenseGeneral, Embed or Conv layers called inside ``loss_fn``
-  (tokens and convolutions included; an L2 term belongs in ``damping``, not
-  in ``loss_fn``). Pass ``factors`` (from ``curvature.ekfac``, e.g. restored
-  from a checkpoint) to reuse a fit across queries.
+* :func:`ekfac_solver` ``(factors)``: ``gradlab.curvature.ekfac``'s EK-FAC of
+  the empirical Fisher (the per-example gradient covariance), for models whose
+  parameters all sit in flax Dense, DenseGeneral, Embed or Conv layers called
+  inside ``loss_fn`` (tokens and convolutions included; an L2 term belongs in
+  ``damping``, not in ``loss_fn``). Pass ``factors`` (from ``curvature.ekfac``,
+  e.g. restored from a checkpoint) to reuse a fit across queries. Named
+  ``ekfac_solver`` so that it never shadows ``curvature.ekfac``, the fit.
+* :func:`gradlab.influence.neumann` ``(num_terms, scale, key)``: the truncated
+  Neumann series of Lorraine et al. (2020), LiSSA's full-batch series counted
+  in terms.
+
+Each build compiles its set-up as one program (the dense Hessian and its LU
+factors; the Lanczos eigenpairs), and every solve and train chunk is one
+compiled program with the arrays as its arguments, so eager calls cost a few
+compilations, not one per operation.
 """
 
 from __future__ import annotations
@@ -47,13 +73,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from gradlab import _checks
-from gradlab.curvature.kronecker import KroneckerFactors, ekfac, key_path
+from gradlab.curvature import kronecker
+from gradlab.curvature.kronecker import KroneckerFactors, key_path
 from gradlab.curvature.lanczos import top_eigenvalues
 from gradlab.influence import stream
 from gradlab.influence.features import flat_grad_fn, num_examples, per_example_gradients
 
 ExampleLoss = Callable[[Any, Any], jax.Array]
-METHODS = ("explicit", "cg", "lissa", "arnoldi", "ekfac")
 
 
 def check_example_loss(
@@ -99,7 +125,8 @@ def mean_loss(loss_fn: ExampleLoss, examples: Any) -> Callable[[Any], jax.Array]
 
 
 def flat_hvp(loss_fn: ExampleLoss, params: Any, examples: Any) -> Callable[[jax.Array], jax.Array]:
-  """``v -> H v`` on flat vectors for the mean loss over ``examples``, linearized once."""
+  """``v -> H v`` on flat vectors for the mean loss over ``examples``, linearized once
+  (call it inside ``jit``: eagerly, the linearization runs op by op)."""
   flat, unravel = ravel_pytree(params)
   loss = mean_loss(loss_fn, examples)
   grad = lambda f: ravel_pytree(jax.grad(loss)(unravel(f)))[0]
@@ -107,11 +134,31 @@ def flat_hvp(loss_fn: ExampleLoss, params: Any, examples: Any) -> Callable[[jax.
   return matvec
 
 
-def dense_hessian(loss_fn: ExampleLoss, params: Any, examples: Any) -> jax.Array:
-  """``[d, d]``: the Hessian of the mean loss, one Hessian-vector product per column."""
+def _dense_hessian(loss_fn: ExampleLoss, params: Any, examples: Any) -> jax.Array:
   flat, _ = ravel_pytree(params)
   matvec = flat_hvp(loss_fn, params, examples)
   return jax.lax.map(matvec, jnp.eye(flat.shape[0], dtype=flat.dtype))
+
+
+def dense_hessian(loss_fn: ExampleLoss, params: Any, examples: Any) -> jax.Array:
+  """``[d, d]``: the Hessian of the mean loss, one Hessian-vector product per column
+  (one compiled program, the parameters and examples its arguments)."""
+  return jax.jit(lambda p, e: _dense_hessian(loss_fn, p, e))(params, examples)
+
+
+def hessian_top(loss_fn, params, train, key, k: int, m: int) -> tuple[jax.Array, jax.Array]:
+  """The top ``k`` eigenvalues ``[k]`` and flat eigenvectors ``[k, d]`` of the mean loss's
+  Hessian by ``m`` Lanczos steps, one compiled program."""
+
+  def top(p, data, kk):
+    _, unravel = ravel_pytree(p)
+    matvec = flat_hvp(loss_fn, p, data)
+    eig = top_eigenvalues(
+      lambda v: unravel(matvec(ravel_pytree(v)[0])), p, kk, k=k, num_iterations=m
+    )
+    return eig.eigenvalues, jax.vmap(lambda v: ravel_pytree(v)[0])(eig.eigenvectors)
+
+  return jax.jit(top)(params, train, key)
 
 
 def _cg(matvec, b: jax.Array, max_iterations: int, tol: float) -> jax.Array:
@@ -150,140 +197,259 @@ class Solver(NamedTuple):
   """An inverse-curvature solve set up once: ``apply(state, vectors [m, d]) -> [m, d]``,
   ``(H + damping I)^-1`` on the rows. ``state`` holds its arrays (a dense Hessian's LU
   factors, Arnoldi's eigenpairs, EK-FAC's factors, CG's parameters and data), so
-  one compiled program can apply it to every chunk; ``apply`` is pure."""
+  one compiled program can apply it to every chunk; ``apply`` is pure. ``factors``:
+  the Kronecker factors whose layers :func:`influence` contracts the train side
+  through (EK-FAC's; ``None`` for the others)."""
 
   method: str
   state: Any
   apply: Callable[[Any, jax.Array], jax.Array]
+  factors: KroneckerFactors | None = None
 
 
-def _check_damping(method: str, damping: Any) -> None:
+class SolverSpec(NamedTuple):
+  """A solver as a value: the method's name, its checked options, and
+  ``build(loss_fn, params, train, damping) -> Solver`` for H the Hessian of the mean
+  loss over ``train`` (EK-FAC: its Kronecker-factored empirical Fisher). Made by
+  :func:`explicit`, :func:`cg`, :func:`lissa`, :func:`arnoldi`, :func:`ekfac_solver`,
+  :func:`gradlab.influence.neumann`, or any function of one's own that returns one.
+  Pass it as ``solver=``; close over it (it is not an array argument of ``jit``)."""
+
+  method: str
+  options: dict[str, Any]
+  build: Callable[[ExampleLoss, Any, Any, Any], Solver]
+
+
+_SOLVER_NAMES = "explicit(), cg(), lissa(), arnoldi(), ekfac_solver() or neumann()"
+
+
+def check_solver(solver: Any) -> SolverSpec:
+  """``solver=`` as a :class:`SolverSpec` (``None``: :func:`cg`'s defaults)."""
+  if solver is None:
+    return cg()
+  if isinstance(solver, SolverSpec):
+    return solver
+  if isinstance(solver, str):
+    raise ValueError(
+      f"solver: expected a solver value, influence.{_SOLVER_NAMES}, got the string {solver!r}"
+    )
+  raise ValueError(
+    f"solver: expected a solver value, influence.{_SOLVER_NAMES}, got {type(solver).__name__}"
+  )
+
+
+def check_damping(method: str, damping: Any) -> None:
+  """A number >= 0; ``None`` (EK-FAC's per-layer default) for the ``ekfac`` solver only."""
   if damping is None:
     if method != "ekfac":
       raise ValueError(
-        f"damping: None (0.1 x each layer's mean eigenvalue) applies to method='ekfac' only, "
-        f"not {method!r}; give a number >= 0"
+        f"damping: None (0.1 x each layer's mean eigenvalue) applies to solver=ekfac_solver() "
+        f"only, not {method}(); give a number >= 0"
       )
     return
   _checks.positive("damping", damping, allow_zero=True)
 
 
-def solver(
-  loss_fn: ExampleLoss,
-  params: Any,
-  train: Any,
-  *,
-  method: str = "cg",
-  damping: Any = 0.0,
-  max_iterations: int | None = None,
-  tol: float = 1e-7,
-  rank: int | None = None,
-  scale: Any = None,
-  batch_size: int | None = None,
-  key: jax.Array | None = None,
-  factors: KroneckerFactors | None = None,
+def build_solver(
+  solver: Any, loss_fn: ExampleLoss, params: Any, train: Any, damping: Any
 ) -> Solver:
-  """The :class:`Solver` of ``(H + damping I)^-1``, H the Hessian of the mean loss over
-  ``train`` (EK-FAC: its Kronecker-factored empirical Fisher). See the module docstring
-  for the methods and their options."""
-  _checks.one_of("method", method, METHODS)
-  _check_damping(method, damping)
-  flat, unravel = ravel_pytree(params)
-  d = flat.shape[0]
-  if method == "explicit":
-    h = dense_hessian(loss_fn, params, train) + damping * jnp.eye(d, dtype=flat.dtype)
-    lu = jax.scipy.linalg.lu_factor(h)
-    return Solver(method, lu, lambda s, v: jax.scipy.linalg.lu_solve(s, v.T).T)
-  if method == "cg":
-    iters = (
-      d if max_iterations is None else _checks.integer("max_iterations", max_iterations, minimum=1)
-    )
+  """``solver`` checked (:func:`check_solver`) and built on ``train``."""
+  spec = check_solver(solver)
+  check_damping(spec.method, damping)
+  return spec.build(loss_fn, params, train, damping)
 
-    def cg(state, v):
+
+def _optional_key(name: str, key: Any) -> jax.Array:
+  k = jax.random.key(0) if key is None else key
+  _checks.is_key(name, k)
+  return k
+
+
+def explicit() -> SolverSpec:
+  """The exact solve: the dense ``[d, d]`` Hessian (d Hessian-vector products, one
+  compiled program) plus ``damping I``, LU-factored once; each solve is a pair of
+  triangular solves. For up to a few thousand parameters."""
+
+  def build(loss_fn, params, train, damping) -> Solver:
+    check_damping("explicit", damping)
+    num_examples("train", train)
+    flat, _ = ravel_pytree(params)
+    eye = jnp.eye(flat.shape[0], dtype=flat.dtype)
+
+    def factor(p, data, lam):
+      return jax.scipy.linalg.lu_factor(_dense_hessian(loss_fn, p, data) + lam * eye)
+
+    lu = jax.jit(factor)(params, train, jnp.asarray(damping, flat.dtype))
+    return Solver("explicit", lu, lambda s, v: jax.scipy.linalg.lu_solve(s, v.T).T)
+
+  return SolverSpec("explicit", {}, build)
+
+
+def cg(*, tol: float = 1e-7, max_iterations: int | None = None) -> SolverSpec:
+  """Conjugate gradient on ``v -> (H + damping I) v`` (H linearized once per solve), every
+  right-hand side at once under ``vmap``; no set-up. Needs ``H + damping I`` positive
+  definite.
+
+  Args:
+    tol: relative residual at which CG stops (>= 0): the solution's relative error
+      is at most ``cond(H + damping I) tol``.
+    max_iterations: the most products per right-hand side (>= 1; default d).
+  """
+  _checks.positive("tol", tol, allow_zero=True)
+  if max_iterations is not None:
+    max_iterations = _checks.integer("max_iterations", max_iterations, minimum=1)
+
+  def build(loss_fn, params, train, damping) -> Solver:
+    check_damping("cg", damping)
+    num_examples("train", train)
+    flat, _ = ravel_pytree(params)
+    iters = flat.shape[0] if max_iterations is None else max_iterations
+
+    def apply(state, v):
       p, data, lam = state
       matvec = flat_hvp(loss_fn, p, data)
       return jax.vmap(lambda b: _cg(lambda x: matvec(x) + lam * x, b, iters, tol))(v)
 
-    return Solver(method, (params, train, jnp.asarray(damping, flat.dtype)), cg)
-  if method == "lissa":
-    depth = (
-      1000
-      if max_iterations is None
-      else _checks.integer("max_iterations", max_iterations, minimum=1)
-    )
-    n = num_examples("train", train)
-    if batch_size is not None:
-      batch_size = _checks.integer("batch_size", batch_size, minimum=1)
-      if batch_size > n:
-        raise ValueError(f"batch_size: {batch_size} exceeds the {n} train examples")
-    k = jax.random.key(0) if key is None else key
-    _checks.is_key("key", k)
-    if scale is None:
-      top = top_eigenvalues(
-        lambda v: unravel(flat_hvp(loss_fn, params, train)(ravel_pytree(v)[0])),
-        params,
-        jax.random.fold_in(k, 1),
-        k=1,
-        num_iterations=min(d, 30),
-      ).eigenvalues[0]
-      scale = 1.5 * (top + damping)
-    else:
-      _checks.positive("scale", scale)
+    return Solver("cg", (params, train, jnp.asarray(damping, flat.dtype)), apply)
 
-    def lissa(state, v):
-      p, data, lam, sc, kk = state
+  return SolverSpec("cg", {"tol": tol, "max_iterations": max_iterations}, build)
+
+
+def lissa(
+  *,
+  depth: int = 1000,
+  scale: Any = None,
+  batch_size: int | None = None,
+  key: jax.Array | None = None,
+) -> SolverSpec:
+  """LiSSA (Agarwal, Bullins and Hazan, 2017): ``depth`` steps of
+  ``x <- v + (I - (H_b + damping I) / scale) x``, result ``x / scale``.
+
+  Args:
+    depth: the steps J (>= 1); the error falls as ``(1 - (mu + damping) / scale)^J``.
+    scale: above the top eigenvalue of ``H + damping I`` (> 0); default 1.5x its
+      Lanczos estimate (30 steps, at build).
+    batch_size: train examples per step's Hessian ``H_b``, drawn without
+      replacement (>= 1, at most the train set); default all of them (the exact
+      series).
+    key: PRNG key of the batches and the Lanczos start (default key 0).
+  """
+  depth = _checks.integer("depth", depth, minimum=1)
+  if scale is not None:
+    _checks.positive("scale", scale)
+  if batch_size is not None:
+    batch_size = _checks.integer("batch_size", batch_size, minimum=1)
+  k = _optional_key("key", key)
+
+  def build(loss_fn, params, train, damping) -> Solver:
+    check_damping("lissa", damping)
+    n = num_examples("train", train)
+    if batch_size is not None and batch_size > n:
+      raise ValueError(f"batch_size: {batch_size} exceeds the {n} train examples")
+    flat, _ = ravel_pytree(params)
+    sc = scale
+    if sc is None:
+      m = min(flat.shape[0], 30)
+      top = hessian_top(loss_fn, params, train, jax.random.fold_in(k, 1), 1, m)[0][0]
+      sc = 1.5 * (top + damping)
+
+    def apply(state, v):
+      p, data, lam, s, kk = state
       return _lissa(
-        loss_fn, p, data, v, damping=lam, scale=sc, depth=depth, batch_size=batch_size, key=kk
+        loss_fn, p, data, v, damping=lam, scale=s, depth=depth, batch_size=batch_size, key=kk
       )
 
-    state = (params, train, jnp.asarray(damping, flat.dtype), jnp.asarray(scale, flat.dtype), k)
-    return Solver(method, state, lissa)
-  if method == "arnoldi":
-    r = min(d, 50) if rank is None else _checks.integer("rank", rank, minimum=1)
+    state = (params, train, jnp.asarray(damping, flat.dtype), jnp.asarray(sc, flat.dtype), k)
+    return Solver("lissa", state, apply)
+
+  options = {"depth": depth, "scale": scale, "batch_size": batch_size, "key": key}
+  return SolverSpec("lissa", options, build)
+
+
+def arnoldi(
+  *, rank: int | None = None, max_iterations: int | None = None, key: jax.Array | None = None
+) -> SolverSpec:
+  """Arnoldi influence (Schioppa et al., 2022): H restricted to its top ``rank``
+  eigenpairs, ``H^-1 v ~= sum_k u_k u_k^T v / (lambda_k + damping)``.
+
+  Args:
+    rank: the eigenpairs kept (1 <= rank <= d; default min(d, 50)); exact at d.
+    max_iterations: Lanczos steps (rank <= it <= d; default ``rank``).
+    key: PRNG key of the Lanczos start (default key 0).
+  """
+  if rank is not None:
+    rank = _checks.integer("rank", rank, minimum=1)
+  if max_iterations is not None:
+    max_iterations = _checks.integer("max_iterations", max_iterations, minimum=1)
+    if rank is not None and max_iterations < rank:
+      raise ValueError(f"max_iterations: expected rank={rank} <= it, got {max_iterations}")
+  k = _optional_key("key", key)
+
+  def build(loss_fn, params, train, damping) -> Solver:
+    check_damping("arnoldi", damping)
+    num_examples("train", train)
+    d = ravel_pytree(params)[0].shape[0]
+    r = min(d, 50) if rank is None else rank
     if r > d:
       raise ValueError(f"rank: {r} exceeds the number of parameters {d}")
-    m = (
-      r if max_iterations is None else _checks.integer("max_iterations", max_iterations, minimum=1)
-    )
+    m = r if max_iterations is None else max_iterations
     if not r <= m <= d:
       raise ValueError(f"max_iterations: expected rank={r} <= it <= {d}, got {m}")
-    k = jax.random.key(0) if key is None else key
-    _checks.is_key("key", k)
-    matvec = flat_hvp(loss_fn, params, train)
-    eig = top_eigenvalues(
-      lambda v: unravel(matvec(ravel_pytree(v)[0])), params, k, k=r, num_iterations=m
-    )
-    u = jax.vmap(lambda v: ravel_pytree(v)[0])(eig.eigenvectors)  # [r, d]
-    state = (u, eig.eigenvalues + damping)
-    return Solver(method, state, lambda s, v: ((v @ s[0].T) / s[1]) @ s[0])
-  if factors is None:
-    factors = ekfac(loss_fn, params, train)
-  elif not isinstance(factors, KroneckerFactors):
+    values, u = hessian_top(loss_fn, params, train, k, r, m)  # [r], [r, d]
+    state = (u, values + damping)
+    return Solver("arnoldi", state, lambda s, v: ((v @ s[0].T) / s[1]) @ s[0])
+
+  options = {"rank": rank, "max_iterations": max_iterations, "key": key}
+  return SolverSpec("arnoldi", options, build)
+
+
+def ekfac_solver(*, factors: KroneckerFactors | None = None) -> SolverSpec:
+  """EK-FAC (George et al., 2018; Grosse et al., 2023): the inverse of
+  ``gradlab.curvature.ekfac``'s eigenvalue-corrected Kronecker factors of the empirical
+  Fisher, layer by layer. ``damping=None`` is 0.1 x each layer's mean eigenvalue.
+
+  Args:
+    factors: factors fitted by ``curvature.ekfac`` to reuse (e.g. restored from a
+      checkpoint); default: fitted on ``train`` at build.
+  """
+  if factors is not None and not isinstance(factors, KroneckerFactors):
     raise ValueError(
       f"factors: expected curvature.KroneckerFactors from curvature.ekfac, got "
       f"{type(factors).__name__}"
     )
 
-  def ek(state, v):
-    f, lam = state
-    inverse = f.inverse(lam)
-    return jax.vmap(lambda x: ravel_pytree(inverse(unravel(x)))[0])(v)
+  def build(loss_fn, params, train, damping) -> Solver:
+    check_damping("ekfac", damping)
+    num_examples("train", train)
+    f = kronecker.ekfac(loss_fn, params, train) if factors is None else factors
+    _, unravel = ravel_pytree(params)
 
-  return Solver(method, (factors, damping), ek)
+    def apply(state, v):
+      ff, lam = state
+      inverse = ff.inverse(lam)
+      return jax.vmap(lambda x: ravel_pytree(inverse(unravel(x)))[0])(v)
+
+    return Solver("ekfac", (f, damping), apply, factors=f)
+
+  return SolverSpec("ekfac", {"factors": factors}, build)
 
 
 def inverse_hvp(
-  loss_fn: ExampleLoss, params: Any, train: Any, vectors: jax.Array, **options: Any
+  loss_fn: ExampleLoss,
+  params: Any,
+  train: Any,
+  vectors: jax.Array,
+  *,
+  solver: SolverSpec | None = None,
+  damping: Any = 0.0,
 ) -> jax.Array:
   """``[m, d]``: rows ``(H + damping I)^-1 v`` for the rows v of ``vectors`` (flat, like
-  ``ravel_pytree(params)``), H the Hessian of the mean loss over ``train``.
-
-  ``options`` are :func:`solver`'s (``method``, ``damping``, ...); see the module
-  docstring for the methods.
+  ``ravel_pytree(params)``), H the Hessian of the mean loss over ``train``, by
+  ``solver`` (a :class:`SolverSpec`; default :func:`cg`). One compiled solve.
   """
-  s = solver(loss_fn, params, train, **options)
+  s = build_solver(solver, loss_fn, params, train, damping)
   flat, _ = ravel_pytree(params)
-  return s.apply(s.state, jnp.asarray(vectors, flat.dtype))
+  return jax.jit(s.apply)(s.state, jnp.asarray(vectors, flat.dtype))
 
 
 def module_name(path: tuple[str, ...]) -> str:
@@ -318,7 +484,8 @@ def check_token_loss(
       f"token_loss_fn: expected one loss per token, a vector [T], got "
       f"{getattr(out, 'shape', type(out).__name__)}"
     )
-  total, whole = float(jnp.sum(token_loss_fn(params, first))), float(loss_fn(params, first))
+  both = jax.jit(lambda p, e: (jnp.sum(token_loss_fn(p, e)), loss_fn(p, e)))  # one program
+  total, whole = (float(x) for x in both(params, first))
   if abs(total - whole) > 1e-4 * max(1.0, abs(whole)):
     raise ValueError(
       f"token_loss_fn: its tokens sum to {total:.6g} on the first train example, loss_fn gives "
@@ -363,9 +530,12 @@ def gradient_block(
   return {k: scale * v for k, v in out.items()}
 
 
-def _options_tag(method: str, options: dict) -> str:
-  shown = {k: v for k, v in sorted(options.items()) if k != "factors" and k != "key"}
-  return f"{method}|{shown!r}"
+def _options_tag(spec: SolverSpec, extra: dict) -> str:
+  # arrays (a key, fitted factors) are in the run's identity, not its tag
+  shown = {
+    k: v for k, v in sorted({**spec.options, **extra}.items()) if k not in ("factors", "key")
+  }
+  return f"{spec.method}|{shown!r}"
 
 
 def influence(
@@ -374,7 +544,7 @@ def influence(
   train: Any,
   test: Any,
   *,
-  method: str = "cg",
+  solver: SolverSpec | None = None,
   damping: Any = 0.0,
   chunk_size: int | None = None,
   measurement_fn: ExampleLoss | None = None,
@@ -383,20 +553,13 @@ def influence(
   query_rank: int | None = None,
   path: Any = None,
   callback: Callable[[int, int], None] | None = None,
-  max_iterations: int | None = None,
-  tol: float = 1e-7,
-  rank: int | None = None,
-  scale: Any = None,
-  batch_size: int | None = None,
-  key: jax.Array | None = None,
-  factors: KroneckerFactors | None = None,
 ) -> Any:
   """``[len(test), len(train)]`` removal effects ``(1/n) m_test^T (H + damping I)^-1 g_train``.
 
   The inverse is applied once, to the test side (``m`` measurement gradients,
   ``m`` solves); the train set is then streamed ``chunk_size`` examples at a
   time (:mod:`gradlab.influence.stream`), so no ``[n, d]`` array of train
-  gradients is held. With ``method="ekfac"`` the train side is the factored
+  gradients is held. With :func:`ekfac_solver` the train side is the factored
   per-layer contraction (:mod:`gradlab.influence.factored`): no per-example
   gradient is formed at all.
 
@@ -407,7 +570,9 @@ def influence(
     train, test: pytrees of stacked examples (leading axis = examples), with
       one structure and example shape. NumPy (or memory-mapped) train arrays
       are sliced chunk by chunk on the host when ``path`` is given.
-    method: ``"explicit"``, ``"cg"``, ``"lissa"``, ``"arnoldi"`` or ``"ekfac"``.
+    solver: the inverse, a :class:`SolverSpec`: :func:`explicit`, :func:`cg`
+      (the default, ``cg()``), :func:`lissa`, :func:`arnoldi`,
+      :func:`ekfac_solver`, :func:`gradlab.influence.neumann`, with their options.
     damping: lambda >= 0 added to H; 0 is valid where H is positive definite.
       For EK-FAC, ``None`` is 0.1 x each layer's mean eigenvalue.
     chunk_size: train (and test) examples per ``vmap``; at most the set's size
@@ -428,19 +593,11 @@ def influence(
     path: write the scores to this ``.npy`` file block by block (resumable,
       see :mod:`gradlab.influence.stream`) and return it memory-mapped.
     callback: ``callback(blocks_done, blocks)`` after each block written to ``path``.
-    max_iterations: CG iterations (default d), LiSSA depth (default 1000),
-      Lanczos steps for Arnoldi (default ``rank``).
-    tol: CG's relative residual tolerance.
-    rank: Arnoldi's number of eigenpairs (<= d; default min(d, 50)).
-    scale: LiSSA's scale (default 1.5x the top eigenvalue of H + damping).
-    batch_size: LiSSA's Hessian batch (default all train examples).
-    key: PRNG key for LiSSA's batches and Lanczos' start (default key 0).
-    factors: EK-FAC's fitted factors to reuse (default: fitted on ``train``).
   """
   from gradlab.influence import factored
 
-  _checks.one_of("method", method, METHODS)
-  _check_damping(method, damping)
+  spec = check_solver(solver)
+  check_damping(spec.method, damping)
   n, t = check_sets(train, test)
   check_example_loss(loss_fn, params, train, "train")
   measure = loss_fn if measurement_fn is None else measurement_fn
@@ -451,14 +608,12 @@ def influence(
   if token_loss_fn is not None and per_module:
     raise ValueError("per_module: per-token scores are not split by module; ask for one of them")
   if query_rank is not None:
-    if method != "ekfac":
-      raise ValueError(f"query_rank: applies to method='ekfac' only, not {method!r}")
+    if spec.method != "ekfac":
+      raise ValueError(f"query_rank: applies to solver=ekfac_solver() only, not {spec.method}()")
     query_rank = _checks.integer("query_rank", query_rank, minimum=1)
   c = stream.check_chunk(chunk_size, n)
   ct = None if chunk_size is None else min(c, t)
-  options = dict(max_iterations=max_iterations, tol=tol, rank=rank, scale=scale,
-                 batch_size=batch_size, key=key, factors=factors)  # fmt: skip
-  s = solver(loss_fn, params, train, method=method, damping=damping, **options)
+  s = spec.build(loss_fn, params, train, damping)
 
   @jax.jit  # called eagerly, one program rather than one per op (its arguments, not constants)
   def solve_queries(p, examples, state):
@@ -466,11 +621,11 @@ def influence(
 
   queries = lambda: solve_queries(params, test, s.state)  # noqa: E731
 
-  if method == "ekfac" and token_loss_fn is None:
+  if s.factors is not None and token_loss_fn is None:
     return factored.influence(
-      loss_fn, params, train, s.state[0], queries, n=n, chunk_size=c, per_module=per_module,
+      loss_fn, params, train, s.factors, queries, n=n, chunk_size=c, per_module=per_module,
       query_rank=query_rank, path=path, callback=callback,
-      tag=_options_tag(method, dict(options, damping=damping, per_module=per_module)),
+      tag=_options_tag(spec, dict(damping=damping, per_module=per_module)),
       identity=(test, s.state),
     )  # fmt: skip
 
@@ -480,7 +635,7 @@ def influence(
       loss_fn, p, q, chunk, scale=1.0 / n, per_module=per_module, token_loss_fn=token_loss_fn
     )
 
-  tag = _options_tag(method, dict(options, damping=damping, tokens=token_loss_fn is not None))
+  tag = _options_tag(spec, dict(damping=damping, tokens=token_loss_fn is not None))
   return stream.run(
     block, params, queries, train, c, path, tag, identity=(test, s.state), callback=callback
   )
@@ -491,24 +646,25 @@ def self_influence(
   params: Any,
   train: Any,
   *,
-  method: str = "cg",
+  solver: SolverSpec | None = None,
   damping: Any = 0.0,
   chunk_size: int | None = None,
   path: Any = None,
   callback: Callable[[int, int], None] | None = None,
-  **options: Any,
 ) -> Any:
   """``[n]``: ``(1/n) g_j^T (H + damping I)^-1 g_j``, each train example on itself
   (large for examples the model fits only by memorizing them, e.g. mislabeled ones).
 
   Streamed like :func:`influence`: each chunk's gradients are solved and dotted
-  with themselves, so no ``[n, d]`` array is held. ``options`` are :func:`solver`'s;
-  ``path`` and ``callback`` as :func:`influence`'s.
+  with themselves, so no ``[n, d]`` array is held. ``solver``, ``damping``, ``path``
+  and ``callback`` as :func:`influence`'s.
   """
+  spec = check_solver(solver)
+  check_damping(spec.method, damping)
   n = num_examples("train", train)
   check_example_loss(loss_fn, params, train, "train")
   c = stream.check_chunk(chunk_size, n)
-  s = solver(loss_fn, params, train, method=method, damping=damping, **options)
+  s = spec.build(loss_fn, params, train, damping)
   g = flat_grad_fn(loss_fn)
 
   def block(args, chunk):
@@ -516,5 +672,5 @@ def self_influence(
     rows = jax.vmap(lambda e: g(p, e))(chunk)
     return jnp.sum(s.apply(state, rows) * rows, axis=1) / n
 
-  tag = _options_tag(f"self:{method}", dict(options, damping=damping))
+  tag = "self:" + _options_tag(spec, dict(damping=damping))
   return stream.run(block, (params, s.state), lambda: (), train, c, path, tag, callback=callback)

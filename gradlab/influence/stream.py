@@ -260,10 +260,14 @@ def run(
   tag: str,
   **kw: Any,
 ) -> Any:
-  """:func:`map_train` in memory (``path=None``) or :func:`write_train` to ``path``;
-  returns the scores with the train axis second."""
+  """:func:`map_train` in memory (``path=None``, one jitted program) or :func:`write_train`
+  to ``path``; returns the scores with the train axis second."""
   if path is None:
-    rows = map_train(block_fn, (consts, queries()), train, chunk_size)
+    # one compiled program for the whole train side, the arrays its arguments (eagerly,
+    # each chunk's ops, the remainder and the concatenation would compile one by one)
+    c = check_chunk(chunk_size, num_examples("train", train))
+    every = jax.jit(lambda args, data: map_train(block_fn, args, data, c))
+    rows = every((consts, queries()), train)
   else:
     rows = write_train(block_fn, consts, queries, train, chunk_size, path, tag, **kw)
   return train_second(rows)

@@ -2,8 +2,10 @@
 
 Score-function, pathwise and measure-valued Jacobians of
 ``E_{N(mean, exp(log_scale)^2)} f(x)`` (``estimators``), the delta-method and
-moving-average control variates and the controlled Jacobians
-(``control_variates``), and the diagonal Gaussian they use (``gaussian``).
+moving-average control variates, their variance-minimizing
+``estimate_control_variate_coefficients`` and the controlled Jacobians
+(``control_variates``), and the diagonal Gaussian they use (``gaussian``:
+``multi_normal``, every estimator's ``dist_builder``).
 optax deleted ``optax.monte_carlo`` in November 2025 (commit ca35e20b); the
 names here are optax's, so code that used it finds them. Reference: Mohamed,
 Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in Machine
@@ -23,8 +25,6 @@ from gradlab.monte_carlo.control_variates import (
   moving_avg_baseline,
 )
 from gradlab.monte_carlo.estimators import (
-  measure_valued_estimation_mean,
-  measure_valued_estimation_std,
   measure_valued_jacobians,
   pathwise_jacobians,
   score_function_jacobians,
@@ -38,8 +38,6 @@ __all__ = [
   "control_delta_method",
   "control_variates_jacobians",
   "estimate_control_variate_coefficients",
-  "measure_valued_estimation_mean",
-  "measure_valued_estimation_std",
   "measure_valued_jacobians",
   "moving_avg_baseline",
   "multi_normal",

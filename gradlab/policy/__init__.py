@@ -6,15 +6,23 @@ token arrays (log-probabilities, masks) are ``[batch, group, time]``.
 * ``advantages``: REINFORCE (leave-one-out batch baseline), RLOO, GRPO,
   Dr. GRPO, BNPO, PSR / NSR / W-REINFORCE, SPO's tracker.
 * ``objectives``: the token-level (IS-corrected) surrogate, PPO clip with
-  clip-higher and dual clip, GPPO, truncated IS weights, explicit aggregation.
-* ``allocation``: GVM-RAFT budgets, Reinforce-Ada successive elimination.
-* ``selection``: variance-aware prompt selection, MMR1's VAS and VADE.
-* ``mixture``: BVPO's MSE-optimal mixture of two gradient estimators.
-* ``contrastive``: CoPG, the off-policy KL-regularized contrastive gradient.
-* ``exact``: tabular sequence policies with exact objectives and gradients.
+  clip-higher and dual clip, GPPO, truncated IS weights, explicit aggregation
+  (``aggregate`` over ``AGGREGATIONS``).
+* ``allocation``: GVM-RAFT budgets, Reinforce-Ada successive elimination
+  (``reinforce_ada_sample``, ``reinforce_ada_select``, ``reinforce_ada_done``,
+  ``reinforce_ada_advantages``).
+* ``selection``: variance-aware prompt selection, MMR1's VAS (on the
+  ``outcome_variance`` score) and VADE.
+* ``mixture``: BVPO's MSE-optimal mixture of two gradient estimators, and its
+  ``mixture_mse``.
+* ``contrastive``: CoPG, the off-policy KL-regularized contrastive gradient
+  (``regularized_rewards``, ``regularized_optimum``).
+* ``exact``: tabular sequence policies with exact objectives and gradients,
+  and ``sample_sequences`` from them.
 * ``pacs``: PACS, the reward as a label of the policy's log-ratio (an implicit critic).
 * ``unified``: the unified policy gradient estimator (UPGE): SFT, PPO, GRPO, online DPO.
-* ``cures``: CurES's prompt sampling and variance-minimizing rollout allocation.
+* ``cures``: CurES's prompt sampling and variance-minimizing rollout allocation,
+  from the posterior-mean ``cures_accuracy``.
 * ``kl``: per-token KL-to-reference estimators (k1, k2, k3) and the KL loss term.
 * ``gspo`` / ``cispo``: sequence-ratio (GSPO, GSPO-token) and clipped-IS-weight
   (CISPO) objectives.
@@ -48,7 +56,6 @@ from gradlab.policy.allocation import (
   reinforce_ada_done,
   reinforce_ada_sample,
   reinforce_ada_select,
-  round_preserving_sum,
 )
 from gradlab.policy.cispo import cispo_loss
 from gradlab.policy.contrastive import (
@@ -84,7 +91,7 @@ from gradlab.policy.objectives import (
   ppo_clip_loss,
   truncated_is_weights,
 )
-from gradlab.policy.pacs import pacs_advantages, pacs_loss, pacs_scores, pacs_weights
+from gradlab.policy.pacs import pacs_advantages, pacs_loss
 from gradlab.policy.selection import (
   VADEState,
   distinct_n,
@@ -160,8 +167,6 @@ __all__ = [
   "overlong_penalty",
   "pacs_advantages",
   "pacs_loss",
-  "pacs_scores",
-  "pacs_weights",
   "policy_gradient_loss",
   "ppo_clip_loss",
   "ppo_stable_mask",
@@ -175,7 +180,6 @@ __all__ = [
   "reinforce_advantages",
   "reinforce_pp_advantages",
   "rloo_advantages",
-  "round_preserving_sum",
   "sample_sequences",
   "sequence_log_ratio",
   "spo_advantages",

@@ -25,8 +25,8 @@ from gradlab.privacy.inversion import (
 
 __all__ = [
   "DENSE_METHODS",
-  "OPTIMIZERS",
   "InversionResult",
+  "OPTIMIZERS",
   "dense_input_from_gradient",
   "gradient_inversion",
   "gradient_matching_loss",

@@ -12,8 +12,9 @@
 * ``planted_facts``: a language-modelling corpus with key -> value facts
   planted in known training sequences, for attribution with a known answer.
 * ``block_mnist``: BlockMNIST (Shah, Jain & Netrapalli 2021), MNIST digits beside a
-  fixed null patch in random order, with the signal region known, and
-  ``signal_fraction`` of an attribution's mass on it.
+  fixed null patch (``null_patch``) in random order, with the signal region
+  known (``signal_region``), and ``signal_fraction`` of an attribution's mass
+  on it.
 """
 
 from gradlab.tasks import bandit, digit_sum, inventory
@@ -30,21 +31,21 @@ from gradlab.tasks.synthetic import fibonacci_sequences, gaussian_blobs
 from gradlab.tasks.toy import TASKS, Task, make_task
 
 __all__ = [
+  "BlockMNIST",
   "MLPProblem",
   "PlantedFacts",
   "TASKS",
   "Task",
   "bandit",
+  "block_mnist",
   "digit_sum",
   "fibonacci_sequences",
   "gaussian_blobs",
   "inventory",
   "make_task",
   "mlp_problem",
-  "planted_facts",
-  "BlockMNIST",
-  "block_mnist",
   "null_patch",
+  "planted_facts",
   "signal_fraction",
   "signal_region",
 ]

@@ -2,6 +2,15 @@
 
 ``train`` depends only on ``gradlab.sharding``: tasks, data and models are the
 caller's.
+
+* ``TrainState``; ``make_value_and_grad`` (micro-batched), ``make_update`` and
+  ``make_train_step`` (jitted, sharded); ``train_curves`` (many seeds at once).
+* ``fit``, the loop, with its ``Instrument``s, ``MetricsWriter`` /
+  ``read_metrics`` and orbax checkpoints (``make_manager``,
+  ``restore_latest``); ``workdir_lock`` keeps one run per workdir.
+* Preemption for hand-written loops: inside ``stop_on_signals()``, raise
+  ``preempted(step, saved)`` once the step is saved (``fit`` does this itself);
+  ``Preempted`` and its ``EXIT_CODES``.
 """
 
 from gradlab.train.checkpoint import make_manager, restore_latest

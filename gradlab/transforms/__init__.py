@@ -12,10 +12,11 @@ optimizer alias works under ``optax.inject_hyperparams`` (``adam_8bit`` with
 * Spikes: ``spam`` / ``scale_by_spam`` (SPAM), ``spike_clip`` (ZClip).
 * Layer-wise: ``per_layer_clip``, ``layerwise_normalize``,
   ``dp_per_layer_aggregate`` (per-example per-layer clipping + Gaussian noise).
-* Adaptive: ``diffgrad`` / ``scale_by_diffgrad``; ``scale`` (SCALE),
-  ``column_normalize``; ``agvm`` with ``half_batch_grads``.
+* Adaptive: ``diffgrad`` / ``scale_by_diffgrad``; ``column_normalized_sgd``
+  (SCALE), ``column_normalize``; ``agvm`` with ``half_batch_grads``;
+  ``scale_by_torch_adam`` (Adam with PyTorch's epsilon placement).
 * Quantized state: ``adam_8bit`` / ``scale_by_adam_8bit`` and the block-wise
-  quantizer.
+  quantizer (``quantize_blockwise``, ``dequantize_blockwise``).
 * Second order: ``mfac`` / ``scale_by_mfac`` (M-FAC's sliding-window inverse
   empirical Fisher), ``inverse_fisher_product``.
 * Curvature: ``adahessian`` / ``scale_by_adahessian`` (Hutchinson's Hessian
@@ -45,6 +46,7 @@ from gradlab.transforms.adahessian import (
   scale_by_adahessian,
 )
 from gradlab.transforms.agvm import AGVMState, agvm, half_batch_grads
+from gradlab.transforms.column_normalized import LAYOUTS, column_normalize, column_normalized_sgd
 from gradlab.transforms.diff2 import Diff2State, diff2
 from gradlab.transforms.diffgrad import (
   ScaleByDiffGradState,
@@ -64,19 +66,12 @@ from gradlab.transforms.layerwise import (
   layerwise_normalize,
   per_layer_clip,
 )
-from gradlab.transforms.nonfinite import (
-  all_finite,
-  guarded_chain,
-  inline_guard,
-  inline_guarded_chain,
-  skip_nonfinite,
-)
+from gradlab.transforms.nonfinite import guarded_chain, skip_nonfinite
 from gradlab.transforms.orthogonal import orthogonal_gradient
 from gradlab.transforms.quantized import (
   QuantizedArray,
   ScaleByAdam8bitState,
   adam_8bit,
-  decision_thresholds,
   dequantize_blockwise,
   dynamic_code,
   nearest_by_search,
@@ -85,8 +80,7 @@ from gradlab.transforms.quantized import (
   scale_by_adam_8bit,
   state_bytes,
 )
-from gradlab.transforms.robust import median_of_means, winsorize, winsorized_mean
-from gradlab.transforms.scale import LAYOUTS, column_normalize, scale, scale_labels
+from gradlab.transforms.robust import median_of_means, winsorized_mean
 from gradlab.transforms.schedules import (
   ScaleByLRTableState,
   median_filter,
@@ -100,7 +94,6 @@ from gradlab.transforms.spam import (
   ScaleBySpamState,
   scale_by_spam,
   spam,
-  spam_warmup_factor,
 )
 from gradlab.transforms.spike_clip import SpikeClipState, spike_clip
 from gradlab.transforms.torch_adam import TorchAdamState, scale_by_torch_adam
@@ -116,72 +109,65 @@ from gradlab.transforms.variance_reduced import (
 )
 
 __all__ = [
-  "ScaleByAdaHessianState",
-  "SkipSpikesState",
-  "adahessian",
-  "scale_by_adahessian",
-  "skip_spikes",
-  "ScaleByMFACState",
-  "inverse_fisher_product",
-  "mfac",
-  "scale_by_mfac",
-  "median_of_means",
-  "winsorize",
-  "winsorized_mean",
-  "orthogonal_gradient",
   "AGVMState",
   "DPAggregateState",
+  "Diff2State",
   "LAYOUTS",
-  "TorchAdamState",
-  "guarded_chain",
-  "inline_guard",
-  "inline_guarded_chain",
-  "skip_nonfinite",
   "QuantizedArray",
   "SVRGState",
+  "ScaleByAdaHessianState",
   "ScaleByAdam8bitState",
   "ScaleByDiffGradState",
+  "ScaleByLRTableState",
+  "ScaleByMFACState",
   "ScaleByMarsState",
   "ScaleBySpamState",
+  "SkipSpikesState",
   "SpikeClipState",
   "StormState",
+  "TorchAdamState",
+  "adahessian",
   "adam_8bit",
   "agvm",
-  "all_finite",
   "column_normalize",
-  "decision_thresholds",
+  "column_normalized_sgd",
   "dequantize_blockwise",
-  "nearest_by_search",
-  "nearest_code",
+  "diff2",
   "diffgrad",
   "dp_per_layer_aggregate",
   "dynamic_code",
   "grad_fn_extra_args",
+  "guarded_chain",
   "half_batch_grads",
+  "inverse_fisher_product",
   "layer_budgets",
   "layerwise_normalize",
   "mars",
+  "median_filter",
+  "median_filter_width",
+  "median_of_means",
+  "mfac",
+  "nearest_by_search",
+  "nearest_code",
+  "orthogonal_gradient",
   "per_layer_clip",
   "quantize_blockwise",
-  "scale",
+  "refined_lr_schedule",
+  "refined_schedule",
+  "scale_by_adahessian",
   "scale_by_adam_8bit",
   "scale_by_diffgrad",
+  "scale_by_lr_table",
   "scale_by_mars",
+  "scale_by_mfac",
   "scale_by_spam",
   "scale_by_torch_adam",
-  "scale_labels",
+  "skip_nonfinite",
+  "skip_spikes",
   "spam",
-  "spam_warmup_factor",
   "spike_clip",
   "state_bytes",
   "storm",
   "svrg",
-  "median_filter",
-  "median_filter_width",
-  "refined_lr_schedule",
-  "refined_schedule",
-  "ScaleByLRTableState",
-  "scale_by_lr_table",
-  "Diff2State",
-  "diff2",
+  "winsorized_mean",
 ]

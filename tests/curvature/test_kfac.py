@@ -258,11 +258,15 @@ def test_saved_and_restored_factors_give_bit_identical_influence(tmp_path):
     ckpt.wait_until_finished()
     restored = ckpt.restore(tmp_path / "factors", jax.tree.map(ocp.utils.to_shape_dtype_struct, ek))
     assert isinstance(restored, curvature.KroneckerFactors)
-    fresh = gi.influence(loss, params, train, test, method="ekfac", damping=0.05, factors=ek)
-    again = gi.influence(loss, params, train, test, method="ekfac", damping=0.05, factors=restored)
+    fresh = gi.influence(
+      loss, params, train, test, solver=gi.ekfac_solver(factors=ek), damping=0.05
+    )
+    again = gi.influence(
+      loss, params, train, test, solver=gi.ekfac_solver(factors=restored), damping=0.05
+    )
     np.testing.assert_array_equal(np.asarray(again), np.asarray(fresh))
     # and reusing factors equals fitting them inside influence
-    inside = gi.influence(loss, params, train, test, method="ekfac", damping=0.05)
+    inside = gi.influence(loss, params, train, test, solver=gi.ekfac_solver(), damping=0.05)
     np.testing.assert_allclose(inside, fresh, rtol=1e-12)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gradlab import gradstats
+from gradlab.gradstats.sliced_wasserstein import random_directions
 
 
 def _clouds(n=500, d=2, seed=0):
@@ -61,7 +62,7 @@ def test_estimators_are_unbiased_and_the_control_variates_cut_the_variance():
 def test_control_variates_match_a_numpy_replay_of_the_official_code():
   x, y, _, _ = _clouds(n=50, d=4, seed=1)
   key = jax.random.key(3)
-  theta = np.asarray(gradstats.random_directions(key, 10, 4), np.float64)
+  theta = np.asarray(random_directions(key, 10, 4), np.float64)
   xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
   dist = np.mean(np.abs(np.sort(xs @ theta.T, 0) - np.sort(ys @ theta.T, 0)) ** 2, 0)
   m1, m2 = xs.mean(0), ys.mean(0)

@@ -84,10 +84,10 @@ def _flat(tree):
 OUTER, INNER = _problem(jnp.float32)
 
 
-def _hg(method, **options):
-  """The hypergradient at (LAM, y*), one compiled program per method (eager dispatch of
+def _hg(solver):
+  """The hypergradient at (LAM, y*), one compiled program per solver (eager dispatch of
   the solvers' internals costs several times more than compiling them)."""
-  fn = jax.jit(lambda x, y: gi.hypergradient(OUTER, INNER, x, y, method=method, **options))
+  fn = jax.jit(lambda x, y: gi.hypergradient(OUTER, INNER, x, y, solver=solver))
   return fn(_x(), _y(Y_STAR))
 
 
@@ -95,8 +95,8 @@ def test_explicit_and_full_rank_arnoldi_are_exact_to_float32_rounding():
   # float32 rounding of a solve with condition number kappa = 6.9: about kappa eps
   # per product; 100 kappa eps |F'| leaves room for the d = 8 term sums.
   tol = 100 * (EIG[-1] / EIG[0]) * EPS32 * np.abs(TRUE).max()
-  for method, options in (("explicit", {}), ("arnoldi", {"rank": D})):
-    r = _hg(method, **options)
+  for method, solver in (("explicit", gi.explicit()), ("arnoldi", gi.arnoldi(rank=D))):
+    r = _hg(solver)
     np.testing.assert_allclose(_flat(r.grad), TRUE, atol=tol, err_msg=method)
     np.testing.assert_allclose(_flat(r.v), V_STAR, atol=100 * EPS32 * np.abs(V_STAR).max())
     assert float(r.residual) < 100 * EPS32
@@ -106,7 +106,7 @@ def test_cg_error_is_within_what_its_tolerance_allows():
   # CG stops at |A v - b| <= tol |b|, so |v - v*| <= tol |b| / lambda_min and
   # |dF/dlam_k error| = |y*_k . (v - v*)_k| <= |P_k y*| tol |b| / lambda_min.
   tol = 3e-2
-  r = _hg("cg", tol=tol)
+  r = _hg(gi.cg(tol=tol))
   assert float(r.residual) <= tol * (1 + 1e-3)
   bound = np.array([np.linalg.norm(P[k] @ Y_STAR) for k in range(2)])
   bound = bound * tol * np.linalg.norm(FY) / EIG[0] + 1e-5  # + float32 rounding
@@ -124,8 +124,10 @@ def test_neumann_and_full_batch_lissa_give_the_truncated_series_exactly():
   expected = np.array([RHO * LAM[j] - v_k @ P[j] @ Y_STAR for j in range(2)])
   bound = np.array([np.linalg.norm(P[j] @ Y_STAR) for j in range(2)])
   bound = bound * (1 - EIG[0] / scale) ** k * np.linalg.norm(V_STAR)
-  for method, iters in (("neumann", k), ("lissa", k - 1)):  # LiSSA's depth J sums J + 1 terms
-    r = _hg(method, scale=scale, max_iterations=iters)
+  # LiSSA's depth J sums J + 1 terms
+  for method, solver in (("neumann", gi.neumann(num_terms=k, scale=scale)),
+                         ("lissa", gi.lissa(depth=k - 1, scale=scale))):  # fmt: skip
+    r = _hg(solver)
     # float32: the series' k products each round at about eps |A| |v|
     np.testing.assert_allclose(_flat(r.v), v_k, atol=20 * k * EPS32 * np.abs(V_STAR).max())
     np.testing.assert_allclose(_flat(r.grad), expected, atol=1e-5, err_msg=method)
@@ -155,9 +157,9 @@ def test_ekfac_is_exact_where_the_empirical_fisher_is_the_hessian():
   def outer(x, y):
     return jnp.sum(jnp.asarray(w0 + 1.0) * y["params"]["kernel"][:, 0]) + x**2
 
-  ek = jax.jit(lambda x, y, d: gi.hypergradient(outer, inner, x, y, method="ekfac", inner_data=d))(
-    x, y, data
-  )
+  ek = jax.jit(
+    lambda x, y, d: gi.hypergradient(outer, inner, x, y, solver=gi.ekfac_solver(), inner_data=d)
+  )(x, y, data)
   # exact: dF/dx = 2x - d2_xy g H^-1 (w0 + 1), H = mean a a^T, d2_xy g = -mean u_j a_j
   h = feats.T.astype(float) @ feats / n
   exact = 0.6 + (u @ feats / n) @ np.linalg.solve(h, w0 + 1.0)
@@ -259,7 +261,7 @@ def test_normalized_momentum_steps_have_the_learning_rate_as_length():
 @pytest.mark.parametrize(
   "call, message",
   [
-    (lambda: gi.hypergradient(OUTER, INNER, _x(), _y(Y_STAR), method="qr"), "method: expected"),
+    (lambda: gi.hypergradient(OUTER, INNER, _x(), _y(Y_STAR), solver="qr"), "solver: expected"),
     (
       lambda: gi.hypergradient(lambda x, y: jnp.ones(2), INNER, _x(), _y(Y_STAR)),
       "outer_fn: expected a real scalar",
@@ -269,11 +271,11 @@ def test_normalized_momentum_steps_have_the_learning_rate_as_length():
       "y: expected a pytree of floating arrays",
     ),
     (
-      lambda: gi.hypergradient(OUTER, INNER, _x(), _y(Y_STAR), method="ekfac"),
-      "inner_data: method='ekfac' needs",
+      lambda: gi.hypergradient(OUTER, INNER, _x(), _y(Y_STAR), solver=gi.ekfac_solver()),
+      "inner_data: solver=ekfac_solver() needs",
     ),
     (
-      lambda: gi.hypergradient(OUTER, INNER, _x(), _y(Y_STAR), method="cg", damping=-1.0),
+      lambda: gi.hypergradient(OUTER, INNER, _x(), _y(Y_STAR), solver=gi.cg(), damping=-1.0),
       "damping: expected",
     ),
     (

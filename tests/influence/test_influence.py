@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from gradlab import influence as gi
 from gradlab import sharding
+from gradlab.influence import metrics
 
 N, D, T = 60, 5, 50
 
@@ -62,7 +63,7 @@ def test_explicit_influence_matches_leave_one_out_and_the_error_shrinks_with_l2(
       full = gi.newton_fit(loss, _zeros(), train, jnp.ones(N))
       assert float(jnp.linalg.norm(jax.grad(gi.functions.mean_loss(loss, train))(full)["kernel"]))
       effects = _loo_effects(loss, full, train, test)
-      scores = gi.influence(loss, full, train, test, method="explicit")
+      scores = gi.influence(loss, full, train, test, solver=gi.explicit())
       corr = np.corrcoef(np.ravel(scores), np.ravel(effects))[0, 1]
       assert corr >= 0.95, (lam, corr)
       errors.append(float(jnp.linalg.norm(scores - effects) / jnp.linalg.norm(effects)))
@@ -87,21 +88,21 @@ def test_cg_lissa_and_arnoldi_agree_with_the_explicit_solve():
     rel = lambda x: float(np.linalg.norm(np.asarray(x) - exact) / np.linalg.norm(exact))
     # CG stops at |r| <= tol |b|: the solution's relative error is <= cond(H) tol.
     tol = 1e-10
-    assert rel(solve(method="cg", tol=tol)) <= ev[-1] / ev[0] * tol
+    assert rel(solve(solver=gi.cg(tol=tol))) <= ev[-1] / ev[0] * tol
     # LiSSA's Neumann series after J steps: error <= (1 - mu / scale)^J relative.
     scale, depth = 1.5 * ev[-1], 300
     bound = (1 - ev[0] / scale) ** depth
-    lissa = rel(solve(method="lissa", scale=scale, max_iterations=depth))
+    lissa = rel(solve(solver=gi.lissa(scale=scale, depth=depth)))
     assert lissa <= bound * 1.01 + 1e-12, (lissa, bound)
     # Arnoldi: exact at rank d; the error falls as the rank grows.
-    errs = [rel(solve(method="arnoldi", rank=r)) for r in (1, 3, 6)]
+    errs = [rel(solve(solver=gi.arnoldi(rank=r))) for r in (1, 3, 6)]
     assert errs[-1] < 1e-10
     assert errs[0] > errs[1] > errs[2], errs
     assert errs[0] > 0.05
     # and influence() is these solves dotted with the train gradients, over n
     g = np.asarray(gi.per_example_gradients(loss, full, train))
     np.testing.assert_allclose(
-      gi.influence(loss, full, train, test, method="explicit"), exact @ g.T / 40, rtol=1e-9
+      gi.influence(loss, full, train, test, solver=gi.explicit()), exact @ g.T / 40, rtol=1e-9
     )
 
 
@@ -110,9 +111,9 @@ def test_lissa_with_sampled_batches_is_unbiased_within_its_spread():
   series is linear in each step's Hessian sample, the samples independent)."""
   with jax.enable_x64(True):
     loss, full, train, test = _solver_setup(lam=0.5)
-    exact = gi.influence(loss, full, train, test, method="explicit")
+    exact = gi.influence(loss, full, train, test, solver=gi.explicit())
     one = lambda k: gi.influence(
-      loss, full, train, test, method="lissa", batch_size=10, max_iterations=200, key=k
+      loss, full, train, test, solver=gi.lissa(batch_size=10, depth=200, key=k)
     )
     runs = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), 8))
     mean, se = runs.mean(0), runs.std(0, ddof=1) / np.sqrt(8)
@@ -155,7 +156,7 @@ def test_ekfac_reproduces_the_bias_read_off_and_is_exact_where_fisher_equals_hes
     _, full, train, test = _solver_setup()
     loss = _flax_logistic()
     v = gi.per_example_gradients(loss, full, test)
-    ours = gi.inverse_hvp(loss, full, train, v, method="ekfac", damping=0.1)
+    ours = gi.inverse_hvp(loss, full, train, v, solver=gi.ekfac_solver(), damping=0.1)
     np.testing.assert_allclose(ours, _ekfac_reference(loss, full, train, v, 0.1), rtol=1e-9)
 
     # Squared loss on one Dense output with residuals +-1: the gradient covariance
@@ -168,8 +169,8 @@ def test_ekfac_reproduces_the_bias_read_off_and_is_exact_where_fisher_equals_hes
     dense = nn.Dense(1)
     sq_loss = lambda p, e: 0.5 * (dense.apply({"params": p}, e["x"])[0] - e["y"]) ** 2
     held = {"x": jnp.asarray(rng.normal(size=(5, 4))), "y": jnp.zeros(5)}
-    exact = gi.influence(sq_loss, params, sq, held, method="explicit", damping=0.01)
-    ek = gi.influence(sq_loss, params, sq, held, method="ekfac", damping=0.01)
+    exact = gi.influence(sq_loss, params, sq, held, solver=gi.explicit(), damping=0.01)
+    ek = gi.influence(sq_loss, params, sq, held, solver=gi.ekfac_solver(), damping=0.01)
     np.testing.assert_allclose(ek, exact, rtol=1e-9, atol=1e-12)
 
 
@@ -180,7 +181,7 @@ def test_ekfac_refuses_a_model_it_cannot_capture_in_one_line():
       {"w": jnp.ones(3)},
       jnp.ones((4, 3)),
       jnp.ones((1, 3)),
-      method="ekfac",
+      solver=gi.ekfac_solver(),
     )
   # an L2 term inside the loss puts gradient on the kernel outside the layer's call
   with jax.enable_x64(True):
@@ -188,7 +189,7 @@ def test_ekfac_refuses_a_model_it_cannot_capture_in_one_line():
     reg = lambda p, e: _flax_logistic()(p, e) + 0.01 * jnp.sum(p["kernel"] ** 2)
     v = gi.per_example_gradients(reg, full, test)
     with pytest.raises(ValueError, match=r"^loss_fn: layer .* get gradient from outside its calls"):
-      gi.inverse_hvp(reg, full, train, v, method="ekfac", damping=0.1)
+      gi.inverse_hvp(reg, full, train, v, solver=gi.ekfac_solver(), damping=0.1)
 
 
 def _voting_game(weights, quota):
@@ -388,7 +389,7 @@ def test_z0_influence_matches_the_finite_difference_gradients_it_stands_for():
 def test_metrics_match_scipy_and_sklearn():
   rng = np.random.default_rng(0)
   x = rng.integers(0, 5, 40).astype(np.float32)
-  np.testing.assert_allclose(gi.rank(jnp.asarray(x)), stats.rankdata(x) - 1)
+  np.testing.assert_allclose(metrics.rank(jnp.asarray(x)), stats.rankdata(x) - 1)
   y = rng.normal(size=40)
   assert float(gi.spearman(jnp.asarray(x), jnp.asarray(y))) == pytest.approx(
     stats.spearmanr(x, y)[0], rel=1e-5
@@ -436,17 +437,18 @@ def test_influence_under_jit_on_a_batch_sharded_over_eight_devices():
   params = {"kernel": jnp.full((D, 1), 0.2, jnp.float32), "bias": jnp.zeros(1, jnp.float32)}
   mesh = sharding.make_mesh()
   tr, te = sharding.shard_batch(train, mesh), sharding.shard_batch(test, mesh)
-  plain = gi.influence(loss, params, train, test, method="cg", damping=0.01)
+  plain = gi.influence(loss, params, train, test, solver=gi.cg(), damping=0.01)
+  solvers = {"cg": gi.cg(), "arnoldi": gi.arnoldi(), "ekfac": gi.ekfac_solver()}
   for method in ("cg", "arnoldi", "ekfac"):
     lf = loss if method != "ekfac" else _flax_logistic()  # EK-FAC: no L2 term in the loss
     f = jax.jit(
-      lambda a, b, m=method, lf=lf: gi.influence(lf, params, a, b, method=m, damping=0.01)
+      lambda a, b, m=solvers[method], lf=lf: gi.influence(lf, params, a, b, solver=m, damping=0.01)
     )
     out = f(tr, te)
     ref = (
       plain
       if method != "ekfac"
-      else gi.influence(lf, params, train, test, method="ekfac", damping=0.01)
+      else gi.influence(lf, params, train, test, solver=gi.ekfac_solver(), damping=0.01)
     )
     np.testing.assert_allclose(out, ref, rtol=2e-3, atol=1e-6)
   feats = jax.jit(lambda a: gi.gradient_features(loss, params, a, key=jax.random.key(0), dim=4))
@@ -474,14 +476,17 @@ def test_influence_under_jit_on_a_batch_sharded_over_eight_devices():
       "^test: expected examples shaped",
     ),
     (
-      lambda L, p, tr, te: gi.influence(L, p, tr, te, method="arnoldi", rank=7),
+      lambda L, p, tr, te: gi.influence(L, p, tr, te, solver=gi.arnoldi(rank=7)),
       "^rank: 7 exceeds the number of parameters 6",
     ),
     (
       lambda L, p, tr, te: gi.influence(L, p, tr, te, damping=-0.1),
       "^damping: expected a finite value >= 0",
     ),
-    (lambda L, p, tr, te: gi.influence(L, p, tr, te, method="newton"), "^method: expected one of"),
+    (
+      lambda L, p, tr, te: gi.influence(L, p, tr, te, solver="newton"),
+      "^solver: expected a solver",
+    ),
     (
       lambda L, p, tr, te: gi.influence(lambda q, e: jnp.ones(2), p, tr, te),
       "^loss_fn: expected a real scalar",

@@ -64,9 +64,9 @@ def _grads(fn, p, e):  # the [n, d] rows the streamed scores avoid
 
 
 SOLVERS = {
-  "explicit": dict(damping=0.1),
-  "cg": dict(damping=0.1, max_iterations=60, tol=1e-14),
-  "ekfac": dict(damping=0.1),
+  "explicit": dict(solver=gi.explicit(), damping=0.1),
+  "cg": dict(solver=gi.cg(max_iterations=60, tol=1e-14), damping=0.1),
+  "ekfac": dict(solver=gi.ekfac_solver(), damping=0.1),
 }
 
 
@@ -79,23 +79,21 @@ def test_streamed_influence_equals_materialized(setup, method):
   with jax.enable_x64(True):
     g_train, g_test = _grads(_loss, params, train), _grads(_measure, params, test)
     # the materialized formula: every train gradient held, (1/n) q g_train^T
-    q = gi.inverse_hvp(_loss, params, train, g_test, method=method, **kw)
+    q = gi.inverse_hvp(_loss, params, train, g_test, **kw)
     exact = q @ g_train.T / N
-    got = gi.influence(
-      _loss, params, train, test, method=method, chunk_size=7, measurement_fn=_measure, **kw
-    )
+    got = gi.influence(_loss, params, train, test, chunk_size=7, measurement_fn=_measure, **kw)
     np.testing.assert_allclose(got, exact, rtol=1e-10, atol=1e-12 * np.abs(exact).max())
     if method not in ("cg", "ekfac"):
       return  # the split scores share one train side per path: generic (cg) and factored (ekfac)
     # per-module scores sum to the total; per-token scores sum to the sequence's
     split = gi.influence(
-      _loss, params, train, test, method=method, chunk_size=7, measurement_fn=_measure,
+      _loss, params, train, test, chunk_size=7, measurement_fn=_measure,
       per_module=True, **kw,
     )  # fmt: skip
     assert set(split) == {"hidden", "out"}
     np.testing.assert_allclose(sum(split.values()), exact, rtol=1e-10, atol=1e-12)
     tokens = gi.influence(
-      _loss, params, train, test, method=method, chunk_size=7, measurement_fn=_measure,
+      _loss, params, train, test, chunk_size=7, measurement_fn=_measure,
       token_loss_fn=_token_loss, **kw,
     )  # fmt: skip
     assert tokens.shape == (M, N, T)
@@ -110,13 +108,27 @@ def test_low_rank_ekfac_queries_are_exact_at_full_rank_and_within_their_bound(se
   params, train, test = setup
   with jax.enable_x64(True):
     factors = curvature.ekfac(_loss, params, train)
-    exact = gi.influence(_loss, params, train, test, method="ekfac", factors=factors, damping=None)
+    exact = gi.influence(
+      _loss, params, train, test, solver=gi.ekfac_solver(factors=factors), damping=None
+    )
     full = gi.influence(
-      _loss, params, train, test, method="ekfac", factors=factors, damping=None, query_rank=5
+      _loss,
+      params,
+      train,
+      test,
+      solver=gi.ekfac_solver(factors=factors),
+      damping=None,
+      query_rank=5,
     )
     np.testing.assert_allclose(full, exact, rtol=1e-10, atol=1e-14)  # rank 5 = min(d_in+1, d_out)
     low = gi.influence(
-      _loss, params, train, test, method="ekfac", factors=factors, damping=None, query_rank=1
+      _loss,
+      params,
+      train,
+      test,
+      solver=gi.ekfac_solver(factors=factors),
+      damping=None,
+      query_rank=1,
     )
     # |<Q - Q_1, G>| <= ||Q - Q_1||_F ||G||_F per layer (Cauchy-Schwarz), summed over layers
     g_test = _grads(_loss, params, test)
@@ -157,8 +169,8 @@ def test_every_streamed_score_equals_its_materialized_formula(setup):
     )
     np.testing.assert_allclose(gi.tracin_cp(_loss, ckpts, [0.1, 0.3], train, test, chunk_size=4),
                                ref, **tol)  # fmt: skip
-    si = gi.self_influence(_loss, params, train, method="explicit", damping=0.1, chunk_size=4)
-    q = gi.inverse_hvp(_loss, params, train, g_train, method="explicit", damping=0.1)
+    si = gi.self_influence(_loss, params, train, solver=gi.explicit(), damping=0.1, chunk_size=4)
+    q = gi.inverse_hvp(_loss, params, train, g_train, solver=gi.explicit(), damping=0.1)
     np.testing.assert_allclose(si, jnp.sum(q * g_train, 1) / N, **tol)
     mom = [(jax.tree.map(lambda a: 0.1 * a, p), jax.tree.map(lambda a: 0.01 + a * a, p))
            for p in ckpts]  # fmt: skip
@@ -196,10 +208,12 @@ def test_trak_formula(setup):
 def test_scores_on_disk_equal_in_memory_and_resume_after_a_kill(setup, tmp_path):
   params, train, test = setup
   with jax.enable_x64(True):
-    mem = gi.influence(_loss, params, train, test, method="ekfac", damping=0.1, chunk_size=4)
+    mem = gi.influence(
+      _loss, params, train, test, solver=gi.ekfac_solver(), damping=0.1, chunk_size=4
+    )
     path = str(tmp_path / "scores.npy")
     disk = gi.influence(
-      _loss, params, train, test, method="ekfac", damping=0.1, chunk_size=4, path=path
+      _loss, params, train, test, solver=gi.ekfac_solver(), damping=0.1, chunk_size=4, path=path
     )
     assert isinstance(disk, np.memmap) or isinstance(disk.base, np.memmap)
     np.testing.assert_array_equal(np.asarray(disk), np.asarray(mem))
@@ -223,7 +237,7 @@ params, train, test = ts.make_setup()
 def stop(done, total):
   if done == {kill_after}:
     os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup, no exception handler
-gi.influence(ts._loss, params, train, test, method="cg", damping=0.1, chunk_size=4,
+gi.influence(ts._loss, params, train, test, solver=gi.cg(), damping=0.1, chunk_size=4,
              path={path!r}, callback=stop)
 """
 
@@ -240,18 +254,20 @@ def test_killed_run_resumes_and_its_file_equals_an_uninterrupted_one(setup, tmp_
   with jax.enable_x64(True):
     blocks = []
     resumed = gi.influence(
-      _loss, params, train, test, method="cg", damping=0.1, chunk_size=4, path=killed,
+      _loss, params, train, test, solver=gi.cg(), damping=0.1, chunk_size=4, path=killed,
       callback=lambda done, total: blocks.append(done),
     )  # fmt: skip
     assert blocks == [4, 5, 6, 7, 8]  # 8 blocks of 4 (the last of 2); 3 were done
     clean = gi.influence(
-      _loss, params, train, test, method="cg", damping=0.1, chunk_size=4,
+      _loss, params, train, test, solver=gi.cg(), damping=0.1, chunk_size=4,
       path=str(tmp_path / "clean.npy"),
     )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(resumed), np.asarray(clean))
     # another run's arguments on the same path are refused, not mixed in
     with pytest.raises(ValueError, match="^path: .* belongs to another run"):
-      gi.influence(_loss, params, train, test, method="cg", damping=0.2, chunk_size=4, path=killed)
+      gi.influence(
+        _loss, params, train, test, solver=gi.cg(), damping=0.2, chunk_size=4, path=killed
+      )
 
 
 class _Mlp(nn.Module):
@@ -274,7 +290,13 @@ def _compiled(n, method, chunk):
   test = jax.tree.map(lambda a: a[:4], small)
   scores = {
     "ekfac": lambda tr: gi.influence(
-      _mlp_loss, params, tr, test, method="ekfac", factors=factors, damping=0.1, chunk_size=chunk
+      _mlp_loss,
+      params,
+      tr,
+      test,
+      solver=gi.ekfac_solver(factors=factors),
+      damping=0.1,
+      chunk_size=chunk,
     ),
     "grad_dot": lambda tr: gi.grad_similarity(_mlp_loss, params, tr, test, chunk_size=chunk),
     "tracin": lambda tr: gi.tracin_cp(
@@ -314,7 +336,9 @@ def test_bad_input_one_line(setup, tmp_path):
 
 
 def _bad_input(params, train, test, tmp_path):
-  run = lambda **kw: gi.influence(_loss, params, train, test, method="explicit", damping=0.1, **kw)
+  run = lambda **kw: gi.influence(
+    _loss, params, train, test, solver=gi.explicit(), damping=0.1, **kw
+  )
   with pytest.raises(ValueError, match=r"^measurement_fn: expected a real scalar per example"):
     run(measurement_fn=lambda p, e: NET.apply(p, e["x"]))
   with pytest.raises(ValueError, match=r"^chunk_size: 31 exceeds the 30 train examples"):
@@ -331,10 +355,12 @@ def _bad_input(params, train, test, tmp_path):
       run(path=str(locked / "s.npy"))
   with pytest.raises(ValueError, match=r"^token_loss_fn: its tokens sum to"):
     run(token_loss_fn=lambda p, e: 2 * _token_loss(p, e))
-  with pytest.raises(ValueError, match=r"^query_rank: applies to method='ekfac' only"):
+  with pytest.raises(ValueError, match=r"^query_rank: applies to solver=ekfac_solver\(\) only"):
     run(query_rank=2)
-  with pytest.raises(ValueError, match=r"^damping: None .* applies to method='ekfac' only"):
-    gi.influence(_loss, params, train, test, method="cg", damping=None)
+  with pytest.raises(
+    ValueError, match=r"^damping: None .* applies to solver=ekfac_solver\(\) only"
+  ):
+    gi.influence(_loss, params, train, test, solver=gi.cg(), damping=None)
   (tmp_path / "taken.npy").write_bytes(b"not ours")
   with pytest.raises(ValueError, match=r"^path: .* exists and is not a finished run"):
     run(path=str(tmp_path / "taken.npy"))
@@ -362,7 +388,9 @@ def test_causal_transformer_token_and_module_scores():
     last = lambda p, seq: -token_loss(p, seq)[-1]  # the measurement: the last token's log-prob
     train, test = tokens[:10], tokens[10:]
     factors = curvature.ekfac(loss, params, train, uncovered="ignore")
-    kw = dict(method="ekfac", factors=factors, damping=0.1, measurement_fn=last, chunk_size=5)
+    kw = dict(
+      solver=gi.ekfac_solver(factors=factors), damping=0.1, measurement_fn=last, chunk_size=5
+    )
     q = factors_inverse(factors, params, _grads(last, params, test), damping=0.1)
     exact = q @ _grads(loss, params, train).T / 10
     split = gi.influence(loss, params, train, test, per_module=True, **kw)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gradlab import policy
+from gradlab.policy.allocation import round_preserving_sum
 
 
 def _tokens(seed=0, shape=(2, 3, 5), spread=0.5):
@@ -204,7 +205,7 @@ def test_reinforce_ada_balanced_selection_and_elimination():
       "level",
     ),
     (lambda: policy.gvm_allocation(jnp.ones(3), jnp.ones(2), 10), "grad_norms"),
-    (lambda: policy.round_preserving_sum(jnp.ones(3), 2, minimum=1), "budget"),
+    (lambda: round_preserving_sum(jnp.ones(3), 2, minimum=1), "budget"),
   ],
 )
 def test_bad_input_gets_a_clear_error(call, message):

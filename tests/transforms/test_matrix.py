@@ -4,6 +4,7 @@ simulated devices (equal to one device), and the non-finite policy."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +64,7 @@ CASES = {
     lambda: optax.chain(transforms.orthogonal_gradient(), optax.sgd(0.1)),
     None,
   ),
-  "scale": (lambda: transforms.scale(1e-2, last_layer="dense_1/kernel"), None),
+  "scale": (lambda: transforms.column_normalized_sgd(1e-2, last_layer="dense_1/kernel"), None),
   "agvm": (
     lambda: optax.chain(
       optax.sgd(0.1, momentum=0.9), transforms.agvm(_layer_labels, "hidden", start=0, interval=1)
@@ -103,16 +104,12 @@ def test_train_step_on_8_devices_equals_one_device(name):
     step = train.make_train_step(_loss_fn, tx, mesh=mesh, extra_args_fn=extra_args_fn, donate=False)
     for b in batches:
       state, metrics = step(state, sharding.shard_batch(b, mesh) if mesh else b)
-      assert np.isfinite(float(metrics["loss"]))
+      chex.assert_tree_all_finite(metrics["loss"])
     finals.append(state.params)
   moved = optax.tree.norm(optax.tree.sub(finals[0], params))
   assert float(moved) > 0
   # an 8-way sharded mean sums in another order: float32 rounding only
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5),
-    finals[0],
-    finals[1],
-  )
+  chex.assert_trees_all_close(finals[0], finals[1], rtol=2e-4, atol=2e-5)
 
 
 def _direct_extra(name, grads):
@@ -151,12 +148,11 @@ def test_nonfinite_gradients_are_skipped_and_leave_the_state_alone(name, bad):
   poisoned["params"]["dense_0"]["kernel"] = leaf.at[0, 0].set(bad)
   updates, new_state = update(poisoned, state, params)
   member = MEMBER.get(name)
-  same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   if member is None:  # a whole gradlab optimizer (or one whose other members are stateless)
-    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), name
-    jax.tree.map(same, *(optax.tree.unwrap_random_key_data(t) for t in (new_state, state)))
+    chex.assert_trees_all_equal(updates, optax.tree.zeros_like(updates))
+    chex.assert_trees_all_equal(*(optax.tree.unwrap_random_key_data(t) for t in (new_state, state)))
   else:  # a chain with an optax member: the gradlab member's state is untouched
-    jax.tree.map(same, new_state[member], state[member])
+    chex.assert_trees_all_equal(new_state[member], state[member])
   if member is not None:
     return  # (an optax member before ours, e.g. agvm's sgd trace, did take the NaN)
   # and the next good step proceeds normally
@@ -185,11 +181,7 @@ def test_sophia_through_make_train_step_matches_its_hand_written_loop():
   for _ in range(3):
     state, _ = step(state, sharding.shard_batch(batch, mesh))
   # float32 rounding: the sharded, microbatched mean sums in another order
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5),
-    state.params,
-    p,
-  )
+  chex.assert_trees_all_close(state.params, p, rtol=2e-4, atol=2e-5)
 
 
 def _obj_fn_spy():
@@ -222,11 +214,7 @@ def test_obj_fn_is_the_differentiable_loss_on_the_steps_batch():
     )
     value, obj_grad = state.opt_state
     np.testing.assert_allclose(float(value), float(loss), rtol=1e-6)  # float32 rounding
-    jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7),
-      obj_grad,
-      grad,
-    )
+    chex.assert_trees_all_close(obj_grad, grad, rtol=1e-4, atol=1e-7)
 
 
 def test_gradlab_member_state_is_exactly_unchanged_inside_a_chain():
@@ -236,19 +224,13 @@ def test_gradlab_member_state_is_exactly_unchanged_inside_a_chain():
   for _ in range(3):
     _, state = tx.update({"w": jnp.ones(3)}, state)
   _, new_state = tx.update({"w": jnp.array([1.0, jnp.nan, 1.0])}, state)
-  jax.tree.map(
-    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state[0], state[0]
-  )
+  chex.assert_trees_all_equal(new_state[0], state[0])
   # wrapping the whole chain makes the skip atomic (optax's apply_if_finite)
   guarded = optax.apply_if_finite(tx, max_consecutive_errors=5)
   gs = guarded.init(params)
   _, gs2 = guarded.update({"w": jnp.array([jnp.nan, 1.0, 1.0])}, gs)
   assert int(gs2.notfinite_count) == 1
-  jax.tree.map(
-    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-    gs2.inner_state,
-    gs.inner_state,
-  )
+  chex.assert_trees_all_equal(gs2.inner_state, gs.inner_state)
 
 
 def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
@@ -263,8 +245,8 @@ def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
   assert abs(sd - 2.0) < 4 * 2.0 / np.sqrt(2 * 499)
   bad = {"a": per_example["a"].at[0, 0].set(jnp.nan), "b": per_example["b"]}
   upd, state3 = jax.jit(tx.update)(bad, state2)
-  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(upd))
-  np.testing.assert_array_equal(jax.random.key_data(state3.key), jax.random.key_data(state2.key))
+  chex.assert_trees_all_equal(upd, optax.tree.zeros_like(upd))
+  chex.assert_trees_all_equal(jax.random.key_data(state3.key), jax.random.key_data(state2.key))
 
 
 @pytest.mark.parametrize(
@@ -277,7 +259,7 @@ def test_dp_aggregate_jits_skips_nonfinite_and_adds_calibrated_noise():
     (lambda: transforms.per_layer_clip(1.0, budget="flat"), "budget"),
     (lambda: transforms.dp_per_layer_aggregate(1.0, 1.0, 0), "key"),
     (
-      lambda: transforms.scale(1e-3, last_layer="nope").init(
+      lambda: transforms.column_normalized_sgd(1e-3, last_layer="nope").init(
         {"Dense_0": {"kernel": jnp.zeros((2, 2))}}
       ),
       "last_layer",
@@ -352,7 +334,7 @@ ALIASES = {
     False,
   ),
   "mars_exact": (transforms.mars, dict(learning_rate=1e-2, exact=True), (), True),
-  "scale": (transforms.scale, dict(learning_rate=1e-2, last_layer="b"), (), False),
+  "scale": (transforms.column_normalized_sgd, dict(learning_rate=1e-2, last_layer="b"), (), False),
   "storm": (transforms.storm, dict(k=0.1, w=0.1, c=10.0), (), True),
 }
 _P = {"a": -jnp.ones((2, 3)), "b": jnp.ones((5, 2)), "c": jnp.ones(4)}
@@ -384,15 +366,13 @@ def test_alias_under_inject_hyperparams_equals_the_plain_alias(name):
       updates, state = update(_G, state, _P)
     if tx is plain:
       expected, plain_state = updates, state
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), updates, expected
-  )
+  chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=1e-7)
   assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
   # a hyperparameter can be changed in the state, as with optax's own aliases
   if "learning_rate" in kwargs:
     state.hyperparams["learning_rate"] = jnp.zeros_like(state.hyperparams["learning_rate"])
     zero, _ = jax.jit(functools.partial(injected.update, **extra))(_G, state, _P)
-    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero))
+    chex.assert_trees_all_equal(zero, optax.tree.zeros_like(zero))
   del plain_state
 
 
@@ -425,9 +405,8 @@ def test_alias_inside_apply_if_finite_and_reduce_on_plateau(name):
   bad = jax.tree.map(lambda g: g.at[0].set(jnp.nan), _G)
   skipped, new_state = update(bad, state, _P, value=loss)
   assert int(new_state.notfinite_count) == 1
-  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(skipped))
-  jax.tree.map(
-    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+  chex.assert_trees_all_equal(skipped, optax.tree.zeros_like(skipped))
+  chex.assert_trees_all_equal(
     optax.tree.unwrap_random_key_data(new_state.inner_state),
     optax.tree.unwrap_random_key_data(state.inner_state),
   )
@@ -450,10 +429,9 @@ def test_state_keeps_float32_params_dtypes_under_x64(name):
     update = _jitted_update(tx, name)
     updates, new_state = update(grads, state, params)  # the repro: storm raised here
     updates, new_state = update(grads, new_state, params)
-  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
-    assert u.dtype == p.dtype, name
-  for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
-    assert a.dtype == b.dtype, name
+  chex.assert_trees_all_equal_dtypes(updates, params)
+  chex.assert_trees_all_equal_dtypes(new_state, state)
+  for a in jax.tree.leaves(new_state):
     assert a.dtype != jnp.float64, (name, a.shape)
 
 
@@ -480,10 +458,8 @@ def test_nonfinite_gradient_from_an_extra_argument_skips_the_step(name, make):
     if name != "svrg":
       bad_extra.pop("full_grad_fn")
     updates, new_state = jax.jit(functools.partial(tx.update, **bad_extra))(good, state, p)
-    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates)), (name, bad_name)
-    jax.tree.map(
-      lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state, state
-    )
+    chex.assert_trees_all_equal(updates, optax.tree.zeros_like(updates))
+    chex.assert_trees_all_equal(new_state, state)
 
 
 def test_spike_clip_recovers_from_an_all_zero_warmup():

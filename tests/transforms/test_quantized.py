@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from gradlab import transforms
+from gradlab.transforms.quantized import decision_thresholds
 from tests.transforms import references
 
 SIGNED = transforms.dynamic_code(True)
@@ -277,7 +278,7 @@ def test_table_nearest_code_equals_the_search_and_argmin_on_every_float32_class(
 @pytest.mark.parametrize("signed", [True, False])
 def test_decision_thresholds_are_where_argmin_changes(signed):
   code = SIGNED if signed else UNSIGNED
-  t = transforms.decision_thresholds(signed)
+  t = decision_thresholds(signed)
   assert t.shape == (255,) and t.dtype == np.float32 and np.all(np.diff(t) > 0)
   after = np.nextafter(t, np.float32(2))
   argmin = lambda x: np.argmin(np.abs(x[:, None] - code[None, :]), axis=1)  # noqa: E731

@@ -155,7 +155,11 @@ def test_scale_matches_the_official_optimizer():
     for g in grads:
       p = ref.step(p, flat(g))
       expected.append(p)
-    got = _run(transforms.scale(1e-2, last_layer="head/kernel", weight_decay=0.1), params, grads)
+    got = _run(
+      transforms.column_normalized_sgd(1e-2, last_layer="head/kernel", weight_decay=0.1),
+      params,
+      grads,
+    )
   for a, b in zip(got, expected):
     _assert_close(flat(a), b)
 

@@ -24,6 +24,14 @@ over c, and c = 0 (plain CRS) when ``1 / k`` is below that minimum.
 gradient ``dy W^T`` and the bias gradient are exact, the kernel gradient is
 the estimate above. ``sampled_dense_layers`` routes every flax ``nn.Dense``
 of a model through it.
+
+It lives in ``gradstats`` because it is an estimator of a gradient, not a
+model: ``x_i^T dy_i`` is row i's contribution to the kernel gradient (the
+per-example Dense gradient of :mod:`gradlab.gradstats.dense_moments`), and
+WTA-CRS importance-samples those contributions by norm, as
+:mod:`gradlab.gradstats.sampling` does for examples. The row sampler
+(``row_probabilities``, ``winners``, ``plan_rows``, ``estimate``) is public in
+this module for tests and references, not re-exported from the package.
 """
 
 from __future__ import annotations
@@ -156,7 +164,7 @@ def sampled_dense_layers(key: jax.Array, *, keep_fraction: float, wta: bool = Tr
   through :func:`wta_crs_dense` (exact forward, sampled kernel gradient), each
   call with its own ``fold_in(key, i)``; initialization is untouched::
 
-    with models.sampled_dense_layers(key, keep_fraction=0.3):
+    with gradstats.sampled_dense_layers(key, keep_fraction=0.3):
       loss, grads = jax.value_and_grad(loss_fn)(params, batch)
   """
   _checks.is_key("key", key)

@@ -69,8 +69,8 @@ def column_normalize(
   ``layout`` names the kernel's axes: ``"in_out"`` (flax's ``Dense``; the
   mean runs over axis 0) or ``"out_in"`` (torch's; over axis 1). Leaves of
   rank > 2 are reshaped to ``[-1, last]`` (``"in_out"``) or ``[first, -1]``
-  first. 1-D leaves are refused: route them elsewhere (:func:`scale` gives
-  them AdamW).
+  first. 1-D leaves are refused: route them elsewhere (:func:`column_normalized_sgd`
+  gives them AdamW).
   """
   _checks.one_of("layout", layout, LAYOUTS)
   _checks.positive("eps", eps)
@@ -111,7 +111,7 @@ def scale_labels(params: Any, last_layer: str) -> Any:
   return labels
 
 
-def scale(
+def column_normalized_sgd(
   learning_rate: optax.ScalarOrSchedule,
   *,
   last_layer: str,
@@ -124,7 +124,11 @@ def scale(
 ) -> optax.GradientTransformationExtraArgs:
   """The SCALE optimizer. ``last_layer``: a regex for the output layer's path.
 
-  Example: ``scale(1e-3, last_layer=r"Dense_2/kernel")`` for a three-layer MLP.
+  Named for what it computes rather than the paper's acronym, which would read
+  as ``optax.scale`` (multiplication by a constant).
+
+  Example: ``column_normalized_sgd(1e-3, last_layer=r"Dense_2/kernel")`` for a
+  three-layer MLP.
   """
   _checks.unit_interval("momentum", momentum)
   torch_adam.check_adam(adam_b1, adam_b2, adam_eps)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradlab import models
-from gradlab.models import wta_crs
+from gradlab import gradstats
+from gradlab.gradstats import wta_crs
 
 
 def _exact_moments(x, dy, probs, k, wta):
@@ -68,10 +68,10 @@ def test_the_dense_layer_is_exact_forward_estimates_the_kernel_gradient_and_stor
   w = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
   b = jnp.zeros(4)
   key = jax.random.key(0)
-  y = models.wta_crs_dense(x, w, b, key, keep_fraction=0.3)
+  y = gradstats.wta_crs_dense(x, w, b, key, keep_fraction=0.3)
   np.testing.assert_allclose(y, x @ w + b, rtol=1e-6)
   f = lambda xx, ww, bb, kk: jnp.sum(
-    jnp.sin(models.wta_crs_dense(xx, ww, bb, kk, keep_fraction=0.3))
+    jnp.sin(gradstats.wta_crs_dense(xx, ww, bb, kk, keep_fraction=0.3))
   )
   exact = jax.grad(lambda xx, ww, bb: jnp.sum(jnp.sin(xx @ ww + bb)), argnums=(0, 1, 2))(x, w, b)
   gx, gw, gb = jax.grad(f, argnums=(0, 1, 2))(x, w, b, key)
@@ -84,13 +84,13 @@ def test_the_dense_layer_is_exact_forward_estimates_the_kernel_gradient_and_stor
   se = np.asarray(many.std(0)) / np.sqrt(4000)
   assert np.mean(np.abs(np.asarray(many.mean(0)) - np.asarray(exact[1])) < 4 * se) > 0.97
   # what the backward pass keeps: 12 of the 40 rows (the residuals of the vjp)
-  _, vjp = jax.vjp(lambda xx: models.wta_crs_dense(xx, w, b, key, keep_fraction=0.3), x)
+  _, vjp = jax.vjp(lambda xx: gradstats.wta_crs_dense(xx, w, b, key, keep_fraction=0.3), x)
   shapes = [np.shape(a) for a in jax.tree.leaves(vjp)]
   assert (12, 8) in shapes and (40, 8) not in shapes
 
 
 def test_bad_keep_fraction_is_refused():
   with pytest.raises(ValueError, match="^keep_fraction: expected a value in"):
-    models.wta_crs_dense(
+    gradstats.wta_crs_dense(
       jnp.ones((4, 2)), jnp.ones((2, 2)), jnp.zeros(2), jax.random.key(0), keep_fraction=0.0
     )
