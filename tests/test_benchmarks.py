@@ -100,10 +100,10 @@ def test_a_child_that_dies_or_hangs_gives_error_rows(tmp_path):
     t0 = time.perf_counter()
     hung = bench_all._popen([sys.executable, "-c", "import time; time.sleep(60)"])
     got = bench_all._finish(hung, ["b", "c"], t0=t0, deadline=t0 + 0.5, log=log)
-  assert time.perf_counter() - t0 < 30
   for name in ("b", "c"):
     assert got[name]["rows"][0]["note"].startswith("error: timed out after"), got
   assert hung.poll() is not None
+  assert hung.returncode < 0  # killed by a signal at the deadline, not left to finish its sleep
 
 
 def test_device_gpu_refuses_in_one_line_without_a_gpu_backend(monkeypatch):
